@@ -1,0 +1,54 @@
+from django.conf import settings
+from django.db import models
+
+
+class AppendOnlyError(Exception):
+    """Raised when code tries to change or remove an audit row."""
+
+
+class PredictionQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AppendOnlyError("The prediction log is append-only: rows cannot be updated.")
+
+    def delete(self):
+        raise AppendOnlyError("The prediction log is append-only: rows cannot be deleted.")
+
+
+class Prediction(models.Model):
+    """One prediction as it was returned. Append-only: on Postgres a trigger refuses UPDATE and
+    DELETE; everywhere the model layer refuses them too."""
+
+    SOURCE_WEB = "web"
+    SOURCE_API = "api"
+    SOURCE_CHOICES = [(SOURCE_WEB, "Web page"), (SOURCE_API, "REST API")]
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    model = models.ForeignKey("registry.ModelVersion", on_delete=models.PROTECT, db_column="model_id")
+    image_url = models.TextField(help_text="Name of the analysed image in the 'xray_images' storage.")
+    results_json = models.JSONField()
+
+    image_sha256 = models.CharField(max_length=64, db_index=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    source = models.CharField(max_length=8, choices=SOURCE_CHOICES, default=SOURCE_WEB)
+    latency_ms = models.FloatField(null=True, blank=True)
+    heatmaps = models.JSONField(default=dict, help_text="Finding name to storage name of its map.")
+
+    objects = PredictionQuerySet.as_manager()
+
+    class Meta:
+        db_table = "predictions"
+        ordering = ["-created_at", "-id"]
+        permissions = [("view_all_predictions", "Can read the audit log and every prediction")]
+
+    def __str__(self) -> str:
+        return f"prediction {self.pk}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AppendOnlyError("The prediction log is append-only: rows cannot be updated.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("The prediction log is append-only: rows cannot be deleted.")

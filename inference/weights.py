@@ -1,0 +1,109 @@
+"""Building the network and loading a weights file into it, safely. No Django here.
+
+Weights load with `torch.load(weights_only=True)`: a pickle that would build arbitrary objects
+(and so could run code) is refused before anything in it runs.
+"""
+
+import io
+import pickle
+import re
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torchvision.models import densenet121
+
+ARCHITECTURES = ("densenet121",)
+
+# Old CheXNet checkpoints (torchvision < 0.3) name DenseNet layers "norm.1" where torchvision now
+# says "norm1"; torchvision's own loader rewrites them with the same pattern.
+_LEGACY_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+class WeightsError(Exception):
+    """A weights file that cannot serve: the message says why, in words an admin can act on."""
+
+
+def build_model(architecture: str, num_classes: int) -> nn.Module:
+    """An untrained network of the given architecture with `num_classes` outputs (logits)."""
+    if architecture not in ARCHITECTURES:
+        raise WeightsError(f"Unknown architecture {architecture!r}; supported: {', '.join(ARCHITECTURES)}.")
+    return densenet121(weights=None, num_classes=num_classes)
+
+
+def load_state_dict(data: bytes) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, whatever the accepted layout, with keys as torchvision names
+    them. Accepted: a plain state_dict; a checkpoint dict holding one under `state_dict` or
+    `model`; DataParallel `module.` prefixes; legacy `norm.1`/`conv.1` keys; a
+    `classifier.0.` head (CheXNet's Sequential(Linear, Sigmoid))."""
+    if not data:
+        raise WeightsError("The weights file is empty.")
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(
+            "Refused: the file is a pickle that holds more than tensors (loading it could run code). "
+            "Save the weights with torch.save(model.state_dict(), path). "
+            f"Detail: {str(exc).splitlines()[0][:200]}"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - any failure here means "not a weights file"
+        raise WeightsError(
+            f"Not a PyTorch weights file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})."
+        ) from exc
+
+    if isinstance(obj, Mapping):
+        for wrapper in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(wrapper), Mapping):
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise WeightsError("The file holds no state_dict (a mapping of layer names to tensors).")
+    if not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError("The state_dict holds values that are not tensors.")
+
+    state = {}
+    for key, tensor in obj.items():
+        key = str(key)
+        while key.startswith("module."):
+            key = key[len("module.") :]
+        if key.startswith("densenet121."):  # CheXNet reproductions wrap torchvision's model
+            key = key[len("densenet121.") :]
+        key = _LEGACY_KEY.sub(r"\1\2", key)
+        if key.startswith("classifier.0."):
+            key = "classifier." + key[len("classifier.0.") :]
+        state[key] = tensor
+    return state
+
+
+def load_model(data: bytes, *, architecture: str, num_classes: int) -> nn.Module:
+    """The network with the file's weights, in eval mode. Raises WeightsError with the reason."""
+    state = load_state_dict(data)
+    head = state.get("classifier.weight")
+    if head is None or head.ndim != 2:
+        raise WeightsError("The weights have no DenseNet classifier layer ('classifier.weight').")
+    if head.shape[0] != num_classes:
+        raise WeightsError(
+            f"The weights have {head.shape[0]} outputs but {num_classes} class names were given."
+        )
+    model = build_model(architecture, num_classes)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        missing = ", ".join(result.missing_keys[:3])
+        unexpected = ", ".join(result.unexpected_keys[:3])
+        raise WeightsError(
+            f"The weights do not fit {architecture}: {len(result.missing_keys)} missing keys "
+            f"({missing}), {len(result.unexpected_keys)} unexpected keys ({unexpected})."
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"The weights do not fit {architecture}: {str(exc)[:300]}") from exc
+    return model.eval()
+
+
+def save_state_dict(model: nn.Module) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.getvalue()

@@ -1,0 +1,40 @@
+import logging
+
+from django.db import DatabaseError, InterfaceError, OperationalError
+from django.http import HttpResponse, JsonResponse
+
+logger = logging.getLogger(__name__)
+
+UNAVAILABLE_MESSAGE = "The database is unreachable; lungsite will recover by itself when it is back."
+
+
+class ServiceUnavailableMiddleware:
+    """Turns a lost database connection into a clear 503 instead of a 500.
+
+    Django opens a fresh connection on the next request (CONN_HEALTH_CHECKS), so nothing else is
+    needed to recover when the database returns.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        if not isinstance(exception, (OperationalError, InterfaceError)) or (
+            isinstance(exception, DatabaseError) and not _is_connection_error(exception)
+        ):
+            return None
+        logger.error("database unavailable: %s", exception)
+        if request.path.startswith("/api/") or request.path == "/healthz":
+            return JsonResponse(
+                {"error": {"code": "database_unavailable", "message": UNAVAILABLE_MESSAGE}},
+                status=503,
+            )
+        return HttpResponse(UNAVAILABLE_MESSAGE, status=503, content_type="text/plain")
+
+
+def _is_connection_error(exception: Exception) -> bool:
+    # "database is locked" on SQLite is an OperationalError too, and also means: try again later.
+    return True

@@ -1,0 +1,51 @@
+"""Weights files in the `models` storage: content-addressed names, verified reads."""
+
+import hashlib
+
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+
+from registry.models import ModelVersion
+
+
+class WeightsIntegrityError(Exception):
+    """The stored bytes are missing or no longer match the sha256 recorded in the row."""
+
+
+def weights_storage():
+    return storages["models"]
+
+
+def weights_name(sha256: str) -> str:
+    # Named by content: the same bytes registered twice are stored once, and a name never
+    # points at different bytes.
+    return f"weights/{sha256}.pt"
+
+
+def weights_save(data: bytes) -> tuple[str, str, bool]:
+    """Stores the bytes; returns (name, sha256, created) where created says whether this call wrote."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    name = weights_name(sha256)
+    storage = weights_storage()
+    if storage.exists(name):
+        return name, sha256, False
+    saved = storage.save(name, ContentFile(data))
+    return saved, sha256, True
+
+
+def weights_read(version: ModelVersion) -> bytes:
+    """The version's weights bytes, verified against its recorded sha256."""
+    try:
+        with weights_storage().open(version.storage_path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError as exc:
+        raise WeightsIntegrityError(
+            f"The weights of {version.version_name} are missing from storage ({version.storage_path})."
+        ) from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != version.sha256:
+        raise WeightsIntegrityError(
+            f"The stored weights of {version.version_name} do not match their sha256 "
+            f"(recorded {version.sha256[:12]}, found {digest[:12]}): the file was changed or corrupted."
+        )
+    return data

@@ -1,0 +1,102 @@
+"""Fixtures shared by the whole suite: fixed users per role, storage in a temp folder, the real
+images of ../shared/data, and the starter model."""
+
+import functools
+import os
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Group
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("LUNGSITE_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def shared_data_path(*parts: str) -> Path:
+    """A file under ../shared/data; the test skips, saying why, when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real test data not found: {path} (the ../shared/data folder is absent)")
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found: {SHARED_DATA} (the ../shared/data folder is absent)")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _isolated_storage(settings, tmp_path):
+    """Every test gets its own storage folders, and plain static files (no collectstatic needed)."""
+    storages = dict(settings.STORAGES)
+    for alias, bucket in (("models", "models"), ("xray_images", "xray-images")):
+        if storages[alias]["BACKEND"] == "django.core.files.storage.FileSystemStorage":
+            storages[alias] = {
+                "BACKEND": "django.core.files.storage.FileSystemStorage",
+                "OPTIONS": {"location": tmp_path / "storage" / bucket, "base_url": None},
+            }
+    storages["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
+    settings.STORAGES = storages
+    settings.SECURE_SSL_REDIRECT = False
+    settings.SESSION_COOKIE_SECURE = False
+    settings.CSRF_COOKIE_SECURE = False
+    settings.AXES_ENABLED = True
+    yield
+
+
+@functools.cache
+def starter_weights_bytes() -> bytes:
+    from registry.management.commands.bootstrap import starter_weights
+
+    return starter_weights()
+
+
+@pytest.fixture
+def starter_model(db):
+    """The untrained starter, registered and active, as `manage.py bootstrap` makes it."""
+    from registry.management.commands.bootstrap import STARTER_VERSION_NAME
+    from registry.models import DEFAULT_CLASS_NAMES
+    from registry.services import model_version_activate, model_version_register
+
+    version = model_version_register(
+        data=starter_weights_bytes(),
+        version_name=STARTER_VERSION_NAME,
+        class_names=DEFAULT_CLASS_NAMES,
+        untrained=True,
+        notes="UNTRAINED test starter",
+    )
+    return model_version_activate(version=version)
+
+
+def _user(django_user_model, username: str, group: str | None = None, **extra):
+    user = django_user_model.objects.create_user(username=username, password="pw-" + username, **extra)
+    if group:
+        user.groups.add(Group.objects.get(name=group))
+    return user
+
+
+@pytest.fixture
+def clinician(db, django_user_model):
+    return _user(django_user_model, "alice", "clinician")
+
+
+@pytest.fixture
+def other_clinician(db, django_user_model):
+    return _user(django_user_model, "bob", "clinician")
+
+
+@pytest.fixture
+def auditor(db, django_user_model):
+    return _user(django_user_model, "carol", "auditor")
+
+
+@pytest.fixture
+def model_admin(db, django_user_model):
+    return _user(django_user_model, "dave", "model-admin", is_staff=True)
+
+
+@pytest.fixture
+def superuser(db, django_user_model):
+    return django_user_model.objects.create_superuser(username="root", password="pw-root")
