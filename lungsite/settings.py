@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "axes",
     "registry",
     "inference",
@@ -130,6 +131,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Storage: every byte goes through these aliases; nothing else knows where bytes live.
 SUPABASE_URL = os.environ.get("SUPABASE_URL", "")
 SUPABASE_KEY = os.environ.get("SUPABASE_KEY", "")
+# Supabase buckets are private: url() gives signed URLs that expire after this many seconds.
+LUNGSITE_SIGNED_URL_SECONDS = envint("LUNGSITE_SIGNED_URL_SECONDS", 300)
+# Seconds to wait for Supabase Storage to answer before the request fails with a 503.
+LUNGSITE_STORAGE_TIMEOUT = envint("LUNGSITE_STORAGE_TIMEOUT", 30)
 STORAGE_DIR = DATA_DIR / "storage"
 
 
@@ -214,6 +219,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI and ReDoc assets come from the drf-spectacular-sidecar package: no CDN, works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # HTTPS: on whenever DEBUG is off, unless DJANGO_HTTPS=0 (e.g. a load test on loopback).
@@ -237,5 +246,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LUNGSITE_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "INFO"}, "axes": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "axes": {"level": "WARNING"},
+        # httpx logs every Supabase Storage request at INFO, signed-URL tokens included.
+        "httpx": {"level": "WARNING"},
+    },
 }
