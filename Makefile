@@ -16,7 +16,8 @@ run: install
 	scripts/run.sh
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	# Test servers speak plain HTTP: no HTTPS redirect or secure-only cookies (see README, Tests).
+	DJANGO_HTTPS=0 $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -70,7 +70,26 @@ def starter_model(db):
     return model_version_activate(version=version)
 
 
+def _ensure_roles() -> None:
+    """The roles come from a data migration; a transactional test (live server) flushes them, so
+    tests that run after one put them back the same way the migration made them."""
+    if Group.objects.filter(name__in=["clinician", "auditor", "model-admin"]).count() == 3:
+        return
+    from importlib import import_module
+
+    from django.contrib.auth.models import Permission
+
+    # A flush re-creates permissions (post_migrate) but not the groups of the data migration.
+    for name, perms in import_module("registry.migrations.0002_roles").ROLES.items():
+        group, _ = Group.objects.get_or_create(name=name)
+        for app_label, codename in perms:
+            group.permissions.add(
+                Permission.objects.get(content_type__app_label=app_label, codename=codename)
+            )
+
+
 def _user(django_user_model, username: str, group: str | None = None, **extra):
+    _ensure_roles()
     user = django_user_model.objects.create_user(username=username, password="pw-" + username, **extra)
     if group:
         user.groups.add(Group.objects.get(name=group))
