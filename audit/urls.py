@@ -1,3 +1,8 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from audit import views
+
+urlpatterns = [
+    path("history/", views.history, name="history"),
+    path("audit/", views.audit_log, name="audit"),
+]

@@ -1,3 +1,8 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from inference import views
+
+urlpatterns = [
+    path("", views.upload, name="upload"),
+    path("predictions/<int:pk>/", views.prediction_detail, name="prediction-detail"),
+]

@@ -1,0 +1,186 @@
+"""The audit log `/audit/`: auditors and superusers only; filters; CSV export of the filtered rows."""
+
+import csv
+import io
+from datetime import UTC, datetime
+from unittest import mock
+
+import pytest
+from django.urls import reverse
+
+from audit.models import Prediction
+from registry.models import DEFAULT_CLASS_NAMES, ModelVersion
+
+
+def _version(name="v1", class_names=DEFAULT_CLASS_NAMES, active=False) -> ModelVersion:
+    return ModelVersion.objects.create(
+        version_name=name,
+        storage_path=f"{name}.pt",
+        class_names=list(class_names),
+        sha256=(name.encode().hex() + "0" * 64)[:64],
+        is_active=active,
+    )
+
+
+def _prediction(user, version, probabilities=None, *, source="web", when=None) -> Prediction:
+    probabilities = probabilities or {}
+    findings = [
+        {"name": name, "probability": p, "threshold": 0.5, "positive": p >= 0.5}
+        for name, p in ((name, probabilities.get(name, 0.1)) for name in version.class_names)
+    ]
+    fields = dict(
+        model=version,
+        user=user,
+        source=source,
+        image_url="x.png",
+        image_sha256="e" * 64,
+        latency_ms=250.0,
+        results_json={"findings": findings, "untrained": False},
+    )
+    if when is None:
+        return Prediction.objects.create(**fields)
+    with mock.patch("django.utils.timezone.now", return_value=when):
+        return Prediction.objects.create(**fields)
+
+
+def _ids(html: str) -> list[int]:
+    return [int(part.split('/"', 1)[0]) for part in html.split('href="/predictions/')[1:]]
+
+
+def _csv(response) -> list[dict]:
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/csv; charset=utf-8"
+    assert response["Content-Disposition"].startswith('attachment; filename="lungsite-audit-')
+    text = b"".join(response.streaming_content).decode()
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def test_it_sends_anonymous_users_to_login(client, db):
+    response = client.get("/audit/")
+    assert response.status_code == 302
+    assert response["Location"] == f"{reverse('login')}?next=/audit/"
+
+
+@pytest.mark.parametrize("role", ["clinician", "model_admin"])
+def test_it_refuses_users_who_are_not_auditors(client, db, role, request):
+    # `db` named here: pytest-django orders tests by the fixtures they name, and one that reaches
+    # the database only through getfixturevalue would run after the transactional browser test.
+    client.force_login(request.getfixturevalue(role))
+    assert client.get("/audit/").status_code == 403
+    assert client.get("/audit/", {"format": "csv"}).status_code == 403
+
+
+@pytest.mark.parametrize("role", ["auditor", "superuser"])
+def test_it_shows_every_prediction_to_auditors(client, clinician, other_clinician, role, request):
+    version = _version()
+    mine = _prediction(clinician, version, {"Edema": 0.7})
+    theirs = _prediction(other_clinician, version, source="api")
+    client.force_login(request.getfixturevalue(role))
+    response = client.get("/audit/")
+    html = response.content.decode()
+
+    assert response.status_code == 200
+    assert _ids(html) == [theirs.pk, mine.pk]
+    assert ">alice<" in html and ">bob<" in html
+    assert ">api<" in html and ">web<" in html
+    assert "250 ms" in html and "v1" in html and "Edema" in html
+
+
+def test_it_filters_by_user_and_model_version(client, auditor, clinician, other_clinician):
+    v1, v2 = _version("v1", active=True), _version("v2")
+    a1 = _prediction(clinician, v1)
+    a2 = _prediction(clinician, v2)
+    b1 = _prediction(other_clinician, v1)
+    client.force_login(auditor)
+
+    assert _ids(client.get("/audit/", {"user": "alice"}).content.decode()) == [a2.pk, a1.pk]
+    assert _ids(client.get("/audit/", {"model": v1.pk}).content.decode()) == [b1.pk, a1.pk]
+    assert _ids(client.get("/audit/", {"user": "alice", "model": v1.pk}).content.decode()) == [a1.pk]
+    assert _ids(client.get("/audit/", {"user": "nobody"}).content.decode()) == []
+
+
+def test_it_filters_by_date_range_inclusive(client, auditor, clinician):
+    version = _version()
+    old = _prediction(clinician, version, when=datetime(2026, 1, 10, 23, 59, tzinfo=UTC))
+    mid = _prediction(clinician, version, when=datetime(2026, 2, 1, 0, 0, tzinfo=UTC))
+    new = _prediction(clinician, version, when=datetime(2026, 3, 5, 12, 0, tzinfo=UTC))
+    client.force_login(auditor)
+
+    assert _ids(client.get("/audit/", {"date_from": "2026-02-01"}).content.decode()) == [new.pk, mid.pk]
+    assert _ids(client.get("/audit/", {"date_to": "2026-01-10"}).content.decode()) == [old.pk]
+    both = {"date_from": "2026-01-10", "date_to": "2026-02-01"}
+    assert _ids(client.get("/audit/", both).content.decode()) == [mid.pk, old.pk]
+
+
+def test_it_refuses_an_inverted_date_range(client, auditor, clinician):
+    _prediction(clinician, _version())
+    client.force_login(auditor)
+    response = client.get("/audit/", {"date_from": "2026-03-01", "date_to": "2026-02-01"})
+    assert response.status_code == 200
+    assert "The end date is before the start date." in response.content.decode()
+    assert _ids(response.content.decode()) == []
+
+
+def test_it_filters_by_positive_finding_across_versions(client, auditor, clinician):
+    # Two versions whose outputs are ordered differently: the filter must follow each one's order.
+    v1 = _version("v1")
+    v2 = _version("v2", class_names=list(reversed(DEFAULT_CLASS_NAMES)))
+    positive_v1 = _prediction(clinician, v1, {"Edema": 0.9})
+    positive_v2 = _prediction(clinician, v2, {"Edema": 0.51})
+    _prediction(clinician, v1, {"Edema": 0.49, "Mass": 0.8})
+    _prediction(clinician, v2, {"Mass": 0.8})
+    client.force_login(auditor)
+
+    html = client.get("/audit/", {"finding": "Edema"}).content.decode()
+    assert _ids(html) == [positive_v2.pk, positive_v1.pk]
+    assert len(_ids(client.get("/audit/", {"finding": "Mass"}).content.decode())) == 2
+    assert _ids(client.get("/audit/", {"finding": "Hernia"}).content.decode()) == []
+
+
+def test_it_exports_the_filtered_rows_as_csv(client, auditor, clinician, other_clinician):
+    version = _version("v1")
+    a = _prediction(clinician, version, {"Edema": 0.875})
+    _prediction(other_clinician, version)
+    client.force_login(auditor)
+
+    rows = _csv(client.get("/audit/", {"user": "alice", "format": "csv"}))
+    assert len(rows) == 1
+    row = rows[0]
+    assert list(row)[:8] == [
+        "id",
+        "created_at",
+        "user",
+        "source",
+        "model_version",
+        "model_sha256",
+        "latency_ms",
+        "image_sha256",
+    ]
+    assert list(row)[8:] == DEFAULT_CLASS_NAMES
+    assert row["id"] == str(a.pk) and row["user"] == "alice" and row["source"] == "web"
+    assert row["model_version"] == "v1" and row["model_sha256"] == version.sha256
+    assert row["latency_ms"] == "250.0" and row["image_sha256"] == "e" * 64
+    assert float(row["Edema"]) == 0.875 and float(row["Mass"]) == 0.1
+    assert datetime.fromisoformat(row["created_at"]) == a.created_at
+
+    assert len(_csv(client.get("/audit/", {"format": "csv"}))) == 2
+
+
+def test_it_keeps_spreadsheet_formulas_out_of_the_csv(client, auditor, django_user_model):
+    evil = django_user_model.objects.create_user(username="=HYPERLINK(1)", password="x")
+    _prediction(evil, _version())
+    client.force_login(auditor)
+    rows = _csv(client.get("/audit/", {"format": "csv"}))
+    assert rows[0]["user"] == "'=HYPERLINK(1)"
+
+
+def test_it_links_csv_export_and_pages_with_the_filters(client, auditor, clinician):
+    version = _version()
+    for _ in range(51):
+        _prediction(clinician, version)
+    client.force_login(auditor)
+    html = client.get("/audit/", {"user": "alice"}).content.decode()
+
+    assert 'href="?user=alice&amp;format=csv"' in html
+    assert 'href="?user=alice&amp;page=2"' in html
+    assert html.count('href="/predictions/') == 50
