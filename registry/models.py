@@ -1,6 +1,10 @@
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import OuterRef, ProtectedError, Q, Subquery
+from django.utils import timezone
+
+# One exception for "append-only" across the project: the prediction log and the activation history.
+from audit.models import AppendOnlyError
 
 # The 13 findings of the starter model, in the order of its outputs: NIH ChestX-ray14 without Hernia.
 DEFAULT_CLASS_NAMES = [
@@ -71,3 +75,86 @@ class ModelVersion(models.Model):
 
     def threshold_for(self, name: str) -> float:
         return float((self.thresholds or {}).get(name, 0.5))
+
+    def was_ever_active(self) -> bool:
+        """True once the version has served: its row then explains audit rows and history, so it stays."""
+        if self.pk is None:
+            return False
+        return self.is_active or self.activated_at is not None or self.activation_events.exists()
+
+    def delete(self, *args, **kwargs):
+        if self.was_ever_active():
+            raise ProtectedError(
+                f"Model version {self.version_name} was active once; its row is kept for the audit "
+                "trail and the activation history.",
+                set(self.activation_events.all()),
+            )
+        return super().delete(*args, **kwargs)
+
+
+class ActivationEventQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AppendOnlyError("The activation history is append-only: rows cannot be updated.")
+
+    def delete(self):
+        raise AppendOnlyError("The activation history is append-only: rows cannot be deleted.")
+
+    def with_deactivated_at(self):
+        """Annotates `deactivated_at`: when the next activation replaced this one (None while it is
+        the latest). Activations are serialised by the activation service, so id order is time order."""
+        following = ActivationEvent.objects.filter(id__gt=OuterRef("id")).order_by("id")
+        return self.annotate(deactivated_at=Subquery(following.values("activated_at")[:1]))
+
+
+class ActivationEvent(models.Model):
+    """One activation: which version became active, when, by whom, replacing which. Append-only:
+    on Postgres a trigger refuses UPDATE and DELETE; everywhere the model layer refuses them too.
+    A version was active from its event's `activated_at` until the next event's."""
+
+    VIA_ADMIN = "admin"
+    VIA_COMMAND = "command"
+    VIA_API = "api"
+    VIA_BOOTSTRAP = "bootstrap"
+    VIA_MIGRATION = "migration"
+    VIA_CHOICES = [
+        (VIA_ADMIN, "Django admin"),
+        (VIA_COMMAND, "Management command"),
+        (VIA_API, "REST API"),
+        (VIA_BOOTSTRAP, "Bootstrap"),
+        (VIA_MIGRATION, "Recorded by migration (active before history existed)"),
+    ]
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="activation_events")
+    previous = models.ForeignKey(
+        ModelVersion,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The version that was active just before (empty for the first activation).",
+    )
+    activated_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # PROTECT, not SET_NULL: nulling the column would be an UPDATE, which the history refuses.
+    activated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    via = models.CharField(max_length=16, choices=VIA_CHOICES)
+    reason = models.CharField(max_length=200, blank=True, help_text='e.g. "rollback".')
+
+    objects = ActivationEventQuerySet.as_manager()
+
+    class Meta:
+        db_table = "model_activations"
+        ordering = ["-id"]
+        verbose_name = "activation event"
+
+    def __str__(self) -> str:
+        return f"{self.version} activated at {self.activated_at:%Y-%m-%d %H:%M:%S}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AppendOnlyError("The activation history is append-only: rows cannot be updated.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("The activation history is append-only: rows cannot be deleted.")

@@ -1,13 +1,25 @@
-import logging
+"""Writes to the registry. Every caller (admin, management commands, REST API, bootstrap) goes through
+`model_version_register` and `model_version_activate`; nothing else sets `is_active`."""
 
-from django.db import transaction
+import logging
+import math
+import re
+from numbers import Real
+
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from inference.weights import WeightsError, load_model
-from registry.models import DEFAULT_PREPROCESSING, ModelVersion
+from inference.weights import ARCHITECTURES, WeightsError, load_model
+from registry.models import DEFAULT_PREPROCESSING, ActivationEvent, ModelVersion
 from registry.storage import WeightsIntegrityError, weights_read, weights_save, weights_storage
 
 logger = logging.getLogger(__name__)
+
+VIA_VALUES = {value for value, _ in ActivationEvent.VIA_CHOICES}
+PREPROCESSING_KEYS = set(DEFAULT_PREPROCESSING)
+MAX_INPUT_SIZE = 1024
+# Names end up in URLs (`/heatmaps/<name>.png`) and in CSV headers: no slashes or control characters.
+_CLASS_NAME = re.compile(r"^[^/\\\x00-\x1f\x7f]{1,100}$")
 
 
 class RegistrationError(Exception):
@@ -18,9 +30,108 @@ class ActivationError(Exception):
     """A version that cannot be activated; the message says why."""
 
 
+def _read_weights(file) -> bytes:
+    """Bytes from bytes, or from a Django File / UploadedFile / binary file object."""
+    if isinstance(file, bytes | bytearray | memoryview):
+        return bytes(file)
+    if hasattr(file, "chunks"):
+        if hasattr(file, "seek"):
+            file.seek(0)
+        return b"".join(file.chunks())
+    if hasattr(file, "read"):
+        return file.read()
+    raise RegistrationError("The weights must be given as bytes or a file.")
+
+
+def _check_version_name(version_name: str) -> str:
+    version_name = (version_name or "").strip()
+    if not version_name:
+        raise RegistrationError("A version name is required.")
+    if len(version_name) > 200:
+        raise RegistrationError("The version name is longer than 200 characters.")
+    if version_name.isdigit():
+        # Commands and URLs take "ID or name"; an all-digit name would read as an id.
+        raise RegistrationError(f"The version name {version_name!r} is only digits; add a letter.")
+    if ModelVersion.objects.filter(version_name=version_name).exists():
+        raise RegistrationError(f"A version named {version_name!r} already exists.")
+    return version_name
+
+
+def _check_class_names(class_names) -> list[str]:
+    if isinstance(class_names, str) or not class_names:
+        raise RegistrationError("Class names must be a non-empty list, ordered as the model's outputs.")
+    names = [str(name).strip() for name in class_names]
+    for name in names:
+        if not _CLASS_NAME.match(name):
+            raise RegistrationError(
+                f"Invalid class name {name!r}: 1 to 100 characters, no slashes or control characters."
+            )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise RegistrationError(f"Class names must not repeat: {', '.join(repeated)}.")
+    return names
+
+
+def _is_fraction(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and 0.0 <= float(value) <= 1.0
+
+
+def _check_thresholds(thresholds, class_names: list[str]) -> dict[str, float]:
+    if thresholds in (None, ""):
+        return {}
+    if not isinstance(thresholds, dict):
+        raise RegistrationError("Thresholds must be a JSON object mapping class names to numbers.")
+    unknown = sorted(set(thresholds) - set(class_names))
+    if unknown:
+        raise RegistrationError(f"Thresholds name classes the model does not have: {', '.join(unknown)}.")
+    bad = sorted(name for name, value in thresholds.items() if not _is_fraction(value))
+    if bad:
+        raise RegistrationError(f"Thresholds must be numbers between 0 and 1; not so for: {', '.join(bad)}.")
+    return {name: float(value) for name, value in thresholds.items()}
+
+
+def _check_auroc(auroc) -> float | None:
+    if auroc is None:
+        return None
+    if not _is_fraction(auroc) or math.isnan(float(auroc)):
+        raise RegistrationError(f"AUROC must be a number between 0 and 1 (got {auroc!r}).")
+    return float(auroc)
+
+
+def _check_preprocessing(preprocessing) -> dict:
+    if not preprocessing:
+        return dict(DEFAULT_PREPROCESSING)
+    if not isinstance(preprocessing, dict):
+        raise RegistrationError("Preprocessing must be a JSON object.")
+    unknown = sorted(set(preprocessing) - PREPROCESSING_KEYS)
+    if unknown:
+        raise RegistrationError(
+            f"Unknown preprocessing keys: {', '.join(unknown)} "
+            f"(accepted: {', '.join(sorted(PREPROCESSING_KEYS))})."
+        )
+    spec = {**DEFAULT_PREPROCESSING, **preprocessing}
+    size = spec["input_size"]
+    if not isinstance(size, int) or isinstance(size, bool) or not 32 <= size <= MAX_INPUT_SIZE:
+        raise RegistrationError(f"preprocessing.input_size must be an integer from 32 to {MAX_INPUT_SIZE}.")
+    if spec["channels"] != 3:
+        raise RegistrationError("preprocessing.channels must be 3: DenseNet121's first layer takes 3.")
+    for key in ("mean", "std"):
+        values = spec[key]
+        if (
+            not isinstance(values, list)
+            or len(values) not in (1, 3)
+            or not all(isinstance(v, Real) and not isinstance(v, bool) for v in values)
+        ):
+            raise RegistrationError(f"preprocessing.{key} must be a list of 1 or 3 numbers.")
+    if any(float(v) <= 0 for v in spec["std"]):
+        raise RegistrationError("preprocessing.std values must be greater than 0.")
+    return spec
+
+
 def model_version_register(
     *,
-    data: bytes,
+    file=None,
+    data: bytes | None = None,
     version_name: str,
     class_names: list[str],
     architecture: str = "densenet121",
@@ -31,58 +142,124 @@ def model_version_register(
     untrained: bool = False,
     user=None,
 ) -> ModelVersion:
-    """Checks a weights file, stores it by content and writes its row. A refused file leaves no row
-    and no stored object."""
-    version_name = version_name.strip()
-    if not version_name:
-        raise RegistrationError("A version name is required.")
-    if ModelVersion.objects.filter(version_name=version_name).exists():
-        raise RegistrationError(f"A version named {version_name!r} already exists.")
-    if not class_names or len(set(class_names)) != len(class_names):
-        raise RegistrationError("Class names must be a non-empty list without repeats.")
+    """Checks a weights file, stores it by content and writes its row. `file` is bytes or a Django
+    File/UploadedFile (`data=` bytes is the older spelling). Every metadata check and the load into
+    `architecture` with len(class_names) outputs run before anything is written: a refused file leaves
+    no row and no stored object."""
+    if file is not None and data is not None:
+        raise RegistrationError("Give the weights once: either file= or data=.")
+    content = _read_weights(file if file is not None else data if data is not None else b"")
+    version_name = _check_version_name(version_name)
+    class_names = _check_class_names(class_names)
+    if architecture not in ARCHITECTURES:
+        raise RegistrationError(
+            f"Unknown architecture {architecture!r}; supported: {', '.join(ARCHITECTURES)}."
+        )
+    thresholds = _check_thresholds(thresholds, class_names)
+    auroc = _check_auroc(auroc)
+    preprocessing = _check_preprocessing(preprocessing)
     try:
-        load_model(data, architecture=architecture, num_classes=len(class_names))
+        load_model(content, architecture=architecture, num_classes=len(class_names))
     except WeightsError as exc:
         raise RegistrationError(str(exc)) from exc
 
-    name, sha256, created = weights_save(data)
+    name, sha256, created = weights_save(content)
     try:
         with transaction.atomic():
-            return ModelVersion.objects.create(
+            version = ModelVersion.objects.create(
                 version_name=version_name,
                 storage_path=name,
                 sha256=sha256,
-                class_names=list(class_names),
+                class_names=class_names,
                 architecture=architecture,
-                preprocessing=preprocessing or dict(DEFAULT_PREPROCESSING),
-                thresholds=thresholds or {},
+                preprocessing=preprocessing,
+                thresholds=thresholds,
                 accuracy_auroc=auroc,
-                notes=notes,
+                notes=notes or "",
                 untrained=untrained,
                 created_by=user if getattr(user, "pk", None) else None,
             )
-    except Exception:
+    except Exception as exc:
         if created:
             weights_storage().delete(name)
+        if isinstance(exc, IntegrityError):
+            # Lost a race with a concurrent registration of the same name.
+            raise RegistrationError(f"A version named {version_name!r} already exists.") from exc
         raise
+    logger.info("registered model version %s (%s)", version.version_name, version.short_sha256)
+    return version
 
 
-def model_version_activate(*, version: ModelVersion, user=None) -> ModelVersion:
-    """Makes `version` the one active version, in one transaction. Refuses weights that do not
-    load or whose stored bytes no longer match the recorded sha256."""
+def _check_loadable(version: ModelVersion) -> None:
     try:
         data = weights_read(version)
         load_model(data, architecture=version.architecture, num_classes=len(version.class_names))
     except (WeightsIntegrityError, WeightsError) as exc:
         raise ActivationError(f"Cannot activate {version.version_name}: {exc}") from exc
 
+
+def model_version_activate(
+    *, version: ModelVersion, user=None, via: str = ActivationEvent.VIA_API, reason: str = ""
+) -> ModelVersion:
+    """Makes `version` the one active version and records who did it, when, through which door
+    (`via`: admin, command, api or bootstrap) and which version it replaced, in one transaction with
+    the rows locked. Refuses weights that do not load or whose stored bytes no longer match the
+    recorded sha256. Activating the version that is already active changes and records nothing."""
+    if via not in VIA_VALUES:
+        raise ValueError(f"via must be one of {sorted(VIA_VALUES)}, not {via!r}")
+    # The slow part (read, hash, load) runs before the transaction so the locks are held briefly.
+    _check_loadable(version)
+
     with transaction.atomic():
         # Lock the rows involved so two concurrent activations serialise instead of both winning.
-        list(ModelVersion.objects.select_for_update().filter(is_active=True))
-        version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        current = list(ModelVersion.objects.select_for_update().filter(is_active=True))
+        try:
+            version = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        except ModelVersion.DoesNotExist as exc:
+            raise ActivationError(f"Cannot activate {version.version_name}: it no longer exists.") from exc
+        previous = current[0] if current else None
+        if previous is not None and previous.pk == version.pk:
+            return version
         ModelVersion.objects.filter(is_active=True).exclude(pk=version.pk).update(is_active=False)
+        now = timezone.now()
         version.is_active = True
-        version.activated_at = timezone.now()
+        version.activated_at = now
         version.save(update_fields=["is_active", "activated_at"])
-    logger.info("activated model version %s (%s)", version.version_name, version.short_sha256)
+        ActivationEvent.objects.create(
+            version=version,
+            previous=previous,
+            activated_at=now,
+            activated_by=user if getattr(user, "pk", None) else None,
+            via=via,
+            reason=reason[:200],
+        )
+    logger.info(
+        "activated model version %s (%s) via %s, replacing %s",
+        version.version_name,
+        version.short_sha256,
+        via,
+        previous.version_name if previous else "nothing",
+    )
     return version
+
+
+def model_version_rollback_target() -> ModelVersion:
+    """The version that was active before the current one, from the history. Raises ActivationError
+    when there is none."""
+    current = ModelVersion.objects.filter(is_active=True).first()
+    if current is None:
+        raise ActivationError("No version is active, so there is nothing to roll back from.")
+    event = ActivationEvent.objects.filter(version=current).select_related("previous").order_by("-id").first()
+    if event is None or event.previous is None:
+        raise ActivationError(
+            f"{current.version_name} has no previous version in the activation history to roll back to."
+        )
+    return event.previous
+
+
+def model_version_rollback(*, user=None, via: str = ActivationEvent.VIA_API) -> ModelVersion:
+    """Activates the version that was active before the current one (rolling back twice returns to
+    where you started). Raises ActivationError when the history has no previous version, or when its
+    weights no longer load."""
+    target = model_version_rollback_target()
+    return model_version_activate(version=target, user=user, via=via, reason="rollback")

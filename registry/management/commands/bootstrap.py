@@ -37,7 +37,7 @@ class Command(BaseCommand):
                     f"{STARTER_SEED}). Its scores carry no medical meaning; register real weights."
                 ),
             )
-            model_version_activate(version=version)
+            model_version_activate(version=version, via="bootstrap")
             report["starter_model"] = {
                 "id": version.pk,
                 "version_name": version.version_name,

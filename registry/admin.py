@@ -1,0 +1,390 @@
+"""Django admin for the registry: model-admins register, activate and roll back versions here.
+Every write goes through registry.services, like the commands and the REST API."""
+
+import json
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import ProtectedError
+from django.http import FileResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.views.decorators.http import require_POST
+
+from inference.weights import ARCHITECTURES
+from registry.models import DEFAULT_CLASS_NAMES, ActivationEvent, ModelVersion
+from registry.services import (
+    ActivationError,
+    RegistrationError,
+    model_version_activate,
+    model_version_register,
+    model_version_rollback,
+    model_version_rollback_target,
+)
+from registry.storage import weights_storage
+
+ACTIVATE_PERMISSION = "registry.activate_modelversion"
+DOWNLOAD_PERMISSION = "registry.change_modelversion"
+UNTRAINED_LABEL = "UNTRAINED: outputs carry no medical meaning"
+
+
+def _untrained_badge() -> str:
+    return format_html(
+        '<strong style="color:#fff;background:#ba2121;padding:2px 6px;border-radius:3px">{}</strong>',
+        UNTRAINED_LABEL,
+    )
+
+
+def _parse_json_object(text: str, what: str) -> dict | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ValidationError(f"{what} must be a JSON object.")
+    return value
+
+
+class ModelVersionAddForm(forms.ModelForm):
+    """Upload + metadata; clean() hands everything to model_version_register, whose refusal becomes
+    the form's error, so the admin registers exactly as the command does."""
+
+    weights = forms.FileField(help_text="A .pt/.pth state_dict or checkpoint of the declared architecture.")
+    class_names_text = forms.CharField(
+        label="Class names",
+        widget=forms.Textarea(attrs={"rows": 13, "cols": 40}),
+        initial="\n".join(DEFAULT_CLASS_NAMES),
+        help_text="In the order of the model's outputs: one per line or comma separated.",
+    )
+    architecture = forms.ChoiceField(choices=[(a, a) for a in ARCHITECTURES], initial="densenet121")
+    auroc = forms.FloatField(
+        label="Mean AUROC",
+        required=False,
+        min_value=0.0,
+        max_value=1.0,
+        help_text="Measured elsewhere (optional).",
+    )
+    thresholds_json = forms.CharField(
+        label="Thresholds (JSON)",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text='Optional, e.g. {"Effusion": 0.42}. Classes not named use 0.5.',
+    )
+    preprocessing_json = forms.CharField(
+        label="Preprocessing (JSON)",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text="Optional; keys input_size, channels, mean, std. Default: 224 px, ImageNet mean/std.",
+    )
+
+    class Meta:
+        model = ModelVersion
+        fields = ["version_name", "architecture", "untrained", "notes"]
+
+    request_user = None  # set by ModelVersionAdmin.get_form
+
+    def clean_thresholds_json(self):
+        return _parse_json_object(self.cleaned_data.get("thresholds_json"), "Thresholds")
+
+    def clean_preprocessing_json(self):
+        return _parse_json_object(self.cleaned_data.get("preprocessing_json"), "Preprocessing")
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        names = [n.strip() for line in cleaned["class_names_text"].splitlines() for n in line.split(",")]
+        try:
+            self.instance = model_version_register(
+                file=cleaned["weights"],
+                version_name=cleaned["version_name"],
+                class_names=[n for n in names if n],
+                architecture=cleaned["architecture"],
+                preprocessing=cleaned.get("preprocessing_json"),
+                thresholds=cleaned.get("thresholds_json"),
+                auroc=cleaned.get("auroc"),
+                notes=cleaned.get("notes", ""),
+                untrained=cleaned.get("untrained", False),
+                user=self.request_user,
+            )
+        except RegistrationError as exc:
+            raise ValidationError(str(exc)) from exc
+        return cleaned
+
+    def _post_clean(self):
+        # The register service validated and wrote the row; the model-level checks have nothing to add.
+        pass
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = (
+        "version_name",
+        "is_active",
+        "mean_auroc",
+        "short_sha",
+        "created_at",
+        "activated_at",
+        "untrained_flag",
+    )
+    list_display_links = ("version_name",)
+    list_filter = ("is_active", "untrained", "architecture")
+    search_fields = ("version_name", "sha256", "notes")
+    ordering = ("-created_at", "-id")
+    actions = ["activate_selected"]
+    change_fields = (
+        "untrained_warning",
+        "version_name",
+        "is_active",
+        "activated_at",
+        "architecture",
+        "sha256",
+        "storage_path",
+        "weights_download",
+        "class_names_list",
+        "accuracy_auroc",
+        "per_class_table",
+        "thresholds_table",
+        "preprocessing",
+        "created_at",
+        "created_by",
+        "activation_history",
+        "notes",
+    )
+    add_fieldsets = (
+        (None, {"fields": ("weights", "version_name", "class_names_text", "architecture")}),
+        (
+            "Optional",
+            {"fields": ("auroc", "thresholds_json", "preprocessing_json", "untrained", "notes")},
+        ),
+    )
+
+    # ---- list columns and read-only blocks ----
+
+    @admin.display(description="mean AUROC", ordering="accuracy_auroc")
+    def mean_auroc(self, obj):
+        return "-" if obj.accuracy_auroc is None else f"{obj.accuracy_auroc:.3f}"
+
+    @admin.display(description="sha256")
+    def short_sha(self, obj):
+        return format_html('<code title="{}">{}</code>', obj.sha256, obj.short_sha256)
+
+    @admin.display(description="trained?", ordering="untrained")
+    def untrained_flag(self, obj):
+        return _untrained_badge() if obj.untrained else "trained"
+
+    @admin.display(description="")
+    def untrained_warning(self, obj):
+        return _untrained_badge() if obj.untrained else "Trained weights."
+
+    @admin.display(description="class names (output order)")
+    def class_names_list(self, obj):
+        return ", ".join(obj.class_names or [])
+
+    @admin.display(description="per-class AUROC")
+    def per_class_table(self, obj):
+        rows = [
+            (
+                name,
+                "-" if (obj.per_class_auroc or {}).get(name) is None else f"{obj.per_class_auroc[name]:.3f}",
+            )
+            for name in obj.class_names or []
+        ]
+        if not any(value != "-" for _, value in rows):
+            return "Not evaluated (run manage.py evaluate_model)."
+        return self._table(("finding", "AUROC"), rows)
+
+    @admin.display(description="thresholds")
+    def thresholds_table(self, obj):
+        rows = [(name, f"{obj.threshold_for(name):.3f}") for name in obj.class_names or []]
+        return self._table(("finding", "threshold (default 0.5)"), rows)
+
+    @admin.display(description="weights file")
+    def weights_download(self, obj):
+        # Only in the fieldsets of users holding DOWNLOAD_PERMISSION (see _change_fields).
+        url = reverse("admin:registry_modelversion_weights", args=[obj.pk])
+        return format_html('<a href="{}">Download</a> ({})', url, obj.storage_path)
+
+    @admin.display(description="activation history")
+    def activation_history(self, obj):
+        events = list(
+            ActivationEvent.objects.with_deactivated_at().filter(version=obj).select_related("activated_by")
+        )
+        if not events:
+            return "Never activated."
+        rows = [
+            (
+                f"{e.activated_at:%Y-%m-%d %H:%M:%S %Z}",
+                f"{e.deactivated_at:%Y-%m-%d %H:%M:%S %Z}" if e.deactivated_at else "still active",
+                e.activated_by.get_username() if e.activated_by else "-",
+                e.get_via_display(),
+            )
+            for e in events
+        ]
+        return self._table(("active from", "to", "by", "via"), rows)
+
+    @staticmethod
+    def _table(header, rows):
+        head = format_html_join("", "<th>{}</th>", ((h,) for h in header))
+        body = format_html_join("", "<tr>" + "<td>{}</td>" * len(header) + "</tr>", rows)
+        return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", head, body)
+
+    # ---- forms ----
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            kwargs["form"] = ModelVersionAddForm
+            form = super().get_form(request, obj, change=change, **kwargs)
+            # modelform_factory made a new class for this request: the user rides on it.
+            form.request_user = request.user
+            return form
+        return super().get_form(request, obj, change=change, **kwargs)
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is None:
+            return self.add_fieldsets
+        return ((None, {"fields": self._change_fields(request)}),)
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        # Weights and their metadata are immutable once registered; only the notes can change.
+        return tuple(f for f in self._change_fields(request) if f != "notes")
+
+    def _change_fields(self, request):
+        if request.user.has_perm(DOWNLOAD_PERMISSION):
+            return self.change_fields
+        return tuple(f for f in self.change_fields if f != "weights_download")
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            obj.save(update_fields=["notes"])
+        # On add, ModelVersionAddForm.clean() already registered the row through the service.
+
+    # ---- delete: a version that was ever active stays ----
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and obj.was_ever_active():
+            return False
+        return super().has_delete_permission(request, obj)
+
+    def delete_model(self, request, obj):
+        try:
+            obj.delete()
+        except ProtectedError as exc:
+            self.message_user(request, exc.args[0], messages.ERROR)
+
+    def delete_queryset(self, request, queryset):
+        kept = [v.version_name for v in queryset if v.was_ever_active()]
+        if kept:
+            self.message_user(
+                request,
+                f"Not deleted: {', '.join(kept)} (active once; kept for the audit trail).",
+                messages.ERROR,
+            )
+        for version in queryset:
+            if not version.was_ever_active():
+                version.delete()
+
+    # ---- activation ----
+
+    def has_activate_permission(self, request):
+        return request.user.has_perm(ACTIVATE_PERMISSION)
+
+    @admin.action(permissions=["activate"], description="Activate the selected version")
+    def activate_selected(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one version to activate.", messages.ERROR)
+            return None
+        version = queryset.get()
+        try:
+            model_version_activate(version=version, user=request.user, via=ActivationEvent.VIA_ADMIN)
+        except ActivationError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return None
+        note = " It is UNTRAINED: its outputs carry no medical meaning." if version.untrained else ""
+        self.message_user(
+            request, f"{version.version_name} is now the active version.{note}", messages.SUCCESS
+        )
+        return None
+
+    def get_urls(self):
+        custom = [
+            path(
+                "rollback/",
+                self.admin_site.admin_view(require_POST(self.rollback_view)),
+                name="registry_modelversion_rollback",
+            ),
+            path(
+                "<int:pk>/weights/",
+                self.admin_site.admin_view(self.weights_view),
+                name="registry_modelversion_weights",
+            ),
+        ]
+        return custom + super().get_urls()
+
+    def rollback_view(self, request):
+        if not self.has_activate_permission(request):
+            raise PermissionDenied
+        try:
+            version = model_version_rollback(user=request.user, via=ActivationEvent.VIA_ADMIN)
+        except ActivationError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+        else:
+            self.message_user(
+                request, f"Rolled back: {version.version_name} is active again.", messages.SUCCESS
+            )
+        return HttpResponseRedirect(reverse("admin:registry_modelversion_changelist"))
+
+    def weights_view(self, request, pk):
+        if not request.user.has_perm(DOWNLOAD_PERMISSION):
+            raise PermissionDenied
+        version = get_object_or_404(ModelVersion, pk=pk)
+        handle = weights_storage().open(version.storage_path, "rb")
+        filename = f"{version.version_name}-{version.short_sha256}.pt"
+        response = FileResponse(
+            handle, as_attachment=True, filename=filename, content_type="application/octet-stream"
+        )
+        response["X-Weights-SHA256"] = version.sha256
+        return response
+
+    def changelist_view(self, request, extra_context=None):
+        extra_context = dict(extra_context or {})
+        if self.has_activate_permission(request):
+            try:
+                extra_context["rollback_target"] = model_version_rollback_target()
+            except ActivationError as exc:
+                extra_context["rollback_unavailable"] = str(exc)
+            extra_context["can_activate"] = True
+        return super().changelist_view(request, extra_context=extra_context)
+
+
+@admin.register(ActivationEvent)
+class ActivationEventAdmin(admin.ModelAdmin):
+    """The activation history, read-only: which version served from when to when, by whom."""
+
+    list_display = ("version", "activated_at", "until", "activated_by", "via", "previous", "reason")
+    list_filter = ("via",)
+    list_select_related = ("version", "previous", "activated_by")
+    search_fields = ("version__version_name",)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).with_deactivated_at()
+
+    @admin.display(description="active until")
+    def until(self, obj):
+        return obj.deactivated_at or "still active"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

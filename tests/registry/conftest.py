@@ -1,0 +1,88 @@
+"""Weights files for the registry tests: built once per session from the starter's bytes."""
+
+import functools
+import io
+import zlib
+
+import pytest
+import torch
+
+from tests.conftest import starter_weights_bytes
+
+
+def _state() -> dict:
+    return torch.load(io.BytesIO(starter_weights_bytes()), map_location="cpu", weights_only=True)
+
+
+def _save(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+@functools.cache
+def variant_weights_bytes(seed: int) -> bytes:
+    """13-output weights that differ from the starter (and from each other) in the classifier only."""
+    state = _state()
+    generator = torch.Generator().manual_seed(seed)
+    state["classifier.bias"] = torch.randn(state["classifier.bias"].shape, generator=generator)
+    return _save(state)
+
+
+@functools.cache
+def dataparallel_checkpoint_bytes() -> bytes:
+    """What `torch.save({"state_dict": nn.DataParallel(model).state_dict()})` writes."""
+    return _save({"state_dict": {"module." + k: v for k, v in _state().items()}, "epoch": 7})
+
+
+@functools.cache
+def wrong_outputs_bytes(outputs: int = 5) -> bytes:
+    state = _state()
+    state["classifier.weight"] = state["classifier.weight"][:outputs].clone()
+    state["classifier.bias"] = state["classifier.bias"][:outputs].clone()
+    return _save(state)
+
+
+class _Hostile:
+    """Unpickling this would call open(marker, "w"): i.e. run code and leave a file behind."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def hostile_pickle_bytes(marker) -> bytes:
+    return _save({"state_dict": {"classifier.weight": _Hostile(str(marker))}})
+
+
+def stored_objects(settings) -> list[str]:
+    """Every file in the `models` storage folder of this test."""
+    from pathlib import Path
+
+    root = Path(settings.STORAGES["models"]["OPTIONS"]["location"])
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+@pytest.fixture
+def register():
+    """register(name, data=None, **kw) -> a registered (not active) 13-class version."""
+    from registry.models import DEFAULT_CLASS_NAMES
+    from registry.services import model_version_register
+
+    def _register(name: str, data: bytes | None = None, **kwargs):
+        kwargs.setdefault("class_names", DEFAULT_CLASS_NAMES)
+        return model_version_register(
+            data=data or variant_weights_bytes(zlib.crc32(name.encode())), version_name=name, **kwargs
+        )
+
+    return _register
+
+
+def corrupt_stored_weights(version) -> None:
+    from registry.storage import weights_storage
+
+    with open(weights_storage().path(version.storage_path), "r+b") as handle:
+        handle.seek(1000)
+        handle.write(b"\x00corrupted\x00")

@@ -1,0 +1,118 @@
+import json
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from registry.models import DEFAULT_CLASS_NAMES, ActivationEvent, ModelVersion
+from tests.registry.conftest import (
+    dataparallel_checkpoint_bytes,
+    hostile_pickle_bytes,
+    stored_objects,
+    variant_weights_bytes,
+    wrong_outputs_bytes,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+def run(*args) -> dict:
+    out = __import__("io").StringIO()
+    call_command("register_model", *args, stdout=out)
+    return json.loads(out.getvalue())
+
+
+@pytest.fixture
+def weights_file(tmp_path):
+    def _write(data: bytes, name: str = "weights.pt"):
+        path = tmp_path / name
+        path.write_bytes(data)
+        return str(path)
+
+    return _write
+
+
+def test_it_registers_a_file_and_prints_the_row(weights_file):
+    row = run(
+        weights_file(variant_weights_bytes(10)), "--version-name", "cli-1", "--auroc", "0.8", "--notes", "n"
+    )
+    version = ModelVersion.objects.get()
+    assert row["id"] == version.pk
+    assert row["version_name"] == "cli-1"
+    assert row["class_names"] == DEFAULT_CLASS_NAMES
+    assert row["accuracy_auroc"] == 0.8
+    assert row["sha256"] == version.sha256
+    assert row["is_active"] is False
+    assert version.notes == "n"
+
+
+def test_it_registers_a_dataparallel_checkpoint_and_activates_it(weights_file):
+    row = run(weights_file(dataparallel_checkpoint_bytes()), "--version-name", "dp", "--activate")
+    assert row["is_active"] is True
+    event = ActivationEvent.objects.get()
+    assert (event.version.version_name, event.via) == ("dp", "command")
+
+
+def test_it_reads_classes_and_thresholds_from_files(weights_file, tmp_path):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(["A", "B", "C", "D", "E"]) + "\n")
+    thresholds = tmp_path / "thr.json"
+    thresholds.write_text(json.dumps({"A": 0.25, "E": 0.75}))
+    row = run(
+        weights_file(wrong_outputs_bytes(5)),
+        "--version-name",
+        "five",
+        "--classes-file",
+        str(classes),
+        "--thresholds-file",
+        str(thresholds),
+    )
+    assert row["class_names"] == ["A", "B", "C", "D", "E"]
+    assert row["thresholds"] == {"A": 0.25, "E": 0.75}
+
+
+def test_it_takes_comma_separated_classes(weights_file):
+    row = run(weights_file(wrong_outputs_bytes(5)), "--version-name", "five", "--classes", "A, B,C,D,E")
+    assert row["class_names"] == ["A", "B", "C", "D", "E"]
+
+
+def test_it_refuses_the_wrong_number_of_outputs_in_one_line(weights_file, settings):
+    with pytest.raises(CommandError) as info:
+        run(weights_file(wrong_outputs_bytes(5)), "--version-name", "bad")
+    assert "5 outputs but 13 class names" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert not ModelVersion.objects.exists()
+    assert stored_objects(settings) == []
+
+
+def test_it_refuses_a_hostile_pickle(weights_file, tmp_path, settings):
+    marker = tmp_path / "pwned"
+    with pytest.raises(CommandError, match="pickle"):
+        run(weights_file(hostile_pickle_bytes(marker)), "--version-name", "evil")
+    assert not marker.exists()
+    assert not ModelVersion.objects.exists()
+    assert stored_objects(settings) == []
+
+
+def test_it_refuses_a_duplicate_name(weights_file):
+    run(weights_file(variant_weights_bytes(11)), "--version-name", "dup")
+    with pytest.raises(CommandError, match="already exists"):
+        run(weights_file(variant_weights_bytes(12), "other.pt"), "--version-name", "dup")
+    assert ModelVersion.objects.count() == 1
+
+
+def test_it_refuses_thresholds_that_are_not_json(weights_file, tmp_path):
+    bad = tmp_path / "thr.json"
+    bad.write_text("{Edema: 0.3")
+    with pytest.raises(CommandError, match="not valid JSON"):
+        run(weights_file(variant_weights_bytes(13)), "--version-name", "x", "--thresholds-file", str(bad))
+
+
+def test_it_refuses_a_missing_file(tmp_path):
+    with pytest.raises(CommandError, match="Cannot read"):
+        run(str(tmp_path / "absent.pt"), "--version-name", "x")
+
+
+def test_it_refuses_a_file_that_is_not_weights(weights_file):
+    with pytest.raises(CommandError, match="Not a PyTorch weights file"):
+        run(weights_file(b"hello, not a checkpoint"), "--version-name", "x")

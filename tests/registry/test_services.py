@@ -1,0 +1,266 @@
+import hashlib
+
+import pytest
+from django.contrib.auth.models import Group
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db.models import ProtectedError
+
+from audit.models import AppendOnlyError
+from registry.models import DEFAULT_CLASS_NAMES, ActivationEvent, ModelVersion
+from registry.services import (
+    ActivationError,
+    RegistrationError,
+    model_version_activate,
+    model_version_register,
+    model_version_rollback,
+)
+from registry.storage import weights_read, weights_storage
+from tests.registry.conftest import (
+    corrupt_stored_weights,
+    dataparallel_checkpoint_bytes,
+    hostile_pickle_bytes,
+    stored_objects,
+    variant_weights_bytes,
+    wrong_outputs_bytes,
+)
+
+pytestmark = pytest.mark.django_db
+
+
+def test_it_registers_good_weights_by_content(settings, clinician):
+    data = variant_weights_bytes(1)
+    version = model_version_register(
+        data=data, version_name="v1", class_names=DEFAULT_CLASS_NAMES, auroc=0.81, user=clinician
+    )
+    sha = hashlib.sha256(data).hexdigest()
+    assert version.sha256 == sha
+    assert version.storage_path == f"weights/{sha}.pt"
+    assert stored_objects(settings) == [f"weights/{sha}.pt"]
+    assert weights_read(version) == data
+    assert version.accuracy_auroc == 0.81
+    assert version.preprocessing["input_size"] == 224
+    assert version.created_by == clinician
+    assert not version.is_active and version.activated_at is None
+
+
+def test_it_accepts_an_uploaded_file():
+    upload = SimpleUploadedFile("weights.pt", variant_weights_bytes(2))
+    version = model_version_register(file=upload, version_name="uploaded", class_names=DEFAULT_CLASS_NAMES)
+    assert version.sha256 == hashlib.sha256(variant_weights_bytes(2)).hexdigest()
+
+
+def test_it_accepts_a_dataparallel_checkpoint():
+    version = model_version_register(
+        data=dataparallel_checkpoint_bytes(), version_name="dp", class_names=DEFAULT_CLASS_NAMES
+    )
+    activated = model_version_activate(version=version)
+    assert activated.is_active
+
+
+def test_it_refuses_the_wrong_number_of_outputs_leaving_nothing(settings):
+    with pytest.raises(RegistrationError, match="5 outputs but 13 class names"):
+        model_version_register(
+            data=wrong_outputs_bytes(), version_name="bad", class_names=DEFAULT_CLASS_NAMES
+        )
+    assert not ModelVersion.objects.exists()
+    assert stored_objects(settings) == []
+
+
+def test_it_refuses_a_hostile_pickle_without_running_it(settings, tmp_path):
+    marker = tmp_path / "pwned"
+    with pytest.raises(RegistrationError, match="pickle"):
+        model_version_register(
+            data=hostile_pickle_bytes(marker), version_name="evil", class_names=DEFAULT_CLASS_NAMES
+        )
+    assert not marker.exists()
+    assert not ModelVersion.objects.exists()
+    assert stored_objects(settings) == []
+
+
+def test_it_refuses_a_duplicate_name_and_stores_nothing_more(settings, register):
+    first = register("same")
+    with pytest.raises(RegistrationError, match="already exists"):
+        register("same", data=variant_weights_bytes(99))
+    assert ModelVersion.objects.count() == 1
+    assert stored_objects(settings) == [first.storage_path]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"thresholds": {"Nope": 0.5}}, "classes the model does not have: Nope"),
+        ({"thresholds": {"Edema": 1.5}}, "between 0 and 1"),
+        ({"thresholds": {"Edema": True}}, "between 0 and 1"),
+        ({"auroc": 1.2}, "AUROC must be a number between 0 and 1"),
+        ({"auroc": float("nan")}, "AUROC"),
+        ({"preprocessing": {"input_size": 224, "resize": "crop"}}, "Unknown preprocessing keys: resize"),
+        ({"preprocessing": {"channels": 1}}, "channels must be 3"),
+        ({"preprocessing": {"std": [0, 1, 1]}}, "greater than 0"),
+        ({"version_name": "1234"}, "only digits"),
+        ({"version_name": "  "}, "version name is required"),
+        ({"class_names": DEFAULT_CLASS_NAMES[:-1] + ["Edema"]}, "must not repeat: Edema"),
+        ({"class_names": DEFAULT_CLASS_NAMES[:-1] + ["a/b"]}, "Invalid class name"),
+        ({"architecture": "resnet50"}, "Unknown architecture"),
+    ],
+)
+def test_it_refuses_bad_metadata_before_storing(settings, kwargs, message):
+    arguments = {"data": variant_weights_bytes(3), "version_name": "meta", "class_names": DEFAULT_CLASS_NAMES}
+    arguments.update(kwargs)
+    with pytest.raises(RegistrationError, match=message):
+        model_version_register(**arguments)
+    assert not ModelVersion.objects.exists()
+    assert stored_objects(settings) == []
+
+
+def test_it_keeps_valid_thresholds():
+    version = model_version_register(
+        data=variant_weights_bytes(4),
+        version_name="thr",
+        class_names=DEFAULT_CLASS_NAMES,
+        thresholds={"Edema": 0.3, "Mass": 1},
+    )
+    assert version.thresholds == {"Edema": 0.3, "Mass": 1.0}
+    assert version.threshold_for("Edema") == 0.3
+    assert version.threshold_for("Nodule") == 0.5
+
+
+def test_it_records_who_activated_what_replacing_which(register, model_admin, superuser):
+    a, b = register("a"), register("b")
+    model_version_activate(version=a, user=model_admin, via="command")
+    model_version_activate(version=b, user=superuser, via="admin")
+    a.refresh_from_db()
+    b.refresh_from_db()
+    assert b.is_active and not a.is_active
+    events = list(ActivationEvent.objects.order_by("id"))
+    assert [(e.version, e.previous, e.activated_by, e.via) for e in events] == [
+        (a, None, model_admin, "command"),
+        (b, a, superuser, "admin"),
+    ]
+    assert events[1].activated_at == b.activated_at
+
+
+def test_it_shows_when_each_activation_ended(register):
+    a, b = register("a"), register("b")
+    model_version_activate(version=a)
+    model_version_activate(version=b)
+    first, second = ActivationEvent.objects.with_deactivated_at().order_by("id")
+    assert first.deactivated_at == second.activated_at
+    assert second.deactivated_at is None
+
+
+def test_it_does_nothing_when_activating_the_active_version(starter_model):
+    model_version_activate(version=starter_model)
+    assert ActivationEvent.objects.count() == 1
+
+
+def test_it_refuses_to_activate_weights_that_no_longer_match_their_sha256(starter_model, register):
+    other = register("tampered")
+    corrupt_stored_weights(other)
+    with pytest.raises(ActivationError, match="do not match their sha256"):
+        model_version_activate(version=other)
+    assert ModelVersion.objects.get(is_active=True) == starter_model
+    assert ActivationEvent.objects.count() == 1
+
+
+def test_it_refuses_to_activate_missing_weights(register):
+    version = register("gone")
+    weights_storage().delete(version.storage_path)
+    with pytest.raises(ActivationError, match="missing from storage"):
+        model_version_activate(version=version)
+    assert not ModelVersion.objects.filter(is_active=True).exists()
+
+
+def test_it_rolls_back_to_the_previous_version_and_back_again(register, model_admin):
+    a, b = register("a"), register("b")
+    model_version_activate(version=a)
+    model_version_activate(version=b)
+    assert model_version_rollback(user=model_admin, via="admin") == a
+    assert ModelVersion.objects.get(is_active=True) == a
+    event = ActivationEvent.objects.order_by("-id").first()
+    assert (event.version, event.previous, event.reason, event.activated_by) == (
+        a,
+        b,
+        "rollback",
+        model_admin,
+    )
+    assert model_version_rollback() == b
+
+
+def test_it_refuses_a_rollback_without_history(starter_model):
+    with pytest.raises(ActivationError, match="no previous version"):
+        model_version_rollback()
+
+
+def test_it_refuses_a_rollback_with_nothing_active():
+    with pytest.raises(ActivationError, match="No version is active"):
+        model_version_rollback()
+
+
+def test_it_keeps_the_history_append_only(starter_model):
+    event = ActivationEvent.objects.get()
+    event.reason = "rewritten"
+    with pytest.raises(AppendOnlyError):
+        event.save()
+    with pytest.raises(AppendOnlyError):
+        event.delete()
+    with pytest.raises(AppendOnlyError):
+        ActivationEvent.objects.update(reason="x")
+    with pytest.raises(AppendOnlyError):
+        ActivationEvent.objects.all().delete()
+    assert ActivationEvent.objects.get().reason == ""
+
+
+def test_it_refuses_to_delete_a_version_that_was_ever_active(register, starter_model):
+    other = register("other")
+    model_version_activate(version=other)
+    starter_model.refresh_from_db()
+    assert not starter_model.is_active
+    with pytest.raises(ProtectedError):
+        starter_model.delete()
+    with pytest.raises(ProtectedError):
+        ModelVersion.objects.filter(pk=starter_model.pk).delete()
+    assert ModelVersion.objects.filter(pk=starter_model.pk).exists()
+
+
+def test_it_deletes_a_version_that_never_served(register):
+    version = register("unused")
+    version.delete()
+    assert not ModelVersion.objects.exists()
+
+
+def test_it_lets_model_admins_and_auditors_read_the_history():
+    def codenames(group):
+        return set(Group.objects.get(name=group).permissions.values_list("codename", flat=True))
+
+    assert "view_activationevent" in codenames("model-admin")
+    assert "view_activationevent" in codenames("auditor")
+    assert "view_activationevent" not in codenames("clinician")
+
+
+def test_it_removes_the_stored_object_when_the_row_cannot_be_written(settings, monkeypatch):
+    from django.db import IntegrityError
+
+    def refuse(**kwargs):
+        raise IntegrityError("UNIQUE constraint failed: models.version_name")
+
+    monkeypatch.setattr(ModelVersion.objects, "create", refuse)
+    with pytest.raises(RegistrationError, match="already exists"):
+        model_version_register(
+            data=variant_weights_bytes(5), version_name="race", class_names=DEFAULT_CLASS_NAMES
+        )
+    assert stored_objects(settings) == []
+
+
+def test_it_has_postgres_refuse_changes_to_the_history(starter_model):
+    from django.db import DatabaseError, connection, transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the append-only trigger exists on Postgres only (SQLite relies on the model layer)")
+    for sql in ("UPDATE model_activations SET reason = 'x'", "DELETE FROM model_activations"):
+        with (
+            pytest.raises(DatabaseError, match="append-only"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(sql)
+    assert ActivationEvent.objects.count() == 1
