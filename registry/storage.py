@@ -28,7 +28,11 @@ def weights_save(data: bytes) -> tuple[str, str, bool]:
     name = weights_name(sha256)
     storage = weights_storage()
     if storage.exists(name):
-        return name, sha256, False
+        with storage.open(name, "rb") as handle:
+            if hashlib.sha256(handle.read()).hexdigest() == sha256:
+                return name, sha256, False
+        # The copy under this name was damaged after it was stored: keep it for whoever
+        # investigates, and store an intact copy under a name the storage picks beside it.
     saved = storage.save(name, ContentFile(data))
     return saved, sha256, True
 

@@ -46,6 +46,17 @@ def _isolated_storage(settings, tmp_path):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _fresh_model_cache():
+    """Each test starts like a fresh process: row ids repeat from test to test (their rows roll
+    back), so a model cache kept between tests could serve, or remember a failed load of, another
+    test's version."""
+    yield
+    from registry import cache
+
+    cache.clear()
+
+
 @functools.cache
 def starter_weights_bytes() -> bytes:
     from registry.management.commands.bootstrap import starter_weights
@@ -67,7 +78,7 @@ def starter_model(db):
         untrained=True,
         notes="UNTRAINED test starter",
     )
-    return model_version_activate(version=version)
+    return model_version_activate(version=version, via="bootstrap")
 
 
 def _ensure_roles() -> None:
