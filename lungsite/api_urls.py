@@ -1,9 +1,37 @@
-from django.urls import include, path
+from django.contrib.auth.decorators import login_required
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.renderers import JSONRenderer
+
+from lungsite.views import api_not_found
+
+
+class SchemaApi(SpectacularAPIView):
+    """The OpenAPI document (YAML, or JSON with ?format=json); its errors are JSON like the API's."""
+
+    # DESIGN.md: anonymous users reach no API but /healthz, so the schema needs a token or a session.
+    permission_classes = [IsAuthenticated]
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        if response.status_code >= 400:
+            request.accepted_renderer = JSONRenderer()
+            request.accepted_media_type = JSONRenderer.media_type
+        return super().finalize_response(request, response, *args, **kwargs)
+
 
 urlpatterns = [
-    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("schema/", SchemaApi.as_view(), name="api-schema"),
+    # Swagger UI, its assets from drf-spectacular-sidecar (no CDN); a browser without a session goes
+    # to the login page first.
+    path(
+        "docs/",
+        login_required(SpectacularSwaggerView.as_view(url_name="api-schema", permission_classes=[AllowAny])),
+        name="api-docs",
+    ),
     path("", include("inference.api_urls")),
     path("", include("registry.api_urls")),
+    # Last: any other path under /api/v1/ is a JSON 404, also with DEBUG on (Django's debug 404 page
+    # is HTML).
+    re_path(r"^(?P<path>.*)$", api_not_found),
 ]

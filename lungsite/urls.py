@@ -13,3 +13,9 @@ urlpatterns = [
     path("", include("audit.urls")),
     path("api/v1/", include("lungsite.api_urls")),
 ]
+
+# JSON error bodies under /api/, Django's pages elsewhere (lungsite/api_errors.py).
+handler400 = "lungsite.api_errors.handler400"
+handler403 = "lungsite.api_errors.handler403"
+handler404 = "lungsite.api_errors.handler404"
+handler500 = "lungsite.api_errors.handler500"

@@ -1,3 +1,9 @@
-from django.urls import path  # noqa: F401
+from django.urls import path
 
-urlpatterns: list = []
+from registry import apis
+
+urlpatterns = [
+    path("models/", apis.ModelListApi.as_view(), name="api-models"),
+    path("models/<int:pk>/", apis.ModelDetailApi.as_view(), name="api-model-detail"),
+    path("models/<int:pk>/activate/", apis.ModelActivateApi.as_view(), name="api-model-activate"),
+]

@@ -1,0 +1,115 @@
+"""Serializers of the prediction API: the JSON of DESIGN.md "Interfaces", built from an audit row."""
+
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+UNTRAINED_WARNING = (
+    "UNTRAINED model: this result comes from a network with random weights. Its scores carry no "
+    "medical meaning and must not be used for any clinical decision."
+)
+
+
+class PredictionUploadSerializer(serializers.Serializer):
+    image = serializers.FileField(
+        help_text="The chest X-ray: PNG, JPEG or DICOM, at most LUNGSITE_MAX_UPLOAD_MB (default 50) MB."
+    )
+
+
+class PredictionFilterSerializer(serializers.Serializer):
+    model = serializers.CharField(
+        required=False, help_text="Only predictions made by this model version: its id or its name."
+    )
+    created_after = serializers.DateTimeField(
+        required=False,
+        help_text="Only predictions created at or after this time (ISO 8601; a date means 00:00 UTC).",
+    )
+    created_before = serializers.DateTimeField(
+        required=False,
+        help_text="Only predictions created before this time (ISO 8601; a date means 00:00 UTC).",
+    )
+
+    def validate(self, attrs):
+        after, before = attrs.get("created_after"), attrs.get("created_before")
+        if after and before and after >= before:
+            raise serializers.ValidationError("created_after must be earlier than created_before.")
+        return attrs
+
+
+class PredictionModelSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    version_name = serializers.CharField()
+    sha256 = serializers.CharField(help_text="sha256 of the weights file that produced the result.")
+    untrained = serializers.BooleanField(help_text="True: random weights, the scores mean nothing.")
+
+
+class FindingSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    probability = serializers.FloatField(min_value=0.0, max_value=1.0)
+    threshold = serializers.FloatField()
+    positive = serializers.BooleanField(help_text="probability >= threshold")
+
+
+class PredictionSerializer(serializers.Serializer):
+    """A prediction as it was returned when it was made (rows are append-only)."""
+
+    id = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    model = serializers.SerializerMethodField()
+    findings = FindingSerializer(many=True, source="results_json.findings")
+    heatmaps = serializers.SerializerMethodField()
+    image_sha256 = serializers.CharField(help_text="sha256 of the uploaded file.")
+    image_url = serializers.SerializerMethodField()
+    warning = serializers.SerializerMethodField()
+
+    @extend_schema_field(PredictionModelSerializer)
+    def get_model(self, prediction) -> dict:
+        # The version recorded with the result is the one that produced it, even if the row's
+        # foreign key were ever read from a later state.
+        recorded = (prediction.results_json or {}).get("model")
+        if recorded:
+            return PredictionModelSerializer(recorded).data
+        version = prediction.model
+        return {
+            "id": version.pk,
+            "version_name": version.version_name,
+            "sha256": version.sha256,
+            "untrained": version.untrained,
+        }
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "additionalProperties": {"type": "string", "format": "uri"},
+            "description": "Finding name to the URL of its Grad-CAM overlay (PNG, same credentials).",
+        }
+    )
+    def get_heatmaps(self, prediction) -> dict:
+        stored = prediction.heatmaps or {}
+        names = [finding["name"] for finding in prediction.results_json.get("findings", [])]
+        return {
+            name: self._absolute(
+                reverse("api-prediction-heatmap", kwargs={"pk": prediction.pk, "name": name})
+            )
+            for name in names
+            if not stored or name in stored
+        }
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_image_url(self, prediction) -> str:
+        return self._absolute(reverse("api-prediction-image", kwargs={"pk": prediction.pk}))
+
+    @extend_schema_field(
+        {
+            "type": "string",
+            "nullable": True,
+            "description": "Set when the model is untrained: the result has no medical meaning.",
+        }
+    )
+    def get_warning(self, prediction) -> str | None:
+        return UNTRAINED_WARNING if self.get_model(prediction)["untrained"] else None
+
+    def _absolute(self, path: str) -> str:
+        request = self.context.get("request")
+        return request.build_absolute_uri(path) if request is not None else path

@@ -1,0 +1,21 @@
+"""Role checks for the API: a Django permission per operation, never a group name (DESIGN.md)."""
+
+from rest_framework.permissions import BasePermission
+
+
+def has_perm(perm: str) -> type[BasePermission]:
+    """A DRF permission class that lets through authenticated users holding `perm`.
+
+    Anonymous callers fail it too, and DRF then answers 401 (not 403) because TokenAuthentication,
+    listed first, offers a WWW-Authenticate challenge.
+    """
+
+    class HasPerm(BasePermission):
+        message = "Your account does not have the permission this operation needs."
+
+        def has_permission(self, request, view) -> bool:
+            user = request.user
+            return bool(user and user.is_authenticated and user.has_perm(perm))
+
+    HasPerm.__name__ = HasPerm.__qualname__ = f"HasPerm_{perm.replace('.', '_')}"
+    return HasPerm

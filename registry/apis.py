@@ -1,0 +1,111 @@
+"""REST API for the model registry: list and read versions, and activate one through the same
+service as the admin action and `manage.py activate_model`."""
+
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
+from rest_framework import exceptions
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from inference.serializers import UNTRAINED_WARNING
+from lungsite.api_errors import ApiError, error_responses
+from lungsite.api_permissions import has_perm
+from registry import services
+from registry.models import DEFAULT_CLASS_NAMES, DEFAULT_PREPROCESSING, ModelVersion
+from registry.serializers import ModelVersionSerializer
+
+CanViewModels = has_perm("registry.view_modelversion")
+CanActivateModels = has_perm("registry.activate_modelversion")
+
+MAX_ID = 2**63 - 1
+
+MODEL_EXAMPLE = {
+    "id": 1,
+    "version_name": "starter-untrained-densenet121",
+    "created_at": "2026-11-26T13:58:01.000000Z",
+    "is_active": True,
+    "activated_at": "2026-11-26T13:58:02.000000Z",
+    "sha256": "5f0c0e5b3c1d4f8e9a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c7d6e5f",
+    "architecture": "densenet121",
+    "class_names": DEFAULT_CLASS_NAMES,
+    "preprocessing": DEFAULT_PREPROCESSING,
+    "thresholds": dict.fromkeys(DEFAULT_CLASS_NAMES, 0.5),
+    "accuracy_auroc": None,
+    "per_class_auroc": {},
+    "untrained": True,
+    "notes": "UNTRAINED: a DenseNet121 with random weights (seed 0).",
+    "warning": UNTRAINED_WARNING,
+}
+MODEL_EXAMPLES = [OpenApiExample("the untrained starter", value=MODEL_EXAMPLE, response_only=True)]
+
+
+def _version(pk: int) -> ModelVersion:
+    version = ModelVersion.objects.filter(pk=pk).first() if pk <= MAX_ID else None
+    if version is None:
+        raise exceptions.NotFound(f"Model version {pk} not found.")
+    return version
+
+
+class ModelListApi(APIView):
+    permission_classes = [CanViewModels]
+    pagination_class = PageNumberPagination
+    OutputSerializer = ModelVersionSerializer
+
+    @extend_schema(
+        operation_id="models_list",
+        summary="List model versions",
+        description="Every registered version, newest first, 50 per page. Needs registry.view_modelversion.",
+        responses={200: ModelVersionSerializer(many=True), **error_responses(401, 403, 404)},
+        tags=["models"],
+    )
+    def get(self, request):
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(ModelVersion.objects.all(), request, view=self)
+        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+
+
+class ModelDetailApi(APIView):
+    permission_classes = [CanViewModels]
+    OutputSerializer = ModelVersionSerializer
+
+    @extend_schema(
+        operation_id="models_retrieve",
+        summary="Read a model version",
+        description="Class names, thresholds, per-class AUROC, sha256, and whether it is active.",
+        responses={
+            200: OpenApiResponse(ModelVersionSerializer, examples=MODEL_EXAMPLES),
+            **error_responses(401, 403, 404),
+        },
+        tags=["models"],
+    )
+    def get(self, request, pk: int):
+        return Response(self.OutputSerializer(_version(pk)).data)
+
+
+class ModelActivateApi(APIView):
+    permission_classes = [CanActivateModels]
+    OutputSerializer = ModelVersionSerializer
+
+    @extend_schema(
+        operation_id="models_activate",
+        summary="Activate a model version",
+        description=(
+            "Makes this version the one that serves predictions, on every worker at its next request "
+            "(no restart). Refused with 409 when its weights cannot be loaded or do not match their "
+            "sha256. Activating the active version changes nothing. Needs the model-admin role "
+            "(registry.activate_modelversion)."
+        ),
+        request=None,
+        responses={
+            200: OpenApiResponse(ModelVersionSerializer, examples=MODEL_EXAMPLES),
+            **error_responses(401, 403, 404, 409),
+        },
+        tags=["models"],
+    )
+    def post(self, request, pk: int):
+        version = _version(pk)
+        try:
+            version = services.model_version_activate(version=version, user=request.user, via="api")
+        except services.ActivationError as exc:
+            raise ApiError(str(exc), code="activation_failed", status_code=409) from exc
+        return Response(self.OutputSerializer(version).data)

@@ -1,0 +1,68 @@
+"""Serializers of the model-registry API."""
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from inference.serializers import UNTRAINED_WARNING
+from registry.models import ModelVersion
+
+
+class PreprocessingSerializer(serializers.Serializer):
+    input_size = serializers.IntegerField(help_text="Side of the square network input, in pixels.")
+    channels = serializers.IntegerField()
+    mean = serializers.ListField(child=serializers.FloatField())
+    std = serializers.ListField(child=serializers.FloatField())
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    class_names = serializers.ListField(
+        child=serializers.CharField(), help_text="Finding names, in the order of the model's outputs."
+    )
+    preprocessing = PreprocessingSerializer()
+    thresholds = serializers.SerializerMethodField()
+    per_class_auroc = serializers.DictField(
+        child=serializers.FloatField(allow_null=True),
+        help_text="AUROC per finding from `manage.py evaluate_model` (empty until evaluated).",
+    )
+    warning = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id",
+            "version_name",
+            "created_at",
+            "is_active",
+            "activated_at",
+            "sha256",
+            "architecture",
+            "class_names",
+            "preprocessing",
+            "thresholds",
+            "accuracy_auroc",
+            "per_class_auroc",
+            "untrained",
+            "notes",
+            "warning",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "additionalProperties": {"type": "number"},
+            "description": "Decision threshold of every finding (0.5 where none was registered).",
+        }
+    )
+    def get_thresholds(self, version: ModelVersion) -> dict:
+        return {name: version.threshold_for(name) for name in version.class_names}
+
+    @extend_schema_field(
+        {
+            "type": "string",
+            "nullable": True,
+            "description": "Set when the version is untrained: its scores have no medical meaning.",
+        }
+    )
+    def get_warning(self, version: ModelVersion) -> str | None:
+        return UNTRAINED_WARNING if version.untrained else None

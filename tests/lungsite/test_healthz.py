@@ -1,0 +1,62 @@
+"""GET /healthz: no authentication, 200 with the active version, 503 without a database."""
+
+from django.db import OperationalError
+
+from registry.models import DEFAULT_CLASS_NAMES, ModelVersion
+
+
+def active_row() -> ModelVersion:
+    return ModelVersion.objects.create(
+        version_name="starter-untrained-densenet121",
+        storage_path="weights/x.pt",
+        class_names=DEFAULT_CLASS_NAMES,
+        sha256="c" * 64,
+        untrained=True,
+        is_active=True,
+    )
+
+
+def test_it_reports_the_active_version_without_authentication(client, db):
+    version = active_row()
+
+    response = client.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ok",
+        "model": {
+            "id": version.pk,
+            "version_name": "starter-untrained-densenet121",
+            "sha256": "c" * 64,
+            "untrained": True,
+        },
+    }
+    assert "no-cache" in response["Cache-Control"]
+
+
+def test_it_says_when_no_version_is_active(client, db):
+    assert client.get("/healthz").json() == {"status": "ok", "model": None}
+
+
+def test_it_answers_503_when_the_database_is_unreachable(client, db, monkeypatch):
+    def unreachable():
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr("registry.selectors.model_version_get_active", unreachable)
+
+    response = client.get("/healthz")
+
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "database_unavailable"
+
+
+def test_it_answers_head(client, db):
+    assert client.head("/healthz").status_code == 200
+
+
+def test_it_refuses_other_methods_in_json(client, db):
+    response = client.post("/healthz")
+
+    assert response.status_code == 405
+    assert response["Allow"] == "GET, HEAD"
+    assert response.json()["error"]["code"] == "method_not_allowed"
