@@ -4,21 +4,26 @@ Weights load with `torch.load(weights_only=True)`: a pickle that would build arb
 (and so could run code) is refused before anything in it runs.
 """
 
+from __future__ import annotations
+
 import io
 import pickle
 import re
+import warnings
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-from torchvision.models import densenet121
+if TYPE_CHECKING:  # torch is imported on first use: `manage.py check/migrate` never pay for it
+    import torch
+    from torch import nn
 
 ARCHITECTURES = ("densenet121",)
 
 # Old CheXNet checkpoints (torchvision < 0.3) name DenseNet layers "norm.1" where torchvision now
 # says "norm1"; torchvision's own loader rewrites them with the same pattern.
 _LEGACY_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\."
+    r"((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
 )
 
 
@@ -30,7 +35,19 @@ def build_model(architecture: str, num_classes: int) -> nn.Module:
     """An untrained network of the given architecture with `num_classes` outputs (logits)."""
     if architecture not in ARCHITECTURES:
         raise WeightsError(f"Unknown architecture {architecture!r}; supported: {', '.join(ARCHITECTURES)}.")
+    from torchvision.models import densenet121
+
     return densenet121(weights=None, num_classes=num_classes)
+
+
+def _unpickling_detail(exc: Exception) -> str:
+    # torch's message starts with advice to retry with weights_only=False; never pass that on.
+    # The useful part is the line naming the refused global (e.g. "GLOBAL posix.system").
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL" in line or "Unsupported" in line:
+            return line[:200]
+    return "it references objects other than tensors."
 
 
 def load_state_dict(data: bytes) -> dict[str, torch.Tensor]:
@@ -40,13 +57,18 @@ def load_state_dict(data: bytes) -> dict[str, torch.Tensor]:
     `classifier.0.` head (CheXNet's Sequential(Linear, Sigmoid))."""
     if not data:
         raise WeightsError("The weights file is empty.")
+    import torch
+
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols it did not write; the refusal below says enough.
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise WeightsError(
             "Refused: the file is a pickle that holds more than tensors (loading it could run code). "
             "Save the weights with torch.save(model.state_dict(), path). "
-            f"Detail: {str(exc).splitlines()[0][:200]}"
+            f"Detail: {_unpickling_detail(exc)}"
         ) from exc
     except Exception as exc:  # noqa: BLE001 - any failure here means "not a weights file"
         raise WeightsError(
@@ -104,6 +126,8 @@ def load_model(data: bytes, *, architecture: str, num_classes: int) -> nn.Module
 
 
 def save_state_dict(model: nn.Module) -> bytes:
+    import torch
+
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.getvalue()

@@ -1,0 +1,299 @@
+"""Writes to the prediction log: the analysed image (without patient data), the heatmaps and the row,
+all or nothing. Heatmap PNGs are rendered when first fetched and then kept."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import struct
+import time
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+from django.db import DatabaseError
+from django.utils import timezone
+
+from audit.integrity import prediction_create_chained
+from audit.models import Prediction
+
+logger = logging.getLogger(__name__)
+
+# PNG chunks that describe pixels only. Everything else (tEXt, zTXt, iTXt, eXIf, tIME, iCCP, private
+# chunks) can carry names, dates or identifiers and is dropped from the stored copy.
+_PNG_PIXEL_CHUNKS = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"sBIT"}
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# JPEG segments kept: frame/scan/table markers, JFIF (APP0) and Adobe (APP14, it says how to
+# read the colours). APP1 (Exif/XMP), APP2 (ICC), other APPn and COM are dropped.
+_JPEG_KEEP_APP = {0xE0, 0xEE}
+
+
+class StorageUnavailable(Exception):
+    """The xray_images storage refused a read or a write."""
+
+
+class AuditWriteError(Exception):
+    """The prediction row could not be written (nothing was left behind)."""
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    data: bytes
+    extension: str  # "png" or "jpg"
+    content_type: str
+
+
+def images_storage():
+    return storages["xray_images"]
+
+
+# --------------------------------------------------------------------------------------------
+# The analysed image, without patient data
+
+
+def _png_without_metadata(data: bytes) -> bytes | None:
+    """The PNG with only its pixel chunks, byte for byte; None when it cannot be walked or holds
+    EXIF."""
+    if not data.startswith(_PNG_MAGIC):
+        return None
+    out = [_PNG_MAGIC]
+    pos = len(_PNG_MAGIC)
+    seen_end = False
+    while pos + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if end > len(data):
+            return None
+        if kind == b"eXIf":
+            # It may carry an orientation that decode applied; the caller re-encodes the pixels.
+            return None
+        if kind in _PNG_PIXEL_CHUNKS:
+            out.append(data[pos:end])
+        pos = end
+        if kind == b"IEND":
+            seen_end = True
+            break
+    return b"".join(out) if seen_end else None
+
+
+def _jpeg_without_metadata(data: bytes) -> bytes | None:
+    """The JPEG without APPn (except JFIF/Adobe) and COM segments before the first scan; the
+    compressed data is copied unchanged. None when the markers cannot be walked."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    out = [b"\xff\xd8"]
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        end = pos + 2 + length
+        if end > len(data):
+            return None
+        if marker == 0xDA:  # start of scan: the rest is entropy-coded data and later scans
+            out.append(data[pos:])
+            return b"".join(out)
+        is_app = 0xE0 <= marker <= 0xEF
+        if (is_app and marker in _JPEG_KEEP_APP) or (not is_app and marker != 0xFE):
+            out.append(data[pos:end])
+        pos = end
+    return None
+
+
+def _png_of(image: np.ndarray) -> bytes:
+    """An 8-bit grayscale PNG of the decoded picture (after windowing/LUTs, as the model saw it).
+    8 bits: a 16-bit PNG of a 1955x1841 CR plate took ~500 ms to encode here against ~170 ms, and
+    the extra bits are not visible on a display."""
+    from PIL import Image
+
+    pixels = np.round(np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _jpeg_orientation(data: bytes) -> int:
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as pil:
+            return int(pil.getexif().get(0x0112, 1) or 1)
+    except Exception:  # noqa: BLE001 - unreadable EXIF means no orientation to honour
+        return 1
+
+
+def sanitised_image(data: bytes, image: np.ndarray) -> StoredImage:
+    """What the audit log keeps of an upload: a PNG or JPEG as uploaded minus its metadata
+    segments (same compressed pixels), or, for DICOM and anything we cannot strip safely, a PNG of
+    the decoded pixels (`image`, (H, W) in [0, 1]) — never a DICOM header."""
+    if data.startswith(_PNG_MAGIC):
+        stripped = _png_without_metadata(data)
+        if stripped is not None:
+            return StoredImage(stripped, "png", "image/png")
+    elif data.startswith(b"\xff\xd8\xff") and _jpeg_orientation(data) == 1:
+        stripped = _jpeg_without_metadata(data)
+        if stripped is not None:
+            return StoredImage(stripped, "jpg", "image/jpeg")
+    return StoredImage(_png_of(image), "png", "image/png")
+
+
+# --------------------------------------------------------------------------------------------
+# The row
+
+
+def results_json(*, version, probabilities) -> dict:
+    """The findings as returned to the caller and kept in the log (model output order)."""
+    findings = []
+    for name, probability in zip(version.class_names, probabilities, strict=True):
+        threshold = version.threshold_for(name)
+        probability = float(probability)
+        findings.append(
+            {
+                "name": name,
+                "probability": probability,
+                "threshold": threshold,
+                "positive": probability >= threshold,
+            }
+        )
+    return {
+        "model": {
+            "id": version.pk,
+            "version_name": version.version_name,
+            "sha256": version.sha256,
+            "untrained": bool(version.untrained),
+        },
+        "findings": findings,
+        "untrained": bool(version.untrained),
+    }
+
+
+def heatmaps_json(*, class_names, cams) -> dict:
+    """{finding name: raw Grad-CAM map (h x w nested lists)}: 13 maps of 7x7 are ~6 KB of JSON,
+    cheaper to keep in the row than as files (no extra storage write on the request path, nothing
+    to orphan)."""
+    cams = np.asarray(cams, dtype=np.float32)
+    return {
+        name: [[float(f"{v:.6g}") for v in row] for row in cam.tolist()]
+        for name, cam in zip(class_names, cams, strict=True)
+    }
+
+
+def prediction_log(
+    *,
+    version,
+    data: bytes,
+    image: np.ndarray,
+    probabilities,
+    cams,
+    image_sha256: str,
+    user=None,
+    source: str = Prediction.SOURCE_WEB,
+    started: float | None = None,
+) -> Prediction:
+    """Stores the analysed image and writes the row. Either both exist afterwards or neither:
+    a storage failure raises StorageUnavailable before any row; a row failure deletes the file
+    and raises AuditWriteError."""
+    stored = sanitised_image(data, image)
+    now = timezone.now()
+    name = f"images/{now:%Y/%m}/{uuid.uuid4().hex}.{stored.extension}"
+    storage = images_storage()
+    try:
+        name = storage.save(name, ContentFile(stored.data))
+    except Exception as exc:  # noqa: BLE001 - any backend failure means "storage unavailable"
+        logger.error("cannot store the analysed image: %s", exc)
+        _delete_quietly(storage, name)
+        raise StorageUnavailable(f"The image store is unavailable ({type(exc).__name__}).") from exc
+
+    try:
+        latency_ms = (time.perf_counter() - started) * 1000.0 if started is not None else None
+        # The row joins the log's hash chain (audit.integrity), which covers the stored bytes.
+        return prediction_create_chained(
+            stored_data=stored.data,
+            model=version,
+            image_url=name,
+            results_json=results_json(version=version, probabilities=probabilities),
+            image_sha256=image_sha256,
+            user=user if getattr(user, "pk", None) else None,
+            source=source,
+            latency_ms=latency_ms,
+            heatmaps=heatmaps_json(class_names=version.class_names, cams=cams),
+        )
+    except Exception as exc:
+        _delete_quietly(storage, name)
+        if isinstance(exc, DatabaseError):
+            raise AuditWriteError(f"The prediction log is unavailable ({type(exc).__name__}).") from exc
+        raise
+
+
+def _delete_quietly(storage, name: str) -> None:
+    try:
+        if storage.exists(name):
+            storage.delete(name)
+    except Exception:  # noqa: BLE001 - best effort; the original error is what matters
+        logger.exception("could not remove %s after a failed prediction write", name)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading back
+
+
+def _content_type(name: str) -> str:
+    return "image/jpeg" if name.lower().endswith((".jpg", ".jpeg")) else "image/png"
+
+
+def image_bytes(*, prediction: Prediction) -> tuple[bytes, str]:
+    """The stored analysed image and its content type. Raises StorageUnavailable."""
+    try:
+        with images_storage().open(prediction.image_url, "rb") as handle:
+            return handle.read(), _content_type(prediction.image_url)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise StorageUnavailable(f"The image store is unavailable ({type(exc).__name__}).") from exc
+
+
+def heatmap_name(*, prediction: Prediction, name: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    return f"heatmaps/{prediction.pk}/{slug}.png"
+
+
+def heatmap_png(*, prediction: Prediction, name: str) -> bytes:
+    """The overlay PNG of one finding: rendered on first fetch, then kept in storage.
+    Raises LookupError for a finding the prediction has no map for."""
+    from inference.pipeline import DecodeError, decode, heatmap_overlay_png
+
+    cams = prediction.heatmaps or {}
+    if name not in cams or not isinstance(cams[name], list):
+        raise LookupError(f"Prediction {prediction.pk} has no heatmap named {name!r}.")
+    storage = images_storage()
+    path = heatmap_name(prediction=prediction, name=name)
+    try:
+        if storage.exists(path):
+            with storage.open(path, "rb") as handle:
+                return handle.read()
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("cannot read cached heatmap %s: %s", path, exc)
+
+    data, _ = image_bytes(prediction=prediction)
+    try:
+        image = decode(data, prediction.image_url, max_pixels=10**9)  # our own stored file
+    except DecodeError as exc:
+        raise StorageUnavailable(
+            f"The stored image of prediction {prediction.pk} is unreadable: {exc}"
+        ) from exc
+    png = heatmap_overlay_png(image, np.asarray(cams[name], dtype=np.float32))
+    try:
+        saved = storage.save(path, ContentFile(png))
+        if saved != path:  # another request rendered it first; keep theirs
+            storage.delete(saved)
+    except Exception as exc:  # noqa: BLE001 - the PNG is still returned; it renders again next time
+        logger.warning("cannot keep heatmap %s: %s", path, exc)
+    return png

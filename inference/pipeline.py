@@ -1,0 +1,474 @@
+"""From uploaded bytes to findings and heatmaps: decode, preprocess, one forward pass. No Django here.
+
+Shapes, for the starter model (224 input, 13 findings):
+    decode      bytes                         -> (H, W) float32 in [0, 1]
+    preprocess  (H, W) float32                -> (1, 3, 224, 224) float32
+    predict     (1, 3, 224, 224) float32      -> probabilities (13,), cams (13, 7, 7)
+    cams_normalised (13, 7, 7)                -> (13, size, size) float32 in [0, 1]
+    heatmap_overlay_png (H, W) + (7, 7)       -> PNG bytes
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import nn
+
+DEFAULT_MAX_PIXELS = 60_000_000
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+# Formats decoded through Pillow. Others that Pillow recognises are refused by name.
+_PIL_FORMATS = ("PNG", "JPEG")
+
+
+class DecodeError(Exception):
+    """An upload that is not a usable image. `code` is a stable identifier, `status` the HTTP status
+    the caller should answer with, and the message says what was wrong in words."""
+
+    def __init__(self, message: str, *, code: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+@dataclass(frozen=True)
+class PredictionOutput:
+    probabilities: np.ndarray  # (K,) float32, sigmoid outputs in the model's output order
+    cams: np.ndarray  # (K, h, w) float32 Grad-CAM maps at feature-map resolution (ReLU applied)
+
+
+# --------------------------------------------------------------------------------------------
+# Decode
+
+
+def decode(data: bytes, filename: str = "", *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """One grayscale picture, (H, W) float32 in [0, 1], from PNG, JPEG or DICOM bytes.
+
+    The container is recognised by its content; `filename` only improves messages. The pixel count
+    is checked from the header before any pixel is decoded (decompression bombs)."""
+    if not data:
+        raise DecodeError("The file is empty.", code="empty", status=400)
+    label = f"{filename!r} " if filename else ""
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return _decode_dicom(data, label, max_pixels, has_meta=True)
+    if data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC):
+        return _decode_pillow(data, label, max_pixels)
+    if _looks_like_headerless_dicom(data):
+        return _decode_dicom(data, label, max_pixels, has_meta=False)
+    return _decode_pillow(data, label, max_pixels)
+
+
+def _looks_like_headerless_dicom(data: bytes) -> bool:
+    # ACR-NEMA style files (no preamble, no File Meta) start with a little-endian group 0x0008 or
+    # 0x0002 tag; asking pydicom to force-parse anything else would "succeed" on garbage.
+    return len(data) >= 8 and data[:2] in (b"\x08\x00", b"\x02\x00") and data[3:4] == b"\x00"
+
+
+def _decode_pillow(data: bytes, label: str, max_pixels: int) -> np.ndarray:
+    if data.startswith(_PNG_MAGIC) and len(data) >= 24 and data[12:16] == b"IHDR":
+        # The size is in the first chunk: refuse a bomb with its real dimensions in the message,
+        # before Pillow's own (coarser) limit would.
+        width, height = struct.unpack(">II", data[16:24])
+        _check_pixels(width, height, 1, max_pixels, label)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))  # lazy: reads the header only
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(
+            f"The image {label}has too many pixels ({exc}).", code="too_many_pixels", status=413
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise DecodeError(
+            f"The file {label}is not an image this service reads (PNG, JPEG or DICOM).",
+            code="not_an_image",
+            status=415,
+        ) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DecodeError(f"The image {label}cannot be read: {exc}.", code="truncated") from exc
+
+    if image.format not in _PIL_FORMATS:
+        raise DecodeError(
+            f"{image.format} images are not supported; send PNG, JPEG or DICOM.",
+            code="unsupported_format",
+            status=415,
+        )
+    width, height = image.size
+    _check_pixels(width, height, 1, max_pixels, label)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _pil_to_gray(image)
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(
+            f"The image {label}has too many pixels ({exc}).", code="too_many_pixels", status=413
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise DecodeError(
+            f"The {image.format} image {label}is truncated or corrupt ({exc}).", code="truncated"
+        ) from exc
+
+
+def _check_pixels(width: int, height: int, frames: int, max_pixels: int, label: str) -> None:
+    if width <= 0 or height <= 0:
+        raise DecodeError(f"The image {label}has no pixels ({width}x{height}).", code="truncated")
+    if width * height * max(frames, 1) > max_pixels:
+        raise DecodeError(
+            f"The image {label}is {width}x{height} pixels"
+            + (f" x {frames} frames" if frames > 1 else "")
+            + f", more than the {max_pixels:,} allowed.",
+            code="too_many_pixels",
+            status=413,
+        )
+
+
+def _pil_to_gray(image: Image.Image) -> np.ndarray:
+    """Gray values in [0, 1], scaled by the bit depth so an 8-bit picture and its 16-bit copy
+    (value * 257) give the same floats."""
+    mode = image.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        return np.asarray(image, dtype=np.uint16).astype(np.float32) / 65535.0
+    if mode == "I":
+        # Pillow opens some 16-bit grayscale PNGs as 32-bit "I"; their values are still 16-bit.
+        arr = np.asarray(image, dtype=np.int64)
+        if arr.min() >= 0 and arr.max() <= 65535:
+            return (arr / 65535.0).astype(np.float32)
+        return _min_max(arr.astype(np.float64))
+    if mode == "F":
+        return _min_max(np.asarray(image, dtype=np.float64))
+    if mode == "L":
+        return np.asarray(image, dtype=np.uint8).astype(np.float32) / 255.0
+    if mode == "LA":
+        return np.asarray(image.getchannel("L"), dtype=np.uint8).astype(np.float32) / 255.0
+    if mode in ("RGBA", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "1", "RGBX"):
+        image = image.convert("RGB")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    # ITU-R 601-2 luma, as Pillow's convert("L") but without rounding to 8 bits.
+    rgb = np.asarray(image, dtype=np.float32)
+    gray = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+    return np.clip(gray / 255.0, 0.0, 1.0).astype(np.float32)
+
+
+def _min_max(arr: np.ndarray) -> np.ndarray:
+    arr = np.nan_to_num(np.asarray(arr, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = float(arr.min()), float(arr.max())
+    if high <= low:
+        return np.zeros(arr.shape, dtype=np.float32)
+    return ((arr - low) / (high - low)).astype(np.float32)
+
+
+def _decode_dicom(data: bytes, label: str, max_pixels: int, *, has_meta: bool) -> np.ndarray:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+            # Touch the elements we need so a broken header fails here, not later.
+            rows, cols = ds.get("Rows"), ds.get("Columns")
+            has_pixels = "PixelData" in ds
+    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        if not has_meta:
+            raise DecodeError(
+                f"The file {label}is not an image this service reads (PNG, JPEG or DICOM).",
+                code="not_an_image",
+                status=415,
+            ) from exc
+        raise DecodeError(f"The DICOM file {label}cannot be read: {exc}.", code="truncated") from exc
+
+    if not has_pixels:
+        if not has_meta and not rows:
+            raise DecodeError(
+                f"The file {label}is not an image this service reads (PNG, JPEG or DICOM).",
+                code="not_an_image",
+                status=415,
+            )
+        raise DecodeError(
+            f"The DICOM file {label}holds no pixel data (it is not an image, e.g. a report or a "
+            "structured document).",
+            code="dicom_no_pixels",
+        )
+    if not rows or not cols:
+        raise DecodeError(f"The DICOM file {label}has no Rows/Columns.", code="dicom_no_pixels")
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+    except (TypeError, ValueError):
+        frames, samples = 1, 1
+    _check_pixels(int(cols), int(rows), frames, max_pixels, label)
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        # ACR-NEMA files carry no transfer syntax; the reader knows how it parsed them.
+        meta = meta if meta is not None else pydicom.dataset.FileMetaDataset()
+        implicit = getattr(ds, "original_encoding", (True, True))[0]
+        meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        ds.file_meta = meta
+    syntax = meta.TransferSyntaxUID
+    try:
+        decoder = pydicom.pixels.get_decoder(syntax)
+        available = decoder.is_available
+    except NotImplementedError:
+        available = False
+    if not available:
+        raise DecodeError(
+            f"The DICOM file {label}uses transfer syntax {getattr(syntax, 'name', '') or syntax} "
+            f"({syntax}), which this service cannot decompress.",
+            code="unsupported_transfer_syntax",
+            status=415,
+        )
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds.pixel_array_options(index=0 if frames > 1 else None)
+            arr = ds.pixel_array
+            if arr.ndim == 3 and samples == 1:  # multi-frame that ignored the index
+                arr = arr[0]
+            return _dicom_to_gray(arr, ds)
+    except DecodeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom and its plugins raise many types
+        raise DecodeError(
+            f"The pixel data of the DICOM file {label}cannot be decoded ({type(exc).__name__}: "
+            f"{str(exc)[:200]}).",
+            code="truncated",
+        ) from exc
+
+
+def _dicom_to_gray(arr: np.ndarray, ds) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi
+
+    if arr.ndim == 3:  # colour (RGB after pydicom's YBR conversion)
+        rgb = arr.astype(np.float32)
+        bits = int(ds.get("BitsStored") or 8)
+        gray = rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
+        return np.clip(gray / (2**bits - 1), 0, 1).astype(np.float32)
+
+    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
+    signed = int(ds.get("PixelRepresentation") or 0) == 1
+    stored_low = -(2 ** (bits - 1)) if signed else 0
+    stored_high = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+
+    # The full range the modality transform can give, so unwindowed images scale by bit depth
+    # (an 8-bit DICOM gives the same floats as the 8-bit PNG of its pixels). Float32 throughout:
+    # exact for 16-bit values, and half the memory of pydicom's float64 on a 60 Mpx plate.
+    if "ModalityLUTSequence" in ds:
+        values = apply_modality_lut(arr, ds).astype(np.float32)
+        lut = np.asarray(ds.ModalityLUTSequence[0].LUTData, dtype=np.float64)
+        low, high = float(lut.min()), float(lut.max())
+    else:
+        slope = float(ds.get("RescaleSlope") or 1.0)
+        intercept = float(ds.get("RescaleIntercept") or 0.0)
+        values = arr.astype(np.float32)
+        if slope != 1.0 or intercept != 0.0:
+            values = values * np.float32(slope) + np.float32(intercept)
+        low, high = sorted((stored_low * slope + intercept, stored_high * slope + intercept))
+
+    if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
+        values = apply_voi(values, ds, index=0).astype(np.float32)
+        lut = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
+        low, high = float(lut.min()), float(lut.max())
+        gray = _scale(values, low, high)
+    elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        gray = _window(values, ds)
+    else:
+        gray = _scale(values, low, high)
+
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        gray = 1.0 - gray
+    return gray.astype(np.float32)
+
+
+def _scale(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high <= low:
+        return _min_max(values)
+    return np.clip((values - low) / (high - low), 0.0, 1.0)
+
+
+def _first(value) -> float:
+    try:
+        return float(value[0])
+    except (TypeError, IndexError, KeyError):
+        return float(value)
+
+
+def _window(values: np.ndarray, ds) -> np.ndarray:
+    """The DICOM VOI window (PS3.3 C.11.2.1.2) straight to [0, 1]."""
+    center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+    function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    if function == "SIGMOID" and width > 0:
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    if function == "LINEAR_EXACT" and width > 0:
+        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+    if width < 1:
+        return (values > center - 0.5).astype(np.float32)
+    if width == 1:
+        return (values >= center - 0.5).astype(np.float32)
+    return np.clip((values - (center - 0.5)) / (width - 1.0) + 0.5, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------------------------
+# Preprocess and predict
+
+
+def preprocess(image: np.ndarray, spec: dict) -> torch.Tensor:
+    """(H, W) float32 in [0, 1] -> (1, C, S, S) float32, resized (antialiased bilinear, the whole
+    field of view kept) and normalised per channel as the model's preprocessing JSON says."""
+    size = int(spec.get("input_size", 224))
+    channels = int(spec.get("channels", 3))
+    mean = list(spec.get("mean", [0.485, 0.456, 0.406]))
+    std = list(spec.get("std", [0.229, 0.224, 0.225]))
+    if len(mean) == 1:
+        mean = mean * channels
+    if len(std) == 1:
+        std = std * channels
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    if image.shape != (size, size):
+        image = np.asarray(
+            Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR),
+            dtype=np.float32,
+        )
+    plane = torch.from_numpy(np.array(image, dtype=np.float32, copy=True))
+    mean_t = torch.tensor(mean[:channels], dtype=torch.float32).view(channels, 1, 1)
+    std_t = torch.tensor(std[:channels], dtype=torch.float32).view(channels, 1, 1)
+    return ((plane.unsqueeze(0).expand(channels, size, size) - mean_t) / std_t).unsqueeze(0).contiguous()
+
+
+def _head(model: nn.Module) -> nn.Linear:
+    head = model.classifier
+    if isinstance(head, nn.Sequential):
+        head = next(m for m in head if isinstance(m, nn.Linear))
+    return head
+
+
+def predict(model: nn.Module, tensor: torch.Tensor) -> PredictionOutput:
+    """ONE forward pass: sigmoid probabilities and the Grad-CAM map of every finding.
+
+    torchvision's DenseNet is logits = W · mean_ij(ReLU(A)) + b with A the output of norm5
+    (features[-1]). Grad-CAM's channel weight for finding c is the spatial mean of d logit_c / dA,
+    i.e. W[c, k] * mean_ij(A_k > 0) / (h*w), and its map ReLU(sum_k weight_k * ReLU(A_k)) (the
+    library sees ReLU(A) because DenseNet applies the ReLU in place on the hooked tensor). All
+    findings' maps are therefore one (K x C) @ (C x h*w) product, no backward pass."""
+    if getattr(model, "backend", None) == "onnxruntime" and hasattr(model, "forward_features"):
+        # inference.serving.ServingRuntime: the same forward pass run by ONNX Runtime, giving the
+        # logits and the norm5 map; the maps follow from them exactly as below.
+        from inference.serving import class_activation_maps
+
+        logits, features = model.forward_features(tensor)
+        probabilities = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+        return PredictionOutput(
+            probabilities=probabilities.astype(np.float32),
+            cams=class_activation_maps(np.asarray(features, dtype=np.float32), model.head_weight),
+        )
+    if model.training:
+        model.eval()
+    with torch.inference_mode():
+        features = model.features(tensor)  # (1, C, h, w), norm5 output
+        activated = F.relu(features)
+        pooled = activated.mean(dim=(2, 3))  # (1, C)
+        head = _head(model)
+        logits = F.linear(pooled, head.weight, head.bias)
+        probabilities = torch.sigmoid(logits)[0]
+
+        _, channels, h, w = features.shape
+        positive = (features[0] > 0).to(features.dtype).mean(dim=(1, 2))  # (C,)
+        weights = head.weight * (positive / (h * w)).unsqueeze(0)  # (K, C)
+        cams = F.relu(weights @ activated[0].reshape(channels, h * w)).reshape(-1, h, w)
+    return PredictionOutput(
+        probabilities=probabilities.float().numpy().copy(),
+        cams=cams.float().numpy().copy(),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Heatmaps
+
+
+def _linear_resize_matrix(src: int, dst: int) -> np.ndarray:
+    """(dst, src) weights of OpenCV's INTER_LINEAR (half-pixel centres, edge clamped), which is
+    what pytorch_grad_cam uses to bring a map to the input size."""
+    matrix = np.zeros((dst, src), dtype=np.float64)
+    scale = src / dst
+    for d in range(dst):
+        f = (d + 0.5) * scale - 0.5
+        s = int(np.floor(f))
+        frac = f - s
+        if s < 0:
+            s, frac = 0, 0.0
+        if s >= src - 1:
+            s, frac = src - 1, 0.0
+        matrix[d, s] += 1.0 - frac
+        if frac:
+            matrix[d, s + 1] += frac
+    return matrix
+
+
+def _library_scale(cams: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    # pytorch_grad_cam.utils.image.scale_cam_image: per map min-max (eps 1e-7), optional resize.
+    out = []
+    for cam in cams:
+        cam = cam - np.min(cam)
+        cam = cam / (1e-7 + np.max(cam))
+        if size is not None:
+            width, height = size
+            rows = _linear_resize_matrix(cam.shape[0], height).astype(np.float32)
+            cols = _linear_resize_matrix(cam.shape[1], width).astype(np.float32)
+            cam = rows @ cam.astype(np.float32) @ cols.T
+        out.append(cam)
+    return np.float32(out)
+
+
+def cams_normalised(cams: np.ndarray, size: int | tuple[int, int] = 224) -> np.ndarray:
+    """Raw maps (K, h, w) -> (K, H, W) in [0, 1] normalised exactly as pytorch_grad_cam does
+    (ReLU, min-max, bilinear resize to the input size, ReLU, min-max). `size` is S or (W, H)."""
+    if isinstance(size, int):
+        size = (size, size)
+    cams = np.maximum(np.asarray(cams, dtype=np.float32), 0)
+    scaled = _library_scale(cams, size)
+    return _library_scale(np.maximum(scaled, 0), None)
+
+
+def _colour_lut() -> np.ndarray:
+    # OpenCV's COLORMAP_JET (what pytorch_grad_cam's show_cam_on_image uses), as a 256x3 RGB table.
+    x = np.linspace(0.0, 1.0, 256)
+    r = np.clip(1.5 - np.abs(4.0 * x - 3.0), 0, 1)
+    g = np.clip(1.5 - np.abs(4.0 * x - 2.0), 0, 1)
+    b = np.clip(1.5 - np.abs(4.0 * x - 1.0), 0, 1)
+    return np.round(np.stack([r, g, b], axis=1) * 255).astype(np.uint8)
+
+
+_JET = _colour_lut()
+
+
+def heatmap_overlay_png(image: np.ndarray, cam: np.ndarray, *, size: int = 512, alpha: float = 0.4) -> bytes:
+    """The map of one finding in colour over the gray picture, longest side `size`, as PNG bytes.
+    image: (H, W) float in [0, 1]; cam: (h, w) raw map at feature-map resolution."""
+    height, width = image.shape[:2]
+    scale = size / max(height, width)
+    out_w, out_h = max(1, round(width * scale)), max(1, round(height * scale))
+    gray = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32)).resize(
+        (out_w, out_h), Image.Resampling.BILINEAR
+    )
+    gray_arr = np.clip(np.asarray(gray, dtype=np.float32), 0, 1)
+    heat = cams_normalised(cam[None], (out_w, out_h))[0]
+    colour = _JET[np.clip(np.round(heat * 255), 0, 255).astype(np.uint8)].astype(np.float32) / 255.0
+    blended = (1.0 - alpha) * gray_arr[..., None] + alpha * colour
+    pixels = np.clip(np.round(blended * 255), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    # Level 1: ~2x faster than 3 on a 512x512 overlay (53 vs 85 ms measured), 6% larger.
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()

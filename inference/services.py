@@ -1,0 +1,103 @@
+"""One prediction, start to finish: check the upload, decode, predict with the model that serves
+now, and log it. Pages and the REST API both call `prediction_create`."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+
+from django.conf import settings
+
+from audit.models import Prediction
+
+logger = logging.getLogger(__name__)
+
+
+class PredictionRefused(Exception):
+    """The upload cannot be analysed (a 4xx): `code`, `status` and a message saying why."""
+
+    def __init__(self, message: str, *, code: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class PredictionUnavailable(Exception):
+    """The service cannot predict right now (a 503): no model, storage or database down."""
+
+    status = 503
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _read_upload(upload, max_bytes: int) -> bytes:
+    size = getattr(upload, "size", None)
+    if size is not None and size > max_bytes:
+        raise PredictionRefused(
+            f"The file is {size / 1048576:.1f} MB; the limit is {settings.LUNGSITE_MAX_UPLOAD_MB} MB.",
+            code="too_large",
+            status=413,
+        )
+    if hasattr(upload, "seek"):
+        upload.seek(0)
+    data = upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PredictionRefused(
+            f"The file is larger than the {settings.LUNGSITE_MAX_UPLOAD_MB} MB limit.",
+            code="too_large",
+            status=413,
+        )
+    if not data:
+        raise PredictionRefused("The file is empty.", code="empty", status=400)
+    return data
+
+
+def prediction_create(*, upload, user, source: str) -> Prediction:
+    """Analyses an uploaded X-ray and logs it. Returns the written Prediction row.
+
+    Raises PredictionRefused (4xx: too large, empty, not a readable image, too many pixels, ...)
+    or PredictionUnavailable (503: no model can serve, image storage or database unavailable).
+    Nothing is stored when it raises."""
+    from audit.services import AuditWriteError, StorageUnavailable, prediction_log
+    from inference.pipeline import DecodeError, decode, predict, preprocess
+    from registry.cache import NoActiveModel, get_active
+    from registry.models import DEFAULT_PREPROCESSING
+
+    started = time.perf_counter()
+    data = _read_upload(upload, settings.LUNGSITE_MAX_UPLOAD_MB * 1024 * 1024)
+    try:
+        image = decode(data, getattr(upload, "name", "") or "", max_pixels=settings.LUNGSITE_MAX_PIXELS)
+    except DecodeError as exc:
+        raise PredictionRefused(str(exc), code=exc.code, status=exc.status) from exc
+
+    try:
+        serving = get_active()
+    except NoActiveModel as exc:
+        raise PredictionUnavailable(str(exc), code="no_model") from exc
+
+    version = serving.version
+    tensor = preprocess(image, version.preprocessing or DEFAULT_PREPROCESSING)
+    output = predict(serving.model, tensor)
+    try:
+        return prediction_log(
+            version=version,
+            data=data,
+            image=image,
+            probabilities=output.probabilities,
+            cams=output.cams,
+            image_sha256=hashlib.sha256(data).hexdigest(),
+            user=user,
+            source=source,
+            started=started,
+        )
+    except StorageUnavailable as exc:
+        raise PredictionUnavailable(
+            f"The image store is unavailable; nothing was recorded. ({exc})", code="storage_unavailable"
+        ) from exc
+    except AuditWriteError as exc:
+        raise PredictionUnavailable(
+            f"The prediction log is unavailable; nothing was recorded. ({exc})", code="database_unavailable"
+        ) from exc

@@ -1,0 +1,130 @@
+"""preprocess, predict and the heatmaps: one forward pass gives every finding's Grad-CAM, equal to
+pytorch_grad_cam.GradCAM on the same model and target layer."""
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from inference.pipeline import cams_normalised, decode, heatmap_overlay_png, predict, preprocess
+from inference.weights import load_model
+from registry.models import DEFAULT_PREPROCESSING
+from tests.conftest import shared_data_path, starter_weights_bytes
+
+REAL_IMAGES = [
+    ("nih_reproduce_chexnet", "images", "00000075_000.png"),
+    ("kermany_pneumonia_model_package", "person1946_bacteria_4874.jpeg"),
+    ("pydicom_data", "RG1_UNCR.dcm"),
+]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    # Two intra-op threads on two busy shared cores made a forward pass ~10x slower (measured);
+    # one thread keeps these tests fast whatever else runs.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(starter_weights_bytes(), architecture="densenet121", num_classes=13)
+
+
+@pytest.mark.parametrize("parts", REAL_IMAGES, ids=lambda p: p[-1])
+def test_it_matches_pytorch_grad_cam_for_every_finding(model, parts):
+    grad_cam = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    tensor = preprocess(decode(shared_data_path(*parts).read_bytes()), DEFAULT_PREPROCESSING)
+    output = predict(model, tensor)
+    ours = cams_normalised(output.cams, 224)
+    assert output.cams.shape == (13, 7, 7) and ours.shape == (13, 224, 224)
+
+    # The library computes one finding per sample: a batch of 13 copies, finding c on copy c.
+    batch = tensor.repeat(13, 1, 1, 1)
+    with grad_cam.GradCAM(model=model, target_layers=[model.features[-1]]) as cam:
+        reference = cam(input_tensor=batch, targets=[ClassifierOutputTarget(c) for c in range(13)])
+    model.eval()
+    assert reference.shape == (13, 224, 224)
+    # Float32 noise only: the library's own batched and one-by-one runs differ by up to ~8e-6 here.
+    for finding in range(13):
+        np.testing.assert_allclose(ours[finding], reference[finding], atol=2e-5, err_msg=f"finding {finding}")
+
+
+def test_it_returns_the_models_own_probabilities(model):
+    tensor = preprocess(decode(shared_data_path(*REAL_IMAGES[0]).read_bytes()), DEFAULT_PREPROCESSING)
+    with torch.inference_mode():
+        expected = torch.sigmoid(model(tensor))[0].numpy()
+    output = predict(model, tensor)
+    assert output.probabilities.shape == (13,)
+    np.testing.assert_allclose(output.probabilities, expected, atol=1e-6)
+
+
+def test_it_makes_all_heatmaps_without_a_backward_pass(model, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("predict must not run a backward pass")
+
+    monkeypatch.setattr(torch.Tensor, "backward", refuse)
+    monkeypatch.setattr(torch.autograd, "grad", refuse)
+    calls = []
+    handle = model.features.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        output = predict(model, preprocess(np.random.default_rng(0).random((64, 64)), DEFAULT_PREPROCESSING))
+    finally:
+        handle.remove()
+    assert calls == [1]  # one forward through the network for 13 probabilities and 13 maps
+    assert output.cams.shape == (13, 7, 7) and (output.cams >= 0).all()
+
+
+def test_it_preprocesses_to_the_spec():
+    image = np.linspace(0, 1, 300 * 500, dtype=np.float32).reshape(300, 500)
+    tensor = preprocess(image, DEFAULT_PREPROCESSING)
+    assert tensor.shape == (1, 3, 224, 224) and tensor.dtype == torch.float32
+    mean, std = DEFAULT_PREPROCESSING["mean"], DEFAULT_PREPROCESSING["std"]
+    for channel in range(3):
+        plane = tensor[0, channel].numpy() * std[channel] + mean[channel]
+        np.testing.assert_allclose(plane, tensor[0, 0].numpy() * std[0] + mean[0], atol=1e-5)
+    one = preprocess(image, {"input_size": 320, "channels": 1, "mean": [0.5], "std": [0.25]})
+    assert one.shape == (1, 1, 320, 320)
+    assert float(one.min()) == pytest.approx(-2.0, abs=0.02)
+    assert float(one.max()) == pytest.approx(2.0, abs=0.02)
+
+
+def test_it_renders_an_overlay_png():
+    image = decode(shared_data_path(*REAL_IMAGES[1]).read_bytes())  # not square
+    cam = np.zeros((7, 7), np.float32)
+    cam[2, 5] = 3.0
+    data = heatmap_overlay_png(image, cam, size=512)
+    with Image.open(io.BytesIO(data)) as png:
+        assert png.format == "PNG" and png.mode == "RGB"
+        assert max(png.size) == 512
+        assert png.size[0] / png.size[1] == pytest.approx(image.shape[1] / image.shape[0], rel=0.01)
+        pixels = np.asarray(png, dtype=np.int16)
+    # The hot spot is red-ish, far from it the map is blue-ish.
+    height, width = pixels.shape[:2]
+    hot = pixels[int(height * 2.5 / 7), int(width * 5.5 / 7)]
+    cold = pixels[int(height * 6.5 / 7), int(width * 0.5 / 7)]
+    assert hot[0] > hot[2] and cold[2] > cold[0]
+
+
+def test_it_renders_a_flat_map_without_nan():
+    data = heatmap_overlay_png(np.full((50, 40), 0.5, np.float32), np.zeros((7, 7), np.float32), size=64)
+    with Image.open(io.BytesIO(data)) as png:
+        assert png.size == (51, 64)
+    assert np.isfinite(cams_normalised(np.zeros((2, 7, 7), np.float32), 32)).all()
+
+
+def test_it_predicts_the_same_through_an_onnx_serving_runtime(model):
+    serving = pytest.importorskip("inference.serving")
+    runtime = serving.ServingRuntime.from_model(model, 224, threads=1)
+    if runtime.backend != "onnxruntime":
+        pytest.skip("ONNX Runtime is not available here")
+    tensor = preprocess(decode(shared_data_path(*REAL_IMAGES[0]).read_bytes()), DEFAULT_PREPROCESSING)
+    reference, served = predict(model, tensor), predict(runtime, tensor)
+    np.testing.assert_allclose(served.probabilities, reference.probabilities, atol=1e-5)
+    np.testing.assert_allclose(cams_normalised(served.cams), cams_normalised(reference.cams), atol=1e-4)

@@ -1,0 +1,140 @@
+"""inference.weights: every accepted layout loads the same tensors; wrong files are refused with
+their own message; a pickle that would run code is refused without running it."""
+
+import io
+import os
+import pickle
+import re
+
+import pytest
+import torch
+
+from inference.weights import WeightsError, load_model, load_state_dict
+from tests.conftest import starter_weights_bytes
+
+
+@pytest.fixture(scope="module")
+def state() -> dict[str, torch.Tensor]:
+    return load_state_dict(starter_weights_bytes())
+
+
+def _bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _legacy(state: dict) -> dict:
+    # torchvision < 0.3 names: "denselayer1.norm.1.weight" for "denselayer1.norm1.weight".
+    pattern = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.")
+    return {pattern.sub(r"\1.\2.", key): value for key, value in state.items()}
+
+
+def _assert_same(loaded: dict, state: dict) -> None:
+    assert loaded.keys() == state.keys()
+    keys = ("features.conv0.weight", "features.denseblock4.denselayer16.norm2.running_var", "classifier.bias")
+    for key in keys:
+        assert torch.equal(loaded[key], state[key])
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["plain", "state_dict", "model", "dataparallel", "legacy", "chexnet"],
+)
+def test_it_accepts_the_documented_layouts(state, layout):
+    if layout == "plain":
+        obj = state
+    elif layout == "state_dict":
+        obj = {"state_dict": state, "epoch": 12, "best_loss": 0.17}
+    elif layout == "model":
+        obj = {"model": state}
+    elif layout == "dataparallel":
+        obj = {"state_dict": {"module." + key: value for key, value in state.items()}}
+    elif layout == "legacy":
+        obj = _legacy(state)
+        assert any(".norm.1." in key for key in obj)
+    else:  # CheXNet reproductions: DataParallel(DenseNet121 wrapper) with a Sequential(Linear, Sigmoid) head
+        obj = {
+            "state_dict": {
+                "module.densenet121." + key.replace("classifier.", "classifier.0."): value
+                for key, value in _legacy(state).items()
+            }
+        }
+    data = _bytes(obj)
+    _assert_same(load_state_dict(data), state)
+    model = load_model(data, architecture="densenet121", num_classes=13)
+    assert not model.training
+    assert torch.equal(model.classifier.weight, state["classifier.weight"])
+
+
+def test_it_refuses_a_wrong_number_of_outputs(state):
+    data = _bytes(state)
+    with pytest.raises(WeightsError, match="13 outputs but 14 class names"):
+        load_model(data, architecture="densenet121", num_classes=14)
+
+
+def test_it_refuses_weights_of_another_network(state):
+    partial = {key: value for key, value in state.items() if "denseblock4" not in key}
+    with pytest.raises(WeightsError, match="do not fit densenet121: .* missing keys"):
+        load_model(_bytes(partial), architecture="densenet121", num_classes=13)
+    with pytest.raises(WeightsError, match="no DenseNet classifier"):
+        load_model(_bytes({"fc.weight": torch.zeros(13, 4)}), architecture="densenet121", num_classes=13)
+    with pytest.raises(WeightsError, match="Unknown architecture"):
+        load_model(_bytes(state), architecture="resnet50", num_classes=13)
+
+
+def test_it_refuses_files_that_are_not_weights():
+    with pytest.raises(WeightsError, match="empty"):
+        load_state_dict(b"")
+    with pytest.raises(WeightsError, match="Not a PyTorch weights file"):
+        load_state_dict(b"this is not a checkpoint" * 10)
+    with pytest.raises(WeightsError, match="Not a PyTorch weights file"):
+        load_state_dict(_bytes({"w": torch.zeros(3)})[:200])
+    with pytest.raises(WeightsError, match="no state_dict"):
+        load_state_dict(_bytes([1, 2, 3]))
+    with pytest.raises(WeightsError, match="not tensors"):
+        load_state_dict(_bytes({"w": torch.zeros(3), "note": "hello"}))
+
+
+class _Hostile:
+    """Unpickling this would run a shell command that creates the marker file."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("container", ["torch_save", "plain_pickle", "inside_state_dict"])
+def test_it_refuses_a_pickle_that_would_run_code_without_running_it(tmp_path, state, container):
+    marker = tmp_path / "pwned"
+    hostile = _Hostile()
+    hostile.marker = str(marker)
+    if container == "torch_save":
+        data = _bytes(hostile)
+    elif container == "plain_pickle":
+        data = pickle.dumps({"state_dict": hostile})
+    else:
+        data = _bytes({"state_dict": {**state, "classifier.weight": hostile}})
+
+    with pytest.raises(WeightsError) as info:
+        load_model(data, architecture="densenet121", num_classes=13)
+    assert not marker.exists()
+    message = str(info.value)
+    if container != "plain_pickle":  # torch reads plain pickles as a legacy format it refuses earlier
+        assert "Refused" in message and "run code" in message
+    assert "weights_only=False" not in message  # never advise the unsafe retry
+
+
+@pytest.mark.django_db
+def test_it_registers_no_hostile_pickle(tmp_path):
+    from registry.models import DEFAULT_CLASS_NAMES, ModelVersion
+    from registry.services import RegistrationError, model_version_register
+
+    marker = tmp_path / "pwned"
+    hostile = _Hostile()
+    hostile.marker = str(marker)
+    with pytest.raises(RegistrationError):
+        model_version_register(data=_bytes(hostile), version_name="evil", class_names=DEFAULT_CLASS_NAMES)
+    assert not marker.exists()
+    assert not ModelVersion.objects.exists()
