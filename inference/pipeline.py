@@ -58,12 +58,21 @@ def decode(data: bytes, filename: str = "", *, max_pixels: int = DEFAULT_MAX_PIX
         raise DecodeError("The file is empty.", code="empty", status=400)
     label = f"{filename!r} " if filename else ""
     if len(data) >= 132 and data[128:132] == b"DICM":
-        return _decode_dicom(data, label, max_pixels, has_meta=True)
-    if data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC):
-        return _decode_pillow(data, label, max_pixels)
-    if _looks_like_headerless_dicom(data):
-        return _decode_dicom(data, label, max_pixels, has_meta=False)
-    return _decode_pillow(data, label, max_pixels)
+        image = _decode_dicom(data, label, max_pixels, has_meta=True)
+    elif data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC):
+        image = _decode_pillow(data, label, max_pixels)
+    elif _looks_like_headerless_dicom(data):
+        image = _decode_dicom(data, label, max_pixels, has_meta=False)
+    else:
+        image = _decode_pillow(data, label, max_pixels)
+    if not np.isfinite(image).all():
+        # Only a DICOM header can do this (a NaN or overflowing rescale slope or window).
+        raise DecodeError(
+            f"The file {label}gives pixel values that are not finite numbers (check its rescale "
+            "slope/intercept and window values).",
+            code="invalid_pixel_values",
+        )
+    return image
 
 
 def _looks_like_headerless_dicom(data: bytes) -> bool:
@@ -170,7 +179,6 @@ def _min_max(arr: np.ndarray) -> np.ndarray:
 
 def _decode_dicom(data: bytes, label: str, max_pixels: int, *, has_meta: bool) -> np.ndarray:
     import pydicom
-    from pydicom.errors import InvalidDicomError
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     try:
@@ -180,7 +188,9 @@ def _decode_dicom(data: bytes, label: str, max_pixels: int, *, has_meta: bool) -
             # Touch the elements we need so a broken header fails here, not later.
             rows, cols = ds.get("Rows"), ds.get("Columns")
             has_pixels = "PixelData" in ds
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a hostile header can make pydicom raise anything
+        # (InvalidDicomError, EOFError, zlib.error from a cut deflated file, RecursionError from
+        # sequences nested thousands deep, ...): each means the header cannot be read.
         if not has_meta:
             raise DecodeError(
                 f"The file {label}is not an image this service reads (PNG, JPEG or DICOM).",
