@@ -124,6 +124,10 @@ else:
             "transaction_mode": "IMMEDIATE",
             "timeout": 20,
         },
+        # The test database is a file too: an in-memory one is shared between threads through
+        # SQLite's shared cache, whose table locks fail at once instead of waiting. One file per
+        # test run, so two runs side by side do not share it.
+        "TEST": {"NAME": DATA_DIR / f"test-db-{os.getpid()}.sqlite3"},
     }
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
