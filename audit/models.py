@@ -34,6 +34,11 @@ class Prediction(models.Model):
     source = models.CharField(max_length=8, choices=SOURCE_CHOICES, default=SOURCE_WEB)
     latency_ms = models.FloatField(null=True, blank=True)
     heatmaps = models.JSONField(default=dict, help_text="Finding name to storage name of its map.")
+    # Hash chain (audit.integrity): each row's chain_hash covers its fields and the previous row's.
+    # stored_sha256 is the stored (metadata-stripped) image's own hash; image_sha256 is the upload's.
+    stored_sha256 = models.CharField(max_length=64, blank=True, default="", editable=False)
+    prev_hash = models.CharField(max_length=64, blank=True, default="", editable=False)
+    chain_hash = models.CharField(max_length=64, blank=True, default="", editable=False)
 
     objects = PredictionQuerySet.as_manager()
 

@@ -1,0 +1,178 @@
+"""The hash chain of the prediction log: a removed, inserted or altered row is detectable.
+
+Every row stores `prev_hash` (the chain hash of the row before it, by id; "" for the first row) and
+`chain_hash` = sha256(prev_hash + canonical JSON of the row's immutable fields). The chain is
+extended under a lock (a transaction-scoped advisory lock on Postgres; on SQLite the IMMEDIATE
+transaction mode already serialises writers), so concurrent writers cannot fork it and id order is
+chain order. `manage.py verify_audit` walks it.
+
+The hash is computed before the insert (the log is append-only: the row cannot be updated after),
+so it covers what the writer knows then: created_at is set here, not by the database, and the id
+is left out (its place is given by the link to the previous row).
+
+A chain alone cannot reveal that the newest rows were cut off; record the head that verify_audit
+prints somewhere else (a ticket, a log shipper) and pass it back with --expect-head.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from django.core.files.storage import storages
+from django.db import connections, router, transaction
+from django.utils import timezone
+
+from audit.models import Prediction
+
+logger = logging.getLogger(__name__)
+
+CHAIN_VERSION = 1
+# Any constant works; this one spells "lung" so a DBA reading pg_locks can tell whose it is.
+_ADVISORY_LOCK_KEY = 0x6C756E67
+
+
+def _canonical(value):
+    """JSON values as every database gives them back: jsonb rewrites 1e+16 as 10000000000000000
+    and loses -0.0, so integral floats become ints before hashing, on the way in and out alike."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"non-finite number {value!r} in an audit row")
+        return int(value) if value.is_integer() else value
+    if isinstance(value, dict):
+        return {str(key): _canonical(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(item) for item in value]
+    # numpy scalars and the like: hash what JSONField would have stored.
+    return _canonical(json.loads(json.dumps(value, default=float)))
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+def chain_payload(row: Prediction) -> dict:
+    """The fields the chain covers (everything a reader of the log relies on, minus the id)."""
+    return {
+        "v": CHAIN_VERSION,
+        "created_at": _iso(row.created_at),
+        "model_id": row.model_id,
+        "image_url": row.image_url,
+        "image_sha256": row.image_sha256,
+        "stored_sha256": row.stored_sha256,
+        "user_id": row.user_id,
+        "source": row.source,
+        "latency_ms": _canonical(row.latency_ms),
+        "results_json": _canonical(row.results_json),
+        "heatmaps": _canonical(row.heatmaps),
+    }
+
+
+def compute_chain_hash(prev_hash: str, row: Prediction) -> str:
+    body = json.dumps(chain_payload(row), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+def _stored_sha256(name: str, data: bytes | None) -> str:
+    if data is None:
+        # Read before taking the chain lock: the lock is held for one small insert only.
+        try:
+            with storages["xray_images"].open(name, "rb") as handle:
+                data = handle.read()
+        except Exception as exc:  # noqa: BLE001 - the row still matters more than this hash
+            logger.warning("cannot read back %s to hash it: %s; verify_audit will check it exists", name, exc)
+            return ""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _lock_chain(using: str) -> None:
+    connection = connections[using]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ADVISORY_LOCK_KEY])
+    # SQLite: the transaction began with BEGIN IMMEDIATE (settings), which already holds the
+    # database's single write lock. Other vendors are not supported by this project.
+
+
+def prediction_create_chained(*, stored_data: bytes | None = None, **fields) -> Prediction:
+    """Inserts one prediction row linked to the previous one. Takes Prediction's field names
+    (model, image_url, results_json, image_sha256, user, source, latency_ms, heatmaps) and the
+    bytes stored under image_url (`stored_data`), whose sha256 the chain covers; without them the
+    stored file is read back to hash it."""
+    for name in ("id", "pk", "created_at", "prev_hash", "chain_hash"):
+        if name in fields:
+            raise TypeError(f"prediction_create_chained sets {name} itself")
+    if "stored_sha256" not in fields:
+        fields["stored_sha256"] = _stored_sha256(fields.get("image_url", ""), stored_data)
+    using = router.db_for_write(Prediction)
+    with transaction.atomic(using=using):
+        _lock_chain(using)
+        prev_hash = (
+            Prediction.objects.using(using).order_by("-id").values_list("chain_hash", flat=True).first()
+        ) or ""
+        row = Prediction(**fields)
+        row.created_at = timezone.now()
+        row.prev_hash = prev_hash
+        # The JSON fields are hashed as the database will return them.
+        row.results_json = json.loads(json.dumps(row.results_json))
+        row.heatmaps = json.loads(json.dumps(row.heatmaps))
+        row.chain_hash = compute_chain_hash(prev_hash, row)
+        # raw=True keeps the created_at set above: auto_now_add would overwrite it with a later
+        # clock reading and the hash would not match what is stored.
+        row.save_base(using=using, raw=True, force_insert=True)
+    return row
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    id: int | None
+    kind: str  # "unchained", "link", "altered", "truncated"
+    message: str
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "kind": self.kind, "message": self.message}
+
+
+def chain_walk(
+    *, using: str = "default", chunk_size: int = 1000
+) -> Iterator[tuple[Prediction, ChainBreak | None]]:
+    """Each row in id order with the chain break found at it (or None). Rows written before the
+    chain existed (empty hashes) are accepted only before the first chained row."""
+    expected_prev = ""
+    started = False
+    for row in Prediction.objects.using(using).order_by("id").iterator(chunk_size=chunk_size):
+        problem = None
+        if not row.chain_hash:
+            if started:
+                problem = ChainBreak(row.pk, "unchained", "row has no chain hash but follows chained rows")
+        else:
+            if row.prev_hash != expected_prev:
+                problem = ChainBreak(
+                    row.pk,
+                    "link",
+                    "prev_hash does not match the chain hash of the row before it "
+                    f"(expected {expected_prev[:12] or 'empty'}, found {row.prev_hash[:12] or 'empty'}): "
+                    "a row before it was removed, inserted or altered",
+                )
+            else:
+                recomputed = compute_chain_hash(row.prev_hash, row)
+                if recomputed != row.chain_hash:
+                    problem = ChainBreak(
+                        row.pk,
+                        "altered",
+                        f"the row's fields no longer match its chain hash (stored {row.chain_hash[:12]}, "
+                        f"recomputed {recomputed[:12]})",
+                    )
+            started = True
+        # Follow the stored hashes so one break is reported once, not at every row after it.
+        expected_prev = row.chain_hash
+        yield row, problem

@@ -1,0 +1,255 @@
+"""The hash chain of the prediction log and `manage.py verify_audit`."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+from django.core.management import CommandError, call_command
+from django.db import connection, connections, transaction
+
+from audit.integrity import compute_chain_hash, prediction_create_chained
+from audit.models import Prediction
+from registry.models import DEFAULT_CLASS_NAMES, ModelVersion
+
+ODD_NUMBERS = {"tiny": 1e-07, "big": 1e16, "negzero": -0.0, "one": 1.0, "third": 1 / 3, "int": 7}
+
+
+@pytest.fixture
+def version(db):
+    return ModelVersion.objects.create(
+        version_name="chain-test",
+        storage_path="weights/x.pt",
+        sha256="a" * 64,
+        class_names=DEFAULT_CLASS_NAMES,
+    )
+
+
+def _row(version, user=None, n: int = 0) -> Prediction:
+    data = f"image {n}".encode()
+    name = storages["xray_images"].save(f"images/test/{n}.png", ContentFile(data))
+    return prediction_create_chained(
+        stored_data=data,
+        model=version,
+        image_url=name,
+        results_json={
+            "model": {"id": version.pk},
+            "findings": [{"name": "Mass", "probability": 0.25 + n / 100}],
+            **ODD_NUMBERS,
+        },
+        image_sha256=f"{n:064x}",
+        user=user,
+        source=Prediction.SOURCE_API,
+        latency_ms=12.5 + n,
+        heatmaps={"Mass": [[0.0, 1e-05], [0.5, 1.0]]},
+    )
+
+
+def _verify(*args) -> tuple[dict, CommandError | None]:
+    from io import StringIO
+
+    out = StringIO()
+    try:
+        call_command("verify_audit", *args, stdout=out)
+        error = None
+    except CommandError as exc:
+        error = exc
+    return json.loads(out.getvalue()), error
+
+
+def _raw(sql: str, params=()) -> None:
+    """Tampering as someone with a database connection would: on Postgres past the trigger."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # Fire the deferred foreign-key checks of this test's inserts: ALTER TABLE refuses to run
+            # with trigger events pending.
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            cursor.execute("ALTER TABLE predictions DISABLE TRIGGER predictions_append_only")
+        cursor.execute(sql, params)
+        if connection.vendor == "postgresql":
+            cursor.execute("ALTER TABLE predictions ENABLE TRIGGER predictions_append_only")
+
+
+def test_it_links_each_row_to_the_previous_one(version, clinician):
+    rows = [_row(version, clinician, n) for n in range(4)]
+    assert rows[0].prev_hash == ""
+    for before, after in zip(rows, rows[1:], strict=False):
+        assert after.prev_hash == before.chain_hash
+    # What the database gives back hashes to what was stored (jsonb rewrites numbers, -0.0, key order).
+    for row in Prediction.objects.order_by("id"):
+        assert compute_chain_hash(row.prev_hash, row) == row.chain_hash
+        assert row.stored_sha256 and row.created_at
+
+
+def test_a_clean_chain_verifies(version, clinician):
+    rows = [_row(version, clinician, n) for n in range(5)]
+    report, error = _verify()
+    assert error is None
+    assert report["ok"] is True and report["first_break"] is None
+    assert report["rows"] == report["chained"] == 5 and report["images_checked"] == 5
+    assert report["head"] == rows[-1].chain_hash
+
+
+def test_an_empty_log_verifies(db):
+    report, error = _verify()
+    assert error is None and report["rows"] == 0 and report["ok"] is True
+
+
+def test_it_finds_an_altered_row(version):
+    rows = [_row(version, None, n) for n in range(5)]
+    _raw(
+        "UPDATE predictions SET results_json = %s WHERE id = %s",
+        [json.dumps({"findings": [{"name": "Mass", "probability": 0.99}]}), rows[2].pk],
+    )
+    report, error = _verify("--skip-images")
+    assert error is not None and error.returncode == 1
+    assert report["ok"] is False
+    assert report["first_break"]["id"] == rows[2].pk
+    assert report["first_break"]["kind"] == "altered"
+    assert report["breaks"] == 1  # one tampered row is reported once, not at every row after it
+
+
+def test_it_finds_a_row_reassigned_to_another_model(version):
+    other = ModelVersion.objects.create(
+        version_name="other", storage_path="weights/y.pt", sha256="b" * 64, class_names=DEFAULT_CLASS_NAMES
+    )
+    rows = [_row(version, None, n) for n in range(3)]
+    _raw("UPDATE predictions SET model_id = %s WHERE id = %s", [other.pk, rows[1].pk])
+    report, _ = _verify("--skip-images")
+    assert report["first_break"] == {
+        "id": rows[1].pk,
+        "kind": "altered",
+        "message": report["first_break"]["message"],
+    }
+
+
+def test_it_finds_a_removed_row(version):
+    rows = [_row(version, None, n) for n in range(5)]
+    _raw("DELETE FROM predictions WHERE id = %s", [rows[1].pk])
+    report, error = _verify("--skip-images")
+    assert error is not None
+    assert report["rows"] == 4
+    assert report["first_break"]["id"] == rows[2].pk  # the row whose predecessor is gone
+    assert report["first_break"]["kind"] == "link"
+
+
+def test_it_finds_a_removed_first_row(version):
+    rows = [_row(version, None, n) for n in range(3)]
+    _raw("DELETE FROM predictions WHERE id = %s", [rows[0].pk])
+    report, _ = _verify("--skip-images")
+    assert report["first_break"]["id"] == rows[1].pk and report["first_break"]["kind"] == "link"
+
+
+def test_it_finds_rows_cut_off_the_end_given_the_last_head(version):
+    rows = [_row(version, None, n) for n in range(3)]
+    report, _ = _verify("--skip-images")
+    head = report["head"]
+    _raw("DELETE FROM predictions WHERE id = %s", [rows[2].pk])
+    plain, error = _verify("--skip-images")
+    assert error is None  # the chain alone cannot see a cut tail...
+    report, error = _verify("--skip-images", "--expect-head", head)
+    assert error is not None  # ...the head recorded earlier can
+    assert report["first_break"]["kind"] == "truncated"
+
+
+def test_it_finds_a_row_written_around_the_chain(version):
+    _row(version, None, 0)
+    intruder = Prediction.objects.create(
+        model=version, image_url="images/x.png", results_json={}, image_sha256="0" * 64
+    )
+    report, _ = _verify("--skip-images")
+    assert report["first_break"]["id"] == intruder.pk
+    assert report["first_break"]["kind"] == "unchained"
+
+
+def test_rows_from_before_the_chain_are_accepted_before_it(version):
+    legacy = Prediction.objects.create(
+        model=version, image_url="images/old.png", results_json={}, image_sha256="0" * 64
+    )
+    _row(version, None, 1)
+    report, error = _verify("--skip-images")
+    assert error is None, report
+    assert report["unchained"] == 1 and report["chained"] == 1 and legacy.chain_hash == ""
+
+
+def test_it_reports_a_missing_and_a_corrupted_image(version):
+    rows = [_row(version, None, n) for n in range(4)]
+    storage = storages["xray_images"]
+    with open(storage.path(rows[1].image_url), "ab") as handle:
+        handle.write(b"tampered")
+    storage.delete(rows[3].image_url)
+
+    report, error = _verify()
+    assert error is not None
+    assert report["first_break"]["id"] == rows[1].pk
+    assert report["first_break"]["kind"] == "image_altered"
+    assert report["images_bad"] == 2 and report["breaks"] == 2
+
+    storage.delete(rows[1].image_url)
+    report, _ = _verify()
+    assert report["first_break"]["kind"] == "image_missing"
+
+    report, error = _verify("--skip-images")
+    assert error is None and report["ok"] is True
+
+
+def test_it_refuses_fields_that_the_chain_sets(version):
+    with pytest.raises(TypeError):
+        prediction_create_chained(
+            model=version, image_url="x", results_json={}, image_sha256="0", chain_hash="f"
+        )
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="concurrent writers need a server database")
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_concurrent_writers_do_not_fork_the_chain(version):
+    errors = []
+
+    def writer(k: int) -> None:
+        try:
+            for n in range(8):
+                _row(version, None, 100 * k + n)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    report, error = _verify()
+    assert error is None, report
+    assert report["rows"] == 32 and report["ok"] is True
+    prevs = list(Prediction.objects.values_list("prev_hash", flat=True))
+    assert len(set(prevs)) == 32  # a fork would give two rows the same predecessor
+
+
+def test_predictions_made_through_the_api_join_the_chain(token_client, clinician, starter_model):
+    import hashlib
+
+    from PIL import Image
+
+    from tests.reliability import corpus
+    from tests.reliability.conftest import post_image
+
+    api = token_client(clinician)
+    jpeg_with_exif = corpus.exif_jpeg(corpus.PATIENT)  # stored without its metadata: other bytes
+    dicom = corpus.dicom(corpus.chest_like(64), patient_name=corpus.PATIENT)  # stored as a PNG
+    png = corpus.pil_bytes(Image.fromarray(corpus.chest_like(64)), "PNG")
+    for data, name in ((jpeg_with_exif, "a.jpg"), (dicom, "b.dcm"), (png, "c.png")):
+        assert post_image(api, data, name).status_code == 201
+    rows = list(Prediction.objects.order_by("id"))
+    assert [bool(row.chain_hash) for row in rows] == [True, True, True]
+    for row in rows:
+        with storages["xray_images"].open(row.image_url, "rb") as handle:
+            stored = handle.read()
+        assert row.stored_sha256 == hashlib.sha256(stored).hexdigest()
+    assert rows[0].stored_sha256 != rows[0].image_sha256  # the upload's hash is kept apart
+    report, error = _verify()
+    assert error is None and report["rows"] == 3 and report["images_checked"] == 3, report
