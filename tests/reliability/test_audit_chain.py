@@ -204,7 +204,7 @@ def test_it_refuses_fields_that_the_chain_sets(version):
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="concurrent writers need a server database")
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_concurrent_writers_do_not_fork_the_chain(version):
     errors = []
 
