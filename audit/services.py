@@ -10,8 +10,8 @@ import struct
 import time
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.db import DatabaseError
@@ -19,6 +19,13 @@ from django.utils import timezone
 
 from audit.integrity import prediction_create_chained
 from audit.models import Prediction
+
+if TYPE_CHECKING:  # numpy loads with the first prediction: `manage.py check/migrate` never pay for it
+    import numpy as np
+    from django.contrib.auth.models import AbstractBaseUser
+    from django.core.files.storage import Storage
+
+    from registry.models import ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +53,7 @@ class StoredImage:
     content_type: str
 
 
-def images_storage():
+def images_storage() -> Storage:
     return storages["xray_images"]
 
 
@@ -112,6 +119,7 @@ def _png_of(image: np.ndarray) -> bytes:
     """An 8-bit grayscale PNG of the decoded picture (after windowing/LUTs, as the model saw it).
     8 bits: a 16-bit PNG of a 1955x1841 CR plate took ~500 ms to encode here against ~170 ms, and
     the extra bits are not visible on a display."""
+    import numpy as np
     from PIL import Image
 
     pixels = np.round(np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -149,7 +157,7 @@ def sanitised_image(data: bytes, image: np.ndarray) -> StoredImage:
 # The row
 
 
-def results_json(*, version, probabilities) -> dict:
+def results_json(*, version: ModelVersion, probabilities: np.ndarray) -> dict:
     """The findings as returned to the caller and kept in the log (model output order)."""
     findings = []
     for name, probability in zip(version.class_names, probabilities, strict=True):
@@ -175,10 +183,12 @@ def results_json(*, version, probabilities) -> dict:
     }
 
 
-def heatmaps_json(*, class_names, cams) -> dict:
+def heatmaps_json(*, class_names: list[str], cams: np.ndarray) -> dict:
     """{finding name: raw Grad-CAM map (h x w nested lists)}: 13 maps of 7x7 are ~6 KB of JSON,
     cheaper to keep in the row than as files (no extra storage write on the request path, nothing
     to orphan)."""
+    import numpy as np
+
     cams = np.asarray(cams, dtype=np.float32)
     return {
         name: [[float(f"{v:.6g}") for v in row] for row in cam.tolist()]
@@ -188,13 +198,13 @@ def heatmaps_json(*, class_names, cams) -> dict:
 
 def prediction_log(
     *,
-    version,
+    version: ModelVersion,
     data: bytes,
     image: np.ndarray,
-    probabilities,
-    cams,
+    probabilities: np.ndarray,
+    cams: np.ndarray,
     image_sha256: str,
-    user=None,
+    user: AbstractBaseUser | None = None,
     source: str = Prediction.SOURCE_WEB,
     started: float | None = None,
 ) -> Prediction:
@@ -233,7 +243,7 @@ def prediction_log(
         raise
 
 
-def _delete_quietly(storage, name: str) -> None:
+def _delete_quietly(storage: Storage, name: str) -> None:
     try:
         if storage.exists(name):
             storage.delete(name)
@@ -268,6 +278,8 @@ def heatmap_name(*, prediction: Prediction, name: str) -> str:
 def heatmap_png(*, prediction: Prediction, name: str) -> bytes:
     """The overlay PNG of one finding: rendered on first fetch, then kept in storage.
     Raises LookupError for a finding the prediction has no map for."""
+    import numpy as np
+
     from inference.pipeline import DecodeError, decode, heatmap_overlay_png
 
     cams = prediction.heatmaps or {}

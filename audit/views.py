@@ -9,13 +9,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from audit import selectors
-from audit.filters import (
-    AuditFilterForm,
-    finding_names,
-    findings_ranked,
-    predictions_filter,
-    predictions_owned_by,
-)
+from audit.filters import AuditFilterForm, findings_ranked
 from audit.models import Prediction
 
 HISTORY_PAGE_SIZE = 25
@@ -35,7 +29,7 @@ def _page_with_top_findings(request, queryset, per_page: int):
 @login_required
 def history(request):
     own = selectors.prediction_list_for(user=request.user)
-    own = predictions_owned_by(own, user=request.user)
+    own = selectors.predictions_owned_by(own, user=request.user)
     page = _page_with_top_findings(request, own, HISTORY_PAGE_SIZE)
     return render(request, "audit/history.html", {"page": page})
 
@@ -47,7 +41,7 @@ def audit_log(request):
     form = AuditFilterForm(request.GET)
     rows = selectors.prediction_list_for(user=request.user)
     # Every filter is optional, so only a malformed one (a bad date) makes the form invalid.
-    rows = predictions_filter(rows, **form.cleaned_data) if form.is_valid() else rows.none()
+    rows = selectors.predictions_filter(rows, **form.cleaned_data) if form.is_valid() else rows.none()
 
     if request.GET.get("format") == "csv":
         return _csv_response(rows)
@@ -109,7 +103,8 @@ def _csv_rows(rows: Iterable[Prediction], names: list[str]) -> Iterator[list]:
 
 def _csv_response(rows) -> StreamingHttpResponse:
     writer = csv.writer(_Echo())
-    lines = (writer.writerow(row) for row in _csv_rows(rows.iterator(chunk_size=500), finding_names()))
+    names = selectors.finding_names()
+    lines = (writer.writerow(row) for row in _csv_rows(rows.iterator(chunk_size=500), names))
     stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
     return StreamingHttpResponse(
         lines,

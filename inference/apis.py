@@ -33,9 +33,6 @@ from lungsite.throttling import PredictionRateThrottle
 CanPredict = has_perm("audit.add_prediction")
 CanViewPredictions = has_perm("audit.view_prediction")
 
-# Ids are 64-bit: a longer number in the URL is a 404, not a database overflow.
-MAX_ID = 2**63 - 1
-
 # Predictions never change, so their images can be cached by the browser that was allowed to see them.
 IMAGE_CACHE_CONTROL = "private, max-age=86400, immutable"
 
@@ -77,8 +74,6 @@ def _refuse_oversize_body(request) -> None:
 
 
 def _visible_prediction(request, pk: int) -> Prediction:
-    if pk > MAX_ID:
-        raise exceptions.NotFound(f"Prediction {pk} not found.")
     try:
         return audit_selectors.prediction_get_for(user=request.user, pk=pk)
     except Prediction.DoesNotExist:
@@ -86,7 +81,12 @@ def _visible_prediction(request, pk: int) -> Prediction:
 
 
 def _storage_unavailable(exc: Exception) -> ApiError:
-    return ApiError(f"The image store is unavailable: {exc}", code="storage_unavailable", status_code=503)
+    # StorageUnavailable says what failed in words; a bare OSError's text may hold a server path.
+    if isinstance(exc, audit_services.StorageUnavailable):
+        message = str(exc)
+    else:
+        message = f"The image store is unavailable ({type(exc).__name__})."
+    return ApiError(message, code="storage_unavailable", status_code=503)
 
 
 def _image_missing(pk: int) -> exceptions.NotFound:
@@ -153,29 +153,17 @@ class PredictionListApi(APIView):
     def get(self, request):
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        predictions = _filter(
-            audit_selectors.prediction_list_for(user=request.user), **filters.validated_data
+        options = filters.validated_data
+        predictions = audit_selectors.predictions_filter(
+            audit_selectors.prediction_list_for(user=request.user),
+            model_ref=options.get("model", ""),
+            created_after=options.get("created_after"),
+            created_before=options.get("created_before"),
         )
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(predictions, request, view=self)
         data = self.OutputSerializer(page, many=True, context={"request": request}).data
         return paginator.get_paginated_response(data)
-
-
-def _filter(predictions, *, model: str = "", created_after=None, created_before=None):
-    if model:
-        model = model.strip()
-        if not model.isdigit():
-            predictions = predictions.filter(model__version_name=model)
-        elif int(model) <= MAX_ID:
-            predictions = predictions.filter(model_id=int(model))
-        else:
-            predictions = predictions.none()
-    if created_after is not None:
-        predictions = predictions.filter(created_at__gte=created_after)
-    if created_before is not None:
-        predictions = predictions.filter(created_at__lt=created_before)
-    return predictions
 
 
 class PredictionListCreateApi(PredictionListApi, PredictionCreateApi):

@@ -68,15 +68,7 @@ class PredictionSerializer(serializers.Serializer):
         # The version recorded with the result is the one that produced it, even if the row's
         # foreign key were ever read from a later state.
         recorded = (prediction.results_json or {}).get("model")
-        if recorded:
-            return PredictionModelSerializer(recorded).data
-        version = prediction.model
-        return {
-            "id": version.pk,
-            "version_name": version.version_name,
-            "sha256": version.sha256,
-            "untrained": version.untrained,
-        }
+        return PredictionModelSerializer(recorded or prediction.model).data
 
     @extend_schema_field(
         {

@@ -6,10 +6,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 
 from audit.models import Prediction
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+    from django.core.files.uploadedfile import UploadedFile
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +38,7 @@ class PredictionUnavailable(Exception):
         self.code = code
 
 
-def _read_upload(upload, max_bytes: int) -> bytes:
+def _read_upload(upload: UploadedFile, max_bytes: int) -> bytes:
     size = getattr(upload, "size", None)
     if size is not None and size > max_bytes:
         raise PredictionRefused(
@@ -55,7 +60,7 @@ def _read_upload(upload, max_bytes: int) -> bytes:
     return data
 
 
-def prediction_create(*, upload, user, source: str) -> Prediction:
+def prediction_create(*, upload: UploadedFile, user: AbstractBaseUser | None, source: str) -> Prediction:
     """Analyses an uploaded X-ray and logs it. Returns the written Prediction row.
 
     Raises PredictionRefused (4xx: too large, empty, not a readable image, too many pixels, ...)
@@ -94,10 +99,12 @@ def prediction_create(*, upload, user, source: str) -> Prediction:
             started=started,
         )
     except StorageUnavailable as exc:
-        raise PredictionUnavailable(
-            f"The image store is unavailable; nothing was recorded. ({exc})", code="storage_unavailable"
-        ) from exc
+        raise PredictionUnavailable(_nothing_recorded(exc), code="storage_unavailable") from exc
     except AuditWriteError as exc:
-        raise PredictionUnavailable(
-            f"The prediction log is unavailable; nothing was recorded. ({exc})", code="database_unavailable"
-        ) from exc
+        raise PredictionUnavailable(_nothing_recorded(exc), code="database_unavailable") from exc
+
+
+def _nothing_recorded(exc: Exception) -> str:
+    # The audit service's messages already name the store and the error type ("The image store is
+    # unavailable (OSError).") and leave out backend details such as paths or hosts.
+    return f"{str(exc).rstrip('.')}; nothing was recorded."

@@ -42,11 +42,12 @@ def upload(request):
     form = UploadForm(request.POST, request.FILES)
     if not form.is_valid():
         message = " ".join(form.errors.get("image", ["The upload is not valid."]))
-        return _upload_page(request, form, error={"code": "no_file", "message": message}, status=400)
+        # "invalid", as the API answers a request without a usable `image` field.
+        return _upload_page(request, form, error={"code": "invalid", "message": message}, status=400)
 
     try:
         prediction = services.prediction_create(
-            upload=form.cleaned_data["image"], user=request.user, source="web"
+            upload=form.cleaned_data["image"], user=request.user, source=Prediction.SOURCE_WEB
         )
     except services.PredictionRefused as exc:
         error = {"code": exc.code, "message": str(exc)}

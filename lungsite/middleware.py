@@ -1,7 +1,9 @@
 import logging
 
-from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, JsonResponse
+
+from lungsite.api_errors import error_body
 
 logger = logging.getLogger(__name__)
 
@@ -22,19 +24,11 @@ class ServiceUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request, exception):
-        if not isinstance(exception, (OperationalError, InterfaceError)) or (
-            isinstance(exception, DatabaseError) and not _is_connection_error(exception)
-        ):
+        # Every OperationalError counts, not only a lost connection: SQLite's "database is locked"
+        # is one too, and it also means "try again later". IntegrityError and the like stay 500s.
+        if not isinstance(exception, (OperationalError, InterfaceError)):
             return None
         logger.error("database unavailable: %s", exception)
         if request.path.startswith("/api/") or request.path == "/healthz":
-            return JsonResponse(
-                {"error": {"code": "database_unavailable", "message": UNAVAILABLE_MESSAGE}},
-                status=503,
-            )
+            return JsonResponse(error_body("database_unavailable", UNAVAILABLE_MESSAGE), status=503)
         return HttpResponse(UNAVAILABLE_MESSAGE, status=503, content_type="text/plain")
-
-
-def _is_connection_error(exception: Exception) -> bool:
-    # "database is locked" on SQLite is an OperationalError too, and also means: try again later.
-    return True

@@ -1,10 +1,13 @@
 """Writes to the registry. Every caller (admin, management commands, REST API, bootstrap) goes through
 `model_version_register` and `model_version_activate`; nothing else sets `is_active`."""
 
+from __future__ import annotations
+
 import logging
 import math
 import re
 from numbers import Real
+from typing import TYPE_CHECKING
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -12,6 +15,9 @@ from django.utils import timezone
 from inference.weights import ARCHITECTURES, WeightsError, load_model
 from registry.models import DEFAULT_PREPROCESSING, ActivationEvent, ModelVersion
 from registry.storage import WeightsIntegrityError, weights_read, weights_save, weights_storage
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +146,7 @@ def model_version_register(
     auroc: float | None = None,
     notes: str = "",
     untrained: bool = False,
-    user=None,
+    user: AbstractBaseUser | None = None,
 ) -> ModelVersion:
     """Checks a weights file, stores it by content and writes its row. `file` is bytes or a Django
     File/UploadedFile (`data=` bytes is the older spelling). Every metadata check and the load into
@@ -199,7 +205,11 @@ def _check_loadable(version: ModelVersion) -> None:
 
 
 def model_version_activate(
-    *, version: ModelVersion, user=None, via: str = ActivationEvent.VIA_API, reason: str = ""
+    *,
+    version: ModelVersion,
+    user: AbstractBaseUser | None = None,
+    via: str = ActivationEvent.VIA_API,
+    reason: str = "",
 ) -> ModelVersion:
     """Makes `version` the one active version and records who did it, when, through which door
     (`via`: admin, command, api or bootstrap) and which version it replaced, in one transaction with
@@ -243,6 +253,28 @@ def model_version_activate(
     return version
 
 
+def model_version_evaluation_save(
+    *,
+    version: ModelVersion,
+    per_class_auroc: dict[str, float | None],
+    mean_auroc: float | None,
+    thresholds: dict[str, float] | None = None,
+) -> ModelVersion:
+    """Stores the outcome of an evaluation (`manage.py evaluate_model`) on the version: its AUROC per
+    class and their mean, and, when given, new thresholds for those classes (the others keep theirs).
+    An active version serves with the new thresholds from the next request: the cache reads its row
+    fresh every time."""
+    version.per_class_auroc = per_class_auroc
+    version.accuracy_auroc = mean_auroc
+    update_fields = ["per_class_auroc", "accuracy_auroc"]
+    if thresholds is not None:
+        version.thresholds = {**(version.thresholds or {}), **thresholds}
+        update_fields.append("thresholds")
+    version.save(update_fields=update_fields)
+    logger.info("stored the evaluation of %s (mean AUROC %s)", version.version_name, mean_auroc)
+    return version
+
+
 def model_version_rollback_target() -> ModelVersion:
     """The version that was active before the current one, from the history. Raises ActivationError
     when there is none."""
@@ -257,7 +289,9 @@ def model_version_rollback_target() -> ModelVersion:
     return event.previous
 
 
-def model_version_rollback(*, user=None, via: str = ActivationEvent.VIA_API) -> ModelVersion:
+def model_version_rollback(
+    *, user: AbstractBaseUser | None = None, via: str = ActivationEvent.VIA_API
+) -> ModelVersion:
     """Activates the version that was active before the current one (rolling back twice returns to
     where you started). Raises ActivationError when the history has no previous version, or when its
     weights no longer load."""

@@ -3,7 +3,7 @@
 import hashlib
 
 from django.core.files.base import ContentFile
-from django.core.files.storage import storages
+from django.core.files.storage import Storage, storages
 
 from registry.models import ModelVersion
 
@@ -12,7 +12,7 @@ class WeightsIntegrityError(Exception):
     """The stored bytes are missing or no longer match the sha256 recorded in the row."""
 
 
-def weights_storage():
+def weights_storage() -> Storage:
     return storages["models"]
 
 

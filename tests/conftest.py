@@ -51,10 +51,39 @@ def _fresh_model_cache():
     """Each test starts like a fresh process: row ids repeat from test to test (their rows roll
     back), so a model cache kept between tests could serve, or remember a failed load of, another
     test's version."""
-    yield
     from registry import cache
 
     cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a module's tests (`pytest.mark.usefixtures`): two threads on
+    two busy shared cores made forward passes and loads ~10x slower (measured)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def api(db):
+    """api(user) -> an APIClient sending that user's token; api() -> anonymous."""
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    def make(user=None) -> APIClient:
+        client = APIClient()
+        if user is not None:
+            token, _ = Token.objects.get_or_create(user=user)
+            client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        return client
+
+    return make
 
 
 @functools.cache

@@ -9,7 +9,6 @@ import zlib
 import numpy as np
 import pydicom
 import pytest
-import torch
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless, generate_uid
@@ -37,13 +36,7 @@ def _manifest_rows() -> list[dict]:
     return others + [r for r in nih if r["mode"] == "RGBA"] + nih[:3]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Two intra-op threads on two busy shared cores made a forward pass ~10x slower (measured).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

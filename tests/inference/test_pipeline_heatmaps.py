@@ -20,14 +20,7 @@ REAL_IMAGES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Two intra-op threads on two busy shared cores made a forward pass ~10x slower (measured);
-    # one thread keeps these tests fast whatever else runs.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

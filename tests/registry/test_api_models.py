@@ -1,7 +1,6 @@
 """The registry API: GET /api/v1/models/, GET /api/v1/models/<id>/, POST .../activate/."""
 
 import pytest
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from registry import selectors
@@ -10,20 +9,6 @@ from registry.services import model_version_register
 from tests.conftest import starter_weights_bytes
 
 URL = "/api/v1/models/"
-
-
-@pytest.fixture
-def api():
-    """api(user) -> an APIClient sending that user's token; api() -> anonymous."""
-
-    def make(user=None) -> APIClient:
-        client = APIClient()
-        if user is not None:
-            token, _ = Token.objects.get_or_create(user=user)
-            client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-        return client
-
-    return make
 
 
 @pytest.fixture

@@ -4,28 +4,13 @@ last good version when the new one cannot load, and stay consistent while anothe
 import threading
 
 import pytest
-import torch
 from django.db import connection
 
 from registry import cache
 from registry.services import model_version_activate
 from tests.registry.conftest import corrupt_stored_weights
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Two intra-op threads on two busy shared cores made loading and forward passes ~10x slower.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(autouse=True)
-def _empty_cache():
-    cache.clear()
-    yield
-    cache.clear()
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

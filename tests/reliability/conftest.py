@@ -1,5 +1,5 @@
 """Helpers shared by the reliability tests: raw multipart uploads (the test client would strip the
-file name to its basename), a count of stored files, and a cold model cache per test."""
+file name to its basename), a count of stored files, and token clients."""
 
 from __future__ import annotations
 
@@ -46,26 +46,8 @@ def error_of(response) -> dict:
     return body["error"]
 
 
-@pytest.fixture(autouse=True)
-def _cold_model_cache():
-    from registry import cache
-
-    cache.clear()
-    yield
-    cache.clear()
-
-
 @pytest.fixture
-def token_client(db):
-    """token_client(user) -> an APIClient that authenticates with a real token of that user."""
-    from rest_framework.authtoken.models import Token
-    from rest_framework.test import APIClient
-
-    def make(user):
-        client = APIClient()
-        if user is not None:
-            token, _ = Token.objects.get_or_create(user=user)
-            client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
-        return client
-
-    return make
+def token_client(api):
+    """token_client(user) -> an APIClient that authenticates with a real token of that user (the
+    suite-wide `api` fixture; the model cache is cold per test by tests/conftest.py too)."""
+    return api

@@ -15,6 +15,7 @@ from registry.evaluation import (
 from registry.management.commands._output import dumps, one_line
 from registry.models import ModelVersion
 from registry.selectors import model_version_get_by_ref
+from registry.services import model_version_evaluation_save
 from registry.storage import WeightsIntegrityError, weights_read
 
 
@@ -76,15 +77,13 @@ class Command(BaseCommand):
         per_class = per_class_auroc(labels, scores, class_names)
         mean = mean_auroc(per_class)
 
-        version.per_class_auroc = {name: entry["auroc"] for name, entry in per_class.items()}
-        version.accuracy_auroc = mean
-        update_fields = ["per_class_auroc", "accuracy_auroc"]
-        thresholds = None
-        if options["set_thresholds"]:
-            thresholds = youden_thresholds(labels, scores, class_names)
-            version.thresholds = {**(version.thresholds or {}), **thresholds}
-            update_fields.append("thresholds")
-        version.save(update_fields=update_fields)
+        thresholds = youden_thresholds(labels, scores, class_names) if options["set_thresholds"] else None
+        version = model_version_evaluation_save(
+            version=version,
+            per_class_auroc={name: entry["auroc"] for name, entry in per_class.items()},
+            mean_auroc=mean,
+            thresholds=thresholds,
+        )
 
         self.stdout.write(
             dumps(
