@@ -7,7 +7,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import ProtectedError
-from django.http import FileResponse, HttpResponseRedirect
+from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -345,7 +345,16 @@ class ModelVersionAdmin(admin.ModelAdmin):
         if not request.user.has_perm(DOWNLOAD_PERMISSION):
             raise PermissionDenied
         version = get_object_or_404(ModelVersion, pk=pk)
-        handle = weights_storage().open(version.storage_path, "rb")
+        try:
+            handle = weights_storage().open(version.storage_path, "rb")
+        except FileNotFoundError as exc:
+            raise Http404(f"The weights of {version.version_name} are missing from storage.") from exc
+        except Exception as exc:  # noqa: BLE001 - any backend failure means "storage unavailable"
+            return HttpResponse(
+                f"The weights store is unavailable ({type(exc).__name__}); try again later.",
+                status=503,
+                content_type="text/plain",
+            )
         filename = f"{version.version_name}-{version.short_sha256}.pt"
         response = FileResponse(
             handle, as_attachment=True, filename=filename, content_type="application/octet-stream"

@@ -98,7 +98,7 @@ class ModelActivateApi(APIView):
         request=None,
         responses={
             200: OpenApiResponse(ModelVersionSerializer, examples=MODEL_EXAMPLES),
-            **error_responses(401, 403, 404, 409),
+            **error_responses(401, 403, 404, 409, 503),
         },
         tags=["models"],
     )
@@ -106,6 +106,8 @@ class ModelActivateApi(APIView):
         version = _version(pk)
         try:
             version = services.model_version_activate(version=version, user=request.user, via="api")
+        except services.ActivationUnavailable as exc:
+            raise ApiError(str(exc), code="storage_unavailable", status_code=503) from exc
         except services.ActivationError as exc:
             raise ApiError(str(exc), code="activation_failed", status_code=409) from exc
         return Response(self.OutputSerializer(version).data)

@@ -14,7 +14,13 @@ from django.utils import timezone
 
 from inference.weights import ARCHITECTURES, WeightsError, load_model
 from registry.models import DEFAULT_PREPROCESSING, ActivationEvent, ModelVersion
-from registry.storage import WeightsIntegrityError, weights_read, weights_save, weights_storage
+from registry.storage import (
+    WeightsIntegrityError,
+    WeightsStorageUnavailable,
+    weights_read,
+    weights_save,
+    weights_storage,
+)
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -34,6 +40,14 @@ class RegistrationError(Exception):
 
 class ActivationError(Exception):
     """A version that cannot be activated; the message says why."""
+
+
+class RegistrationUnavailable(RegistrationError):
+    """Registration could not reach the weights store: nothing was written; try again later."""
+
+
+class ActivationUnavailable(ActivationError):
+    """Activation could not reach the weights store: nothing changed; try again later."""
 
 
 def _read_weights(file) -> bytes:
@@ -169,7 +183,10 @@ def model_version_register(
     except WeightsError as exc:
         raise RegistrationError(str(exc)) from exc
 
-    name, sha256, created = weights_save(content)
+    try:
+        name, sha256, created = weights_save(content)
+    except WeightsStorageUnavailable as exc:
+        raise RegistrationUnavailable(f"{exc} Nothing was registered.") from exc
     try:
         with transaction.atomic():
             version = ModelVersion.objects.create(
@@ -200,6 +217,8 @@ def _check_loadable(version: ModelVersion) -> None:
     try:
         data = weights_read(version)
         load_model(data, architecture=version.architecture, num_classes=len(version.class_names))
+    except WeightsStorageUnavailable as exc:
+        raise ActivationUnavailable(f"Cannot activate {version.version_name} now: {exc}") from exc
     except (WeightsIntegrityError, WeightsError) as exc:
         raise ActivationError(f"Cannot activate {version.version_name}: {exc}") from exc
 

@@ -12,6 +12,15 @@ class WeightsIntegrityError(Exception):
     """The stored bytes are missing or no longer match the sha256 recorded in the row."""
 
 
+class WeightsStorageUnavailable(Exception):
+    """The `models` storage could not be reached or refused the request (a 503: try again later)."""
+
+
+def _unavailable(exc: Exception) -> WeightsStorageUnavailable:
+    # The exception's type, not its text: a backend's message can hold server paths or URLs.
+    return WeightsStorageUnavailable(f"The weights store is unavailable ({type(exc).__name__}).")
+
+
 def weights_storage() -> Storage:
     return storages["models"]
 
@@ -27,13 +36,16 @@ def weights_save(data: bytes) -> tuple[str, str, bool]:
     sha256 = hashlib.sha256(data).hexdigest()
     name = weights_name(sha256)
     storage = weights_storage()
-    if storage.exists(name):
-        with storage.open(name, "rb") as handle:
-            if hashlib.sha256(handle.read()).hexdigest() == sha256:
-                return name, sha256, False
-        # The copy under this name was damaged after it was stored: keep it for whoever
-        # investigates, and store an intact copy under a name the storage picks beside it.
-    saved = storage.save(name, ContentFile(data))
+    try:
+        if storage.exists(name):
+            with storage.open(name, "rb") as handle:
+                if hashlib.sha256(handle.read()).hexdigest() == sha256:
+                    return name, sha256, False
+            # The copy under this name was damaged after it was stored: keep it for whoever
+            # investigates, and store an intact copy under a name the storage picks beside it.
+        saved = storage.save(name, ContentFile(data))
+    except Exception as exc:  # noqa: BLE001 - any backend failure means "storage unavailable"
+        raise _unavailable(exc) from exc
     return saved, sha256, True
 
 
@@ -46,6 +58,8 @@ def weights_read(version: ModelVersion) -> bytes:
         raise WeightsIntegrityError(
             f"The weights of {version.version_name} are missing from storage ({version.storage_path})."
         ) from exc
+    except Exception as exc:  # noqa: BLE001 - any backend failure means "storage unavailable"
+        raise _unavailable(exc) from exc
     digest = hashlib.sha256(data).hexdigest()
     if digest != version.sha256:
         raise WeightsIntegrityError(

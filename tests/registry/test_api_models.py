@@ -166,3 +166,18 @@ def test_it_needs_a_csrf_token_when_activating_with_a_session(model_admin, secon
 
     assert "CSRF" in error["message"]
     assert selectors.model_version_get_active().pk != second_version.pk
+
+
+def test_it_answers_503_when_the_weights_store_is_down(
+    api, model_admin, starter_model, second_version, monkeypatch
+):
+    from django.core.files.storage import storages
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("storage host unreachable")
+
+    monkeypatch.setattr(storages["models"], "open", unreachable)
+    response = api(model_admin).post(f"/api/v1/models/{second_version.pk}/activate/")
+    assert_error(response, 503, "storage_unavailable")
+    starter_model.refresh_from_db()
+    assert starter_model.is_active  # nothing changed

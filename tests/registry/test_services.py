@@ -264,3 +264,21 @@ def test_it_has_postgres_refuse_changes_to_the_history(starter_model):
         ):
             cursor.execute(sql)
     assert ActivationEvent.objects.count() == 1
+
+
+def test_it_registers_nothing_when_the_weights_store_is_down(db, monkeypatch):
+    from django.core.files.storage import storages
+
+    from registry.models import DEFAULT_CLASS_NAMES, ModelVersion
+    from registry.services import RegistrationUnavailable, model_version_register
+    from tests.conftest import starter_weights_bytes
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("storage host unreachable")
+
+    monkeypatch.setattr(storages["models"], "save", unreachable)
+    with pytest.raises(RegistrationUnavailable, match="weights store is unavailable"):
+        model_version_register(
+            data=starter_weights_bytes(), version_name="offline", class_names=DEFAULT_CLASS_NAMES
+        )
+    assert not ModelVersion.objects.exists()
