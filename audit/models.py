@@ -33,7 +33,9 @@ class Prediction(models.Model):
     )
     source = models.CharField(max_length=8, choices=SOURCE_CHOICES, default=SOURCE_WEB)
     latency_ms = models.FloatField(null=True, blank=True)
-    heatmaps = models.JSONField(default=dict, help_text="Finding name to storage name of its map.")
+    heatmaps = models.JSONField(
+        default=dict, help_text="Finding name to its raw Grad-CAM map (feature-map resolution, e.g. 7x7)."
+    )
     # Hash chain (audit.integrity): each row's chain_hash covers its fields and the previous row's.
     # stored_sha256 is the stored (metadata-stripped) image's own hash; image_sha256 is the upload's.
     stored_sha256 = models.CharField(max_length=64, blank=True, default="", editable=False)
@@ -57,3 +59,23 @@ class Prediction(models.Model):
 
     def delete(self, *args, **kwargs):
         raise AppendOnlyError("The prediction log is append-only: rows cannot be deleted.")
+
+    @property
+    def recorded_model(self) -> dict:
+        """The version that produced this result as the row recorded it (id, version_name, sha256,
+        untrained); the foreign key fills in only what an older row may lack."""
+        recorded = dict((self.results_json or {}).get("model") or {})
+        if not recorded.get("version_name") or not recorded.get("sha256"):
+            recorded.setdefault("id", self.model_id)
+            recorded["version_name"] = recorded.get("version_name") or self.model.version_name
+            recorded["sha256"] = recorded.get("sha256") or self.model.sha256
+            recorded.setdefault("untrained", self.model.untrained)
+        return recorded
+
+    @property
+    def untrained(self) -> bool:
+        """Whether the model that produced this result was the untrained kind (its scores mean nothing)."""
+        results = self.results_json or {}
+        if "untrained" in results:
+            return bool(results["untrained"])
+        return bool(self.recorded_model.get("untrained"))

@@ -21,7 +21,6 @@ def _page_with_top_findings(request, queryset, per_page: int):
     for prediction in page:
         ranked = findings_ranked(prediction.results_json)
         prediction.top_findings = ranked[:3]
-        prediction.untrained = bool(prediction.results_json.get("untrained"))
     return page
 
 

@@ -77,15 +77,15 @@ def prediction_detail(request, pk: int):
     # The top finding first; ?heatmap=Name picks another (the selector without JavaScript).
     selected = request.GET.get("heatmap") if request.GET.get("heatmap") in names else None
     selected = next((f for f in findings if f["name"] == selected), findings[0] if findings else None)
-    model_info = prediction.results_json.get("model") or {}
+    recorded = prediction.recorded_model
     context = {
         "prediction": prediction,
         "findings": findings,
         "selected": selected,
         "positives": sum(1 for finding in findings if finding["positive"]),
-        "untrained": bool(prediction.results_json.get("untrained", model_info.get("untrained"))),
-        "version_name": model_info.get("version_name") or prediction.model.version_name,
-        "model_sha256": model_info.get("sha256") or prediction.model.sha256,
+        "untrained": prediction.untrained,
+        "version_name": recorded["version_name"],
+        "model_sha256": recorded["sha256"],
         "image_url": reverse("api-prediction-image", args=[prediction.pk]),
     }
     return render(request, "inference/result.html", context)
