@@ -142,7 +142,7 @@ LUNGSITE_STORAGE_TIMEOUT = envint("LUNGSITE_STORAGE_TIMEOUT", 30)
 STORAGE_DIR = DATA_DIR / "storage"
 
 
-def _bucket(alias: str, bucket: str) -> dict:
+def _bucket(bucket: str) -> dict:
     if SUPABASE_URL and SUPABASE_KEY:
         return {"BACKEND": "lungsite.supabase_storage.SupabaseStorage", "OPTIONS": {"bucket": bucket}}
     return {
@@ -156,8 +156,8 @@ STORAGES = {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
         "OPTIONS": {"location": DATA_DIR / "media"},
     },
-    "models": _bucket("models", "models"),
-    "xray_images": _bucket("xray_images", "xray-images"),
+    "models": _bucket("models"),
+    "xray_images": _bucket("xray-images"),
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 

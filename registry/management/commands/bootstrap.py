@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from registry.models import DEFAULT_CLASS_NAMES, ModelVersion
-from registry.services import model_version_activate, model_version_register
+from registry.services import RegistrationError, model_version_activate, model_version_register
 
 STARTER_VERSION_NAME = "starter-untrained-densenet121"
 STARTER_SEED = 0
@@ -27,7 +27,24 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         report = {"starter_model": None, "admin_user": None}
         if not ModelVersion.objects.exists():
-            version = model_version_register(
+            version = self._starter()
+            if version is not None:
+                model_version_activate(version=version, via="bootstrap")
+                report["starter_model"] = {
+                    "id": version.pk,
+                    "version_name": version.version_name,
+                    "sha256": version.sha256,
+                    "created": True,
+                }
+        username = os.environ.get("LUNGSITE_ADMIN_USERNAME")
+        password = os.environ.get("LUNGSITE_ADMIN_PASSWORD")
+        if username and password:
+            report["admin_user"] = self._admin(username, password)
+        self.stdout.write(json.dumps(report))
+
+    def _starter(self) -> ModelVersion | None:
+        try:
+            return model_version_register(
                 data=starter_weights(),
                 version_name=STARTER_VERSION_NAME,
                 class_names=DEFAULT_CLASS_NAMES,
@@ -37,18 +54,12 @@ class Command(BaseCommand):
                     f"{STARTER_SEED}). Its scores carry no medical meaning; register real weights."
                 ),
             )
-            model_version_activate(version=version, via="bootstrap")
-            report["starter_model"] = {
-                "id": version.pk,
-                "version_name": version.version_name,
-                "sha256": version.sha256,
-                "created": True,
-            }
-        username = os.environ.get("LUNGSITE_ADMIN_USERNAME")
-        password = os.environ.get("LUNGSITE_ADMIN_PASSWORD")
-        if username and password:
-            report["admin_user"] = self._admin(username, password)
-        self.stdout.write(json.dumps(report))
+        except RegistrationError:
+            # Two release steps ran bootstrap at once and the other registered the starter first:
+            # the registry is no longer empty, which is all this one wanted.
+            if ModelVersion.objects.filter(version_name=STARTER_VERSION_NAME).exists():
+                return None
+            raise
 
     @transaction.atomic
     def _admin(self, username: str, password: str) -> dict:
