@@ -1,0 +1,337 @@
+"""Measurements inside the benchmark's own process (Django set up by bench.install).
+
+Every ratio divides two timings taken side by side in the same loop (interleaved, order rotated),
+so a neighbour that slows the machine down slows both."""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from contextlib import contextmanager
+
+import numpy as np
+
+from bench.timing import median, ratio, spread, timed_ms
+
+# --------------------------------------------------------------------------------------------
+# The reference: ONNX Runtime on the same weights, exported by torch
+
+
+def reference_session(model, input_size: int, threads: int):
+    """ONNX Runtime's bare forward of `model` (logits only), exported by torch's TorchScript-based
+    exporter (`dynamo=False`: the default dynamo exporter needs onnxscript, which is not installed)
+    and run with ORT's default options at `threads` intra-op threads, one inter-op thread.
+    Returns (session, the ONNX bytes, export_ms)."""
+    import torch
+
+    started = time.perf_counter()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 3, input_size, input_size),),
+            buffer,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=17,
+        )
+    export_ms = (time.perf_counter() - started) * 1000
+    return open_reference(buffer.getvalue(), threads), buffer.getvalue(), export_ms
+
+
+def open_reference(graph: bytes, threads: int | None):
+    """An ONNX Runtime session with its default options but `threads` intra-op threads (None: ORT's
+    default, one per core) and one inter-op thread."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+
+def _rotations(names: list[str], index: int) -> list[str]:
+    shift = index % len(names)
+    return names[shift:] + names[:shift]
+
+
+# --------------------------------------------------------------------------------------------
+# Forward passes and heatmaps
+
+
+def forward_phase(*, serving_model, torch_model, reference, tensors, reps: int, log) -> dict:
+    """Interleaved timings of: ONNX Runtime's bare forward (the reference), the serving model's
+    forward (logits + feature map), `pipeline.predict` on the serving model (the forward plus all
+    findings' heatmaps) and, less often, torch's eager forward. Also checks that the serving path
+    gives the torch reference's probabilities and maps."""
+    import torch
+
+    from inference.pipeline import cams_normalised, predict
+
+    arrays = [t.numpy() for t in tensors]
+    runtime_forward = getattr(serving_model, "forward_features", None)
+
+    def ort_forward(i):
+        reference.run(None, {"input": arrays[i]})
+
+    def serving_forward(i):
+        if runtime_forward is not None:
+            runtime_forward(tensors[i])
+        else:
+            with torch.inference_mode():
+                serving_model(tensors[i])
+
+    def heatmaps(i):
+        predict(serving_model, tensors[i])
+
+    def torch_eager(i):
+        with torch.inference_mode():
+            torch_model(tensors[i])
+
+    functions = {"ort": ort_forward, "serving_forward": serving_forward, "heatmaps": heatmaps}
+    for i in range(min(3, len(tensors))):  # warm-up (ORT allocates its arena on the first runs)
+        for fn in (*functions.values(), torch_eager):
+            fn(i)
+    samples: dict[str, list[float]] = {name: [] for name in (*functions, "torch_eager")}
+    step = 0
+    for rep in range(reps):
+        for i in range(len(tensors)):
+            for name in _rotations(list(functions), step):
+                samples[name].append(timed_ms(functions[name], i))
+            if rep == 0 and i % 2 == 0:  # torch eager is context only: every other image, first rep
+                samples["torch_eager"].append(timed_ms(torch_eager, i))
+            step += 1
+    log(
+        "forward: ort %.1f ms, serving %.1f ms, +heatmaps %.1f ms, torch eager %.1f ms",
+        median(samples["ort"]),
+        median(samples["serving_forward"]),
+        median(samples["heatmaps"]),
+        median(samples["torch_eager"]),
+    )
+
+    # The serving path against the torch reference (what the Grad-CAM equality test checks).
+    prob_diff, cam_diff = 0.0, 0.0
+    for tensor in tensors[:4]:
+        served, expected = predict(serving_model, tensor), predict(torch_model, tensor)
+        prob_diff = max(prob_diff, float(np.abs(served.probabilities - expected.probabilities).max()))
+        cam_diff = max(
+            cam_diff, float(np.abs(cams_normalised(served.cams) - cams_normalised(expected.cams)).max())
+        )
+    return {
+        "samples": samples,
+        "max_abs_probability_diff": prob_diff,
+        "max_abs_normalised_cam_diff": cam_diff,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The API in-process, one client
+
+
+def api_phase(*, images: list[bytes], reference, tensors, token: str, reps: int, log) -> dict:
+    """POST /api/v1/predictions/ through Django's test client (token auth, real multipart upload
+    of a 1024x1024 PNG, the whole request: middleware, auth, throttle, service, audit write,
+    response), interleaved with ONNX Runtime's bare forward on the same image's tensor."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from rest_framework.test import APIClient
+
+    client = APIClient(HTTP_HOST="127.0.0.1")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    arrays = [t.numpy() for t in tensors]
+    statuses: dict[int, int] = {}
+
+    def post(i):
+        upload = SimpleUploadedFile(f"image{i}.png", images[i], content_type="image/png")
+        response = client.post("/api/v1/predictions/", {"image": upload}, format="multipart")
+        statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+        if response.status_code != 201:
+            raise RuntimeError(f"API answered {response.status_code}: {response.content[:300]!r}")
+
+    def ort_forward(i):
+        reference.run(None, {"input": arrays[i]})
+
+    for i in range(min(2, len(images))):
+        post(i)
+        ort_forward(i)
+    api, ort = [], []
+    for rep in range(reps):
+        for i in range(len(images)):
+            if (i + rep) % 2:
+                api.append(timed_ms(post, i))
+                ort.append(timed_ms(ort_forward, i))
+            else:
+                ort.append(timed_ms(ort_forward, i))
+                api.append(timed_ms(post, i))
+    log("api in-process: p50 %.1f ms, ort %.1f ms", median(api), median(ort))
+    return {"api": api, "ort": ort, "statuses": statuses}
+
+
+# --------------------------------------------------------------------------------------------
+# Work off the forward pass: decode, preprocess, audit write, heatmap PNGs
+
+
+def stages_phase(*, samples: dict, images: list[bytes], serving, user, repeats: int, log) -> dict:
+    """Each stage of a request timed on its own (perf_counter, medians): decoding every format,
+    preprocessing, hashing, stripping/re-encoding the stored image, the audit write, get_active(),
+    and rendering heatmap PNGs (off the request path: on first fetch)."""
+    import hashlib
+
+    from audit import services as audit_services
+    from inference.pipeline import decode, heatmap_overlay_png, predict, preprocess
+    from registry import cache
+    from registry.models import DEFAULT_PREPROCESSING
+
+    out: dict = {}
+    decode_ms = {}
+    for name, path in samples.items():
+        data = path.read_bytes()
+        decode(data)
+        decode_ms[name] = median([timed_ms(decode, data) for _ in range(repeats)])
+    out["decode_ms_by_format"] = decode_ms
+
+    decoded = [decode(data) for data in images]
+    spec = serving.version.preprocessing or DEFAULT_PREPROCESSING
+    out["decode_png_1024_ms"] = median([timed_ms(decode, data) for data in images])
+    out["preprocess_ms"] = median([timed_ms(preprocess, image, spec) for image in decoded])
+    out["sha256_upload_ms"] = median([timed_ms(hashlib.sha256, data) for data in images])
+    out["get_active_ms"] = median([timed_ms(cache.get_active) for _ in range(repeats * 4)])
+
+    # The stored copy: a PNG without metadata is kept as uploaded (chunks copied); anything else is
+    # re-encoded. Both costs, for the 1024x1024 PNGs.
+    out["stored_image_strip_png_ms"] = median(
+        [
+            timed_ms(audit_services.sanitised_image, data, image)
+            for data, image in zip(images, decoded, strict=True)
+        ]
+    )
+    encode = getattr(audit_services, "_png_of", None)
+    if encode is not None:
+        out["stored_image_reencode_png_1024_ms"] = median(
+            [timed_ms(encode, image) for image in decoded[:repeats]]
+        )
+        if "dicom_cr_1955x1841" in samples:
+            big = decode(samples["dicom_cr_1955x1841"].read_bytes())
+            out["stored_image_reencode_dicom_cr_ms"] = median([timed_ms(encode, big) for _ in range(2)])
+
+    outputs = [predict(serving.model, preprocess(image, spec)) for image in decoded[:repeats]]
+    audit_ms, rows = [], []
+    for data, image, output in zip(images, decoded, outputs, strict=False):
+        started = time.perf_counter()
+        row = audit_services.prediction_log(
+            version=serving.version,
+            data=data,
+            image=image,
+            probabilities=output.probabilities,
+            cams=output.cams,
+            image_sha256=hashlib.sha256(data).hexdigest(),
+            user=user,
+            source="api",
+            started=started,
+        )
+        audit_ms.append((time.perf_counter() - started) * 1000)
+        rows.append(row)
+    out["audit_write_ms"] = median(audit_ms)
+
+    name = serving.version.class_names[0]
+    out["heatmap_png_render_ms"] = median(
+        [
+            timed_ms(heatmap_overlay_png, image, output.cams[0])
+            for image, output in zip(decoded, outputs, strict=False)
+        ]
+    )
+    first = [timed_ms(audit_services.heatmap_png, prediction=row, name=name) for row in rows]
+    again = [timed_ms(audit_services.heatmap_png, prediction=row, name=name) for row in rows]
+    out["heatmap_png_first_fetch_ms"] = median(first)
+    out["heatmap_png_cached_fetch_ms"] = median(again)
+    log(
+        "stages: decode %.1f, preprocess %.1f, audit write %.1f, heatmap render %.1f ms",
+        out["decode_png_1024_ms"],
+        out["preprocess_ms"],
+        out["audit_write_ms"],
+        out["heatmap_png_render_ms"],
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Load and swap back, in-process
+
+
+@contextmanager
+def _activation_without_load_check():
+    """model_version_activate loads the weights once to refuse a broken file; that check runs in
+    the activating process, not on the serving path, so it is skipped while timing the cache."""
+    from registry import services
+
+    original = services._check_loadable
+    services._check_loadable = lambda version: None
+    try:
+        yield
+    finally:
+        services._check_loadable = original
+
+
+def swap_phase(*, first_id: int, second_id: int, switches: int, log) -> dict:
+    """The cache's own cost of a swap: the first get_active() after switching to a version that is
+    still loaded (median over `switches` switches), against a steady get_active() (one indexed
+    query either way); and the cost of loading a version not yet loaded (weights read + verify,
+    build the module, write the ONNX graph and open the session)."""
+    from registry import cache
+    from registry.models import ModelVersion
+    from registry.services import model_version_activate
+
+    versions = {v.pk: v for v in ModelVersion.objects.filter(pk__in=[first_id, second_id])}
+    load_ms, build_ms = [], []
+    for pk in (first_id, second_id):
+        started = time.perf_counter()
+        entry = cache._load(versions[pk])
+        load_ms.append((time.perf_counter() - started) * 1000)
+        build_ms.append(getattr(entry.model, "build_ms", None))
+
+    cache.clear()
+    with _activation_without_load_check():
+        model_version_activate(version=versions[first_id], via="command")
+        cache.get_active()
+        model_version_activate(version=versions[second_id], via="command")
+        cache.get_active()  # both loaded now
+        first_call, steady = [], []
+        for i in range(switches):
+            target = versions[first_id] if i % 2 == 0 else versions[second_id]
+            model_version_activate(version=target, via="command")
+            started = time.perf_counter()
+            serving = cache.get_active()
+            first_call.append((time.perf_counter() - started) * 1000)
+            if serving.version.pk != target.pk:
+                raise RuntimeError("the cache did not switch to the activated version")
+            steady.append(timed_ms(cache.get_active))
+        model_version_activate(version=versions[first_id], via="command")
+    cache.get_active()
+    log("swap back in-process: first get_active %.2f ms, steady %.2f ms", median(first_call), median(steady))
+    return {
+        "load_ms": [round(v, 1) for v in load_ms],
+        "of_which_serving_runtime_build_ms": [round(v, 1) if v is not None else None for v in build_ms],
+        "first_get_active_after_switch_ms": spread(first_call),
+        "steady_get_active_ms": spread(steady),
+    }
+
+
+def forward_ratios(forward: dict) -> dict:
+    s = forward["samples"]
+    return {
+        "heatmaps_over_forward": ratio(
+            median(s["heatmaps"]),
+            median(s["ort"]),
+            a="pipeline.predict on the serving model: one forward + the heatmaps of all findings",
+            b="ONNX Runtime bare forward (logits only) of the same weights",
+        ),
+        "forward_over_onnxruntime": ratio(
+            median(s["serving_forward"]),
+            median(s["ort"]),
+            a="serving forward (logits + norm5 feature map)",
+            b="ONNX Runtime bare forward of the same weights exported by torch.onnx (dynamo=False)",
+        ),
+    }
