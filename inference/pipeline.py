@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import nn
 
+from inference.serving import linear_head
+
 DEFAULT_MAX_PIXELS = 60_000_000
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -358,13 +360,6 @@ def preprocess(image: np.ndarray, spec: dict) -> torch.Tensor:
     return ((plane.unsqueeze(0).expand(channels, size, size) - mean_t) / std_t).unsqueeze(0).contiguous()
 
 
-def _head(model: nn.Module) -> nn.Linear:
-    head = model.classifier
-    if isinstance(head, nn.Sequential):
-        head = next(m for m in head if isinstance(m, nn.Linear))
-    return head
-
-
 def predict(model: nn.Module, tensor: torch.Tensor) -> PredictionOutput:
     """ONE forward pass: sigmoid probabilities and the Grad-CAM map of every finding.
 
@@ -390,7 +385,7 @@ def predict(model: nn.Module, tensor: torch.Tensor) -> PredictionOutput:
         features = model.features(tensor)  # (1, C, h, w), norm5 output
         activated = F.relu(features)
         pooled = activated.mean(dim=(2, 3))  # (1, C)
-        head = _head(model)
+        head = linear_head(model)
         logits = F.linear(pooled, head.weight, head.bias)
         probabilities = torch.sigmoid(logits)[0]
 

@@ -51,14 +51,12 @@ def _configure_torch_threads() -> None:
     if _threads_set:
         return
     _threads_set = True
-    value = os.environ.get("LUNGSITE_TORCH_THREADS", "").strip()
-    if value:
+    if os.environ.get("LUNGSITE_TORCH_THREADS", "").strip():
         import torch
 
-        try:
-            torch.set_num_threads(max(1, int(value)))
-        except ValueError:
-            logger.warning("LUNGSITE_TORCH_THREADS=%r is not an integer; ignored", value)
+        from inference.serving import threads_from_environment
+
+        torch.set_num_threads(threads_from_environment())
 
 
 def _load(version: ModelVersion) -> ServingModel:
