@@ -45,15 +45,20 @@ def _canonical(value):
     if isinstance(value, int):
         return value
     if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"non-finite number {value!r} in an audit row")
-        return int(value) if value.is_integer() else value
+        return _canonical_float(value)
     if isinstance(value, dict):
         return {str(key): _canonical(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_canonical(item) for item in value]
+        # Lists of plain floats (the heatmaps: 13 x 7 x 7 values) take the float branch inline.
+        return [_canonical_float(item) if type(item) is float else _canonical(item) for item in value]
     # numpy scalars and the like: hash what JSONField would have stored.
     return _canonical(json.loads(json.dumps(value, default=float)))
+
+
+def _canonical_float(value: float):
+    if not math.isfinite(value):
+        raise ValueError(f"non-finite number {value!r} in an audit row")
+    return int(value) if value.is_integer() else value
 
 
 def _iso(value: dt.datetime) -> str:

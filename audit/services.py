@@ -122,7 +122,10 @@ def _png_of(image: np.ndarray) -> bytes:
     import numpy as np
     from PIL import Image
 
-    pixels = np.round(np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+    if image.dtype == np.uint8:  # 8-bit pixels as decoded (inference.pipeline.decode_gray)
+        pixels = np.ascontiguousarray(image)
+    else:
+        pixels = np.round(np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
@@ -141,7 +144,7 @@ def _jpeg_orientation(data: bytes) -> int:
 def sanitised_image(data: bytes, image: np.ndarray) -> StoredImage:
     """What the audit log keeps of an upload: a PNG or JPEG as uploaded minus its metadata
     segments (same compressed pixels), or, for DICOM and anything we cannot strip safely, a PNG of
-    the decoded pixels (`image`, (H, W) in [0, 1]) — never a DICOM header."""
+    the decoded pixels (`image`, (H, W) float in [0, 1] or uint8) — never a DICOM header."""
     if data.startswith(_PNG_MAGIC):
         stripped = _png_without_metadata(data)
         if stripped is not None:
@@ -196,6 +199,38 @@ def heatmaps_json(*, class_names: list[str], cams: np.ndarray) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class StoredUpload:
+    """The analysed image as the log keeps it: its name in xray_images and the stored bytes."""
+
+    name: str
+    data: bytes
+    sha256: str  # of `data`, covered by the audit chain
+
+
+def image_store(*, data: bytes, image: np.ndarray) -> StoredUpload:
+    """Stores the analysed image without its metadata (`sanitised_image`). Raises
+    StorageUnavailable, leaving nothing behind. Touches no database: prediction_create runs it on a
+    second thread while the model runs."""
+    import hashlib
+
+    stored = sanitised_image(data, image)
+    name = f"images/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.{stored.extension}"
+    storage = images_storage()
+    try:
+        name = storage.save(name, ContentFile(stored.data))
+    except Exception as exc:  # noqa: BLE001 - any backend failure means "storage unavailable"
+        logger.error("cannot store the analysed image: %s", exc)
+        _delete_quietly(storage, name)
+        raise StorageUnavailable(f"The image store is unavailable ({type(exc).__name__}).") from exc
+    return StoredUpload(name=name, data=stored.data, sha256=hashlib.sha256(stored.data).hexdigest())
+
+
+def image_discard(stored: StoredUpload) -> None:
+    """Removes an image stored by `image_store` whose row will not be written."""
+    _delete_quietly(images_storage(), stored.name)
+
+
 def prediction_log(
     *,
     version: ModelVersion,
@@ -207,28 +242,20 @@ def prediction_log(
     user: AbstractBaseUser | None = None,
     source: str = Prediction.SOURCE_WEB,
     started: float | None = None,
+    stored: StoredUpload | None = None,
 ) -> Prediction:
-    """Stores the analysed image and writes the row. Either both exist afterwards or neither:
-    a storage failure raises StorageUnavailable before any row; a row failure deletes the file
-    and raises AuditWriteError."""
-    stored = sanitised_image(data, image)
-    now = timezone.now()
-    name = f"images/{now:%Y/%m}/{uuid.uuid4().hex}.{stored.extension}"
-    storage = images_storage()
-    try:
-        name = storage.save(name, ContentFile(stored.data))
-    except Exception as exc:  # noqa: BLE001 - any backend failure means "storage unavailable"
-        logger.error("cannot store the analysed image: %s", exc)
-        _delete_quietly(storage, name)
-        raise StorageUnavailable(f"The image store is unavailable ({type(exc).__name__}).") from exc
-
+    """Stores the analysed image (unless `stored` says where `image_store` already put it) and
+    writes the row. Either both exist afterwards or neither: a storage failure raises
+    StorageUnavailable before any row; a row failure deletes the file and raises AuditWriteError."""
+    if stored is None:
+        stored = image_store(data=data, image=image)
     try:
         latency_ms = (time.perf_counter() - started) * 1000.0 if started is not None else None
         # The row joins the log's hash chain (audit.integrity), which covers the stored bytes.
         return prediction_create_chained(
-            stored_data=stored.data,
+            stored_sha256=stored.sha256,
             model=version,
-            image_url=name,
+            image_url=stored.name,
             results_json=results_json(version=version, probabilities=probabilities),
             image_sha256=image_sha256,
             user=user if getattr(user, "pk", None) else None,
@@ -237,7 +264,7 @@ def prediction_log(
             heatmaps=heatmaps_json(class_names=version.class_names, cams=cams),
         )
     except Exception as exc:
-        _delete_quietly(storage, name)
+        image_discard(stored)
         if isinstance(exc, DatabaseError):
             raise AuditWriteError(f"The prediction log is unavailable ({type(exc).__name__}).") from exc
         raise

@@ -479,7 +479,7 @@ def main(argv=None) -> int:
 
         server = None
         if not args.no_server:
-            arrays = [t.numpy() for t in tensors]
+            arrays = list(tensors)  # preprocess gives numpy arrays
             try:
                 server = server_phase(
                     inst=inst,

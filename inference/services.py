@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -17,6 +19,9 @@ if TYPE_CHECKING:
     from django.core.files.uploadedfile import UploadedFile
 
 logger = logging.getLogger(__name__)
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 
 class PredictionRefused(Exception):
@@ -60,21 +65,38 @@ def _read_upload(upload: UploadedFile, max_bytes: int) -> bytes:
     return data
 
 
+def _store_upload(data: bytes, image):
+    """Runs on the storage thread: the stored copy and both hashes (hashlib and the file write
+    release the GIL, so this overlaps the forward pass)."""
+    from audit.services import image_store
+
+    return image_store(data=data, image=image), hashlib.sha256(data).hexdigest()
+
+
+def _storage_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            # A few threads per process: each request hands over one store and waits for it.
+            _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lungsite-store")
+        return _pool
+
+
 def prediction_create(*, upload: UploadedFile, user: AbstractBaseUser | None, source: str) -> Prediction:
     """Analyses an uploaded X-ray and logs it. Returns the written Prediction row.
 
     Raises PredictionRefused (4xx: too large, empty, not a readable image, too many pixels, ...)
     or PredictionUnavailable (503: no model can serve, image storage or database unavailable).
     Nothing is stored when it raises."""
-    from audit.services import AuditWriteError, StorageUnavailable, prediction_log
-    from inference.pipeline import DecodeError, decode, predict, preprocess
+    from audit.services import AuditWriteError, StorageUnavailable, image_discard, prediction_log
+    from inference.pipeline import DecodeError, decode_gray, predict, preprocess
     from registry.cache import NoActiveModel, get_active
     from registry.models import DEFAULT_PREPROCESSING
 
     started = time.perf_counter()
     data = _read_upload(upload, settings.LUNGSITE_MAX_UPLOAD_MB * 1024 * 1024)
     try:
-        image = decode(data, getattr(upload, "name", "") or "", max_pixels=settings.LUNGSITE_MAX_PIXELS)
+        image = decode_gray(data, getattr(upload, "name", "") or "", max_pixels=settings.LUNGSITE_MAX_PIXELS)
     except DecodeError as exc:
         raise PredictionRefused(str(exc), code=exc.code, status=exc.status) from exc
 
@@ -83,9 +105,20 @@ def prediction_create(*, upload: UploadedFile, user: AbstractBaseUser | None, so
     except NoActiveModel as exc:
         raise PredictionUnavailable(str(exc), code="no_model") from exc
 
-    version = serving.version
-    tensor = preprocess(image, version.preprocessing or DEFAULT_PREPROCESSING)
-    output = predict(serving.model, tensor)
+    # The upload is a readable image and a model will serve: store it while the model runs (the
+    # write and the hashes do not depend on the result; to Supabase Storage the write is a network
+    # round trip). Whatever fails after this point removes the stored file again.
+    storing = _storage_pool().submit(_store_upload, data, image)
+    try:
+        version = serving.version
+        output = predict(serving.model, preprocess(image, version.preprocessing or DEFAULT_PREPROCESSING))
+    except BaseException:
+        _discard_when_stored(storing, image_discard)
+        raise
+    try:
+        stored, image_sha256 = storing.result()
+    except StorageUnavailable as exc:
+        raise PredictionUnavailable(_nothing_recorded(exc), code="storage_unavailable") from exc
     try:
         return prediction_log(
             version=version,
@@ -93,15 +126,22 @@ def prediction_create(*, upload: UploadedFile, user: AbstractBaseUser | None, so
             image=image,
             probabilities=output.probabilities,
             cams=output.cams,
-            image_sha256=hashlib.sha256(data).hexdigest(),
+            image_sha256=image_sha256,
             user=user,
             source=source,
             started=started,
+            stored=stored,
         )
-    except StorageUnavailable as exc:
-        raise PredictionUnavailable(_nothing_recorded(exc), code="storage_unavailable") from exc
     except AuditWriteError as exc:
         raise PredictionUnavailable(_nothing_recorded(exc), code="database_unavailable") from exc
+
+
+def _discard_when_stored(storing, discard) -> None:
+    try:
+        stored, _ = storing.result()
+    except Exception:  # noqa: BLE001 - nothing was stored
+        return
+    discard(stored)
 
 
 def _nothing_recorded(exc: Exception) -> str:

@@ -144,6 +144,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "activated_at",
         "architecture",
         "sha256",
+        "serving_graph_sha256",
         "storage_path",
         "weights_download",
         "class_names_list",

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING
 
 from registry.models import ModelVersion
 
-if TYPE_CHECKING:  # torch loads on the first prediction, not when this module is imported
+if TYPE_CHECKING:
     from torch import nn
+
+    from inference.serving import ServingRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ class NoActiveModel(Exception):
 @dataclass(frozen=True)
 class ServingModel:
     version: ModelVersion  # the version that actually serves (may differ from the active row)
-    model: nn.Module
+    model: ServingRuntime | nn.Module  # nn.Module only for a network with no serving graph
 
 
 _lock = threading.Lock()
@@ -61,16 +63,30 @@ def _configure_torch_threads() -> None:
 
 def _load(version: ModelVersion) -> ServingModel:
     from inference.serving import ServingRuntime
+
+    input_size = int((version.preprocessing or {}).get("input_size", 224))
+    if version.serving_graph_sha256:
+        # The graph written at registration (inference.export), verified against its recorded
+        # sha256 and opened in ONNX Runtime: no torch in this process.
+        from registry.storage import WeightsIntegrityError, serving_graph_read
+
+        try:
+            graph = serving_graph_read(version)
+        except WeightsIntegrityError as exc:
+            logger.error("%s; serving %s from its weights instead", exc, version.version_name)
+        else:
+            return ServingModel(version=version, model=ServingRuntime.from_graph(graph, input_size))
+    # No stored graph (a network the writer cannot describe, or a damaged graph): load the weights
+    # in torch and write the graph here (0.25-0.6 s), or run the module itself.
+    from inference.serving import runtime_for_module
     from inference.weights import load_model
     from registry.storage import weights_read
 
     _configure_torch_threads()
-    data = weights_read(version)
-    model = load_model(data, architecture=version.architecture, num_classes=len(version.class_names))
-    # The serving forward: ONNX Runtime on the same weights (inference/serving.py), built once per
-    # version here under the load lock (0.25-0.6 s); pipeline.predict runs it. Still the nn.Module.
-    input_size = int((version.preprocessing or {}).get("input_size", 224))
-    return ServingModel(version=version, model=ServingRuntime.from_model(model, input_size))
+    model = load_model(
+        weights_read(version), architecture=version.architecture, num_classes=len(version.class_names)
+    )
+    return ServingModel(version=version, model=runtime_for_module(model, input_size))
 
 
 def get_active() -> ServingModel:

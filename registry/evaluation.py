@@ -119,7 +119,7 @@ def score_images(
     batch_size: int = 16,
 ) -> tuple[np.ndarray, list[int], list[dict]]:
     """Runs the model over the images, `batch_size` at a time. `load(path)` returns the (1, C, S, S)
-    float32 input tensor of one image or raises. Returns (probabilities (M, K) sigmoid outputs, the
+    float32 input (array or tensor) of one image or raises. Returns (probabilities (M, K) sigmoid outputs, the
     indexes into `paths` that were scored, the skipped images as {"path", "reason"})."""
     import torch
 
@@ -129,7 +129,8 @@ def score_images(
         if not batch:
             return
         with torch.inference_mode():
-            rows.append(torch.sigmoid(model(torch.cat(batch))).float().cpu().numpy())
+            inputs = torch.cat([torch.as_tensor(item) for item in batch])
+            rows.append(torch.sigmoid(model(inputs)).float().cpu().numpy())
         scored.extend(batch_index)
         batch.clear()
         batch_index.clear()

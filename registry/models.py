@@ -50,6 +50,13 @@ class ModelVersion(models.Model):
         default=False, help_text="Random weights: its outputs carry no medical meaning."
     )
     notes = models.TextField(blank=True)
+    serving_graph_path = models.TextField(
+        blank=True,
+        default="",
+        help_text="Name of the ONNX serving graph written from the weights, in the 'models' storage "
+        "(empty: served by torch).",
+    )
+    serving_graph_sha256 = models.CharField(max_length=64, blank=True, default="")
     activated_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"

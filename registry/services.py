@@ -17,6 +17,8 @@ from registry.models import DEFAULT_PREPROCESSING, ActivationEvent, ModelVersion
 from registry.storage import (
     WeightsIntegrityError,
     WeightsStorageUnavailable,
+    serving_graph_read,
+    serving_graph_save,
     weights_read,
     weights_save,
     weights_storage,
@@ -179,13 +181,23 @@ def model_version_register(
     auroc = _check_auroc(auroc)
     preprocessing = _check_preprocessing(preprocessing)
     try:
-        load_model(content, architecture=architecture, num_classes=len(class_names))
+        model = load_model(content, architecture=architecture, num_classes=len(class_names))
     except WeightsError as exc:
         raise RegistrationError(str(exc)) from exc
+    graph = _serving_graph(model, preprocessing)
 
+    written = []  # names this call stored, removed again if the row cannot be written
     try:
         name, sha256, created = weights_save(content)
+        if created:
+            written.append(name)
+        graph_path, graph_sha256 = "", ""
+        if graph is not None:
+            graph_path, graph_sha256, created = serving_graph_save(graph)
+            if created:
+                written.append(graph_path)
     except WeightsStorageUnavailable as exc:
+        _delete_quietly(written)
         raise RegistrationUnavailable(f"{exc} Nothing was registered.") from exc
     try:
         with transaction.atomic():
@@ -193,6 +205,8 @@ def model_version_register(
                 version_name=version_name,
                 storage_path=name,
                 sha256=sha256,
+                serving_graph_path=graph_path,
+                serving_graph_sha256=graph_sha256,
                 class_names=class_names,
                 architecture=architecture,
                 preprocessing=preprocessing,
@@ -203,8 +217,7 @@ def model_version_register(
                 created_by=user if getattr(user, "pk", None) else None,
             )
     except Exception as exc:
-        if created:
-            weights_storage().delete(name)
+        _delete_quietly(written)
         if isinstance(exc, IntegrityError):
             # Lost a race with a concurrent registration of the same name.
             raise RegistrationError(f"A version named {version_name!r} already exists.") from exc
@@ -213,10 +226,41 @@ def model_version_register(
     return version
 
 
+def _serving_graph(model, preprocessing: dict) -> bytes | None:
+    """The ONNX graph the workers serve (inference.export), or None: served by torch."""
+    from inference.export import serving_graph
+
+    return serving_graph(model, int(preprocessing.get("input_size", 224)))
+
+
+def _delete_quietly(names: list[str]) -> None:
+    for name in names:
+        try:
+            weights_storage().delete(name)
+        except Exception:  # noqa: BLE001 - the caller's error is the one to report
+            logger.exception("could not remove %s after a failed registration", name)
+
+
 def _check_loadable(version: ModelVersion) -> None:
+    """Refuses weights that are missing, changed or do not load. A version registered before
+    serving graphs were stored, or whose stored graph is missing or damaged, gets its graph
+    (re)written from the verified weights: it is derived data, the same weights give the same bytes."""
     try:
         data = weights_read(version)
-        load_model(data, architecture=version.architecture, num_classes=len(version.class_names))
+        model = load_model(data, architecture=version.architecture, num_classes=len(version.class_names))
+        if version.serving_graph_sha256:
+            try:
+                serving_graph_read(version)
+                return
+            except WeightsIntegrityError as exc:
+                logger.warning("rewriting the serving graph of %s: %s", version.version_name, exc)
+        graph = _serving_graph(model, version.preprocessing or DEFAULT_PREPROCESSING)
+        if graph is not None:
+            path, sha256, _ = serving_graph_save(graph)
+            ModelVersion.objects.filter(pk=version.pk).update(
+                serving_graph_path=path, serving_graph_sha256=sha256
+            )
+            version.serving_graph_path, version.serving_graph_sha256 = path, sha256
     except WeightsStorageUnavailable as exc:
         raise ActivationUnavailable(f"Cannot activate {version.version_name} now: {exc}") from exc
     except (WeightsIntegrityError, WeightsError) as exc:

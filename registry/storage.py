@@ -31,10 +31,13 @@ def weights_name(sha256: str) -> str:
     return f"weights/{sha256}.pt"
 
 
-def weights_save(data: bytes) -> tuple[str, str, bool]:
-    """Stores the bytes; returns (name, sha256, created) where created says whether this call wrote."""
+def serving_graph_name(sha256: str) -> str:
+    return f"serving/{sha256}.onnx"
+
+
+def _save_by_content(data: bytes, name_of) -> tuple[str, str, bool]:
     sha256 = hashlib.sha256(data).hexdigest()
-    name = weights_name(sha256)
+    name = name_of(sha256)
     storage = weights_storage()
     try:
         if storage.exists(name):
@@ -49,21 +52,42 @@ def weights_save(data: bytes) -> tuple[str, str, bool]:
     return saved, sha256, True
 
 
-def weights_read(version: ModelVersion) -> bytes:
-    """The version's weights bytes, verified against its recorded sha256."""
+def _read_verified(path: str, sha256: str, what: str) -> bytes:
     try:
-        with weights_storage().open(version.storage_path, "rb") as handle:
+        with weights_storage().open(path, "rb") as handle:
             data = handle.read()
     except FileNotFoundError as exc:
-        raise WeightsIntegrityError(
-            f"The weights of {version.version_name} are missing from storage ({version.storage_path})."
-        ) from exc
+        raise WeightsIntegrityError(f"The {what} are missing from storage ({path}).") from exc
     except Exception as exc:  # noqa: BLE001 - any backend failure means "storage unavailable"
         raise _unavailable(exc) from exc
     digest = hashlib.sha256(data).hexdigest()
-    if digest != version.sha256:
+    if digest != sha256:
         raise WeightsIntegrityError(
-            f"The stored weights of {version.version_name} do not match their sha256 "
-            f"(recorded {version.sha256[:12]}, found {digest[:12]}): the file was changed or corrupted."
+            f"The stored {what} do not match their sha256 (recorded {sha256[:12]}, found "
+            f"{digest[:12]}): the file was changed or corrupted."
         )
     return data
+
+
+def weights_save(data: bytes) -> tuple[str, str, bool]:
+    """Stores the bytes; returns (name, sha256, created) where created says whether this call wrote."""
+    return _save_by_content(data, weights_name)
+
+
+def weights_read(version: ModelVersion) -> bytes:
+    """The version's weights bytes, verified against its recorded sha256."""
+    return _read_verified(version.storage_path, version.sha256, f"weights of {version.version_name}")
+
+
+def serving_graph_save(data: bytes) -> tuple[str, str, bool]:
+    """Stores a serving graph (inference.export) by content; returns (name, sha256, created)."""
+    return _save_by_content(data, serving_graph_name)
+
+
+def serving_graph_read(version: ModelVersion) -> bytes:
+    """The version's ONNX serving graph, verified against its recorded sha256."""
+    return _read_verified(
+        version.serving_graph_path,
+        version.serving_graph_sha256,
+        f"serving graph of {version.version_name}",
+    )

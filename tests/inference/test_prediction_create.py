@@ -193,6 +193,46 @@ def test_it_leaves_no_file_when_the_row_write_fails(starter_model, clinician, se
     assert not Prediction.objects.exists() and _stored_files(settings) == []
 
 
+def test_it_stores_the_image_while_the_model_runs(starter_model, clinician, settings, monkeypatch):
+    import threading
+
+    from inference import pipeline
+
+    seen = {}
+    real_predict = pipeline.predict
+
+    def predict_watching_storage(model, tensor):
+        seen["predict_thread"] = threading.get_ident()
+        return real_predict(model, tensor)
+
+    real_store = audit_services.image_store
+
+    def store_watching(**kwargs):
+        seen["store_thread"] = threading.get_ident()
+        return real_store(**kwargs)
+
+    monkeypatch.setattr(pipeline, "predict", predict_watching_storage)
+    monkeypatch.setattr(audit_services, "image_store", store_watching)
+    data = shared_data_path(*NIH_PNG).read_bytes()
+    prediction = _predict(data, clinician)
+    assert seen["store_thread"] != seen["predict_thread"] == threading.get_ident()
+    assert prediction.image_sha256 == hashlib.sha256(data).hexdigest()
+    assert prediction.stored_sha256 == hashlib.sha256(_stored_bytes(prediction)).hexdigest()
+    assert _stored_files(settings) == [prediction.image_url]
+
+
+def test_it_removes_the_stored_image_when_the_model_fails(starter_model, clinician, settings, monkeypatch):
+    from inference import pipeline
+
+    def broken_predict(model, tensor):
+        raise RuntimeError("the runtime crashed")
+
+    monkeypatch.setattr(pipeline, "predict", broken_predict)
+    with pytest.raises(RuntimeError, match="crashed"):
+        _predict(shared_data_path(*NIH_PNG).read_bytes(), clinician)
+    assert not Prediction.objects.exists() and _stored_files(settings) == []
+
+
 def test_it_names_the_version_that_really_served(starter_model, clinician):
     from registry.services import model_version_activate, model_version_register
     from tests.registry.conftest import corrupt_stored_weights, variant_weights_bytes

@@ -80,9 +80,15 @@ def register():
     return _register
 
 
-def corrupt_stored_weights(version) -> None:
+def corrupt_stored_weights(version, *, graph: bool = True) -> None:
+    """Overwrites a few bytes of the version's stored weights and, unless `graph=False`, of its
+    serving graph (what workers load)."""
     from registry.storage import weights_storage
 
-    with open(weights_storage().path(version.storage_path), "r+b") as handle:
-        handle.seek(1000)
-        handle.write(b"\x00corrupted\x00")
+    paths = [version.storage_path]
+    if graph and version.serving_graph_path:
+        paths.append(version.serving_graph_path)
+    for path in paths:
+        with open(weights_storage().path(path), "r+b") as handle:
+            handle.seek(1000)
+            handle.write(b"\x00corrupted\x00")

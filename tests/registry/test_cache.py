@@ -3,6 +3,7 @@ last good version when the new one cannot load, and stay consistent while anothe
 
 import threading
 
+import numpy as np
 import pytest
 from django.db import connection
 
@@ -37,7 +38,7 @@ def test_it_loads_the_active_version_once_and_then_costs_one_query(
     starter_model, loads, django_assert_num_queries
 ):
     first = cache.get_active()
-    assert first.version.pk == starter_model.pk and not first.model.training
+    assert first.version.pk == starter_model.pk and first.model.backend == "onnxruntime"
     with django_assert_num_queries(1):
         again = cache.get_active()
     assert again.model is first.model and again.version.pk == first.version.pk
@@ -63,7 +64,7 @@ def test_it_swaps_and_swaps_back_without_reloading(starter_model, register, load
     assert second.model is not first.model
     # A request that started before the swap still holds its own model, untouched.
     assert first.version.pk == starter_model.pk
-    assert not first.model.classifier.bias.equal(second.model.classifier.bias)
+    assert first.version.serving_graph_sha256 != second.version.serving_graph_sha256
 
     model_version_activate(version=starter_model)
     with django_assert_num_queries(1):
@@ -115,6 +116,33 @@ def test_it_raises_when_nothing_loadable_was_ever_served(starter_model):
     corrupt_stored_weights(starter_model)
     with pytest.raises(cache.NoActiveModel, match="cannot be loaded"):
         cache.get_active()
+
+
+def test_it_serves_the_stored_graph_and_falls_back_to_the_weights_when_it_is_damaged(starter_model, caplog):
+    from inference.pipeline import predict
+    from inference.serving import ServingRuntime
+
+    served = cache.get_active().model
+    assert isinstance(served, ServingRuntime)
+    probe = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    expected = predict(served, probe).probabilities
+
+    cache.clear()
+    corrupt_stored_weights(starter_model, graph=True)
+    with pytest.raises(cache.NoActiveModel):  # neither the graph nor the weights can be trusted
+        cache.get_active()
+
+    cache.clear()
+    starter_model.refresh_from_db()
+    from registry.storage import weights_storage
+    from tests.conftest import starter_weights_bytes
+
+    with open(weights_storage().path(starter_model.storage_path), "wb") as handle:
+        handle.write(starter_weights_bytes())  # intact weights, damaged graph
+    with caplog.at_level("ERROR", logger="registry.cache"):
+        serving = cache.get_active()
+    assert "serving graph" in caplog.text and "from its weights instead" in caplog.text
+    np.testing.assert_allclose(predict(serving.model, probe).probabilities, expected, atol=1e-5)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -14,7 +14,7 @@ from registry.services import (
     model_version_register,
     model_version_rollback,
 )
-from registry.storage import weights_read, weights_storage
+from registry.storage import serving_graph_read, weights_read, weights_storage
 from tests.registry.conftest import (
     corrupt_stored_weights,
     dataparallel_checkpoint_bytes,
@@ -35,8 +35,11 @@ def test_it_registers_good_weights_by_content(settings, clinician):
     sha = hashlib.sha256(data).hexdigest()
     assert version.sha256 == sha
     assert version.storage_path == f"weights/{sha}.pt"
-    assert stored_objects(settings) == [f"weights/{sha}.pt"]
+    # The serving graph the workers open, written from the weights and stored by content beside them.
+    assert version.serving_graph_path == f"serving/{version.serving_graph_sha256}.onnx"
+    assert stored_objects(settings) == [version.serving_graph_path, f"weights/{sha}.pt"]
     assert weights_read(version) == data
+    assert hashlib.sha256(serving_graph_read(version)).hexdigest() == version.serving_graph_sha256
     assert version.accuracy_auroc == 0.81
     assert version.preprocessing["input_size"] == 224
     assert version.created_by == clinician
@@ -82,7 +85,7 @@ def test_it_refuses_a_duplicate_name_and_stores_nothing_more(settings, register)
     with pytest.raises(RegistrationError, match="already exists"):
         register("same", data=variant_weights_bytes(99))
     assert ModelVersion.objects.count() == 1
-    assert stored_objects(settings) == [first.storage_path]
+    assert stored_objects(settings) == [first.serving_graph_path, first.storage_path]
 
 
 @pytest.mark.parametrize(
@@ -160,6 +163,31 @@ def test_it_refuses_to_activate_weights_that_no_longer_match_their_sha256(starte
         model_version_activate(version=other)
     assert ModelVersion.objects.get(is_active=True) == starter_model
     assert ActivationEvent.objects.count() == 1
+
+
+def test_it_writes_the_serving_graph_of_an_older_version_when_activating_it(settings, register):
+    version = register("older")
+    graph_path, graph_sha256 = version.serving_graph_path, version.serving_graph_sha256
+    # A row registered before serving graphs were stored: no graph, none in storage.
+    weights_storage().delete(graph_path)
+    ModelVersion.objects.filter(pk=version.pk).update(serving_graph_path="", serving_graph_sha256="")
+    version.refresh_from_db()
+
+    activated = model_version_activate(version=version)
+    # Derived data, deterministic: the same weights give the same graph under the same name.
+    assert (activated.serving_graph_path, activated.serving_graph_sha256) == (graph_path, graph_sha256)
+    assert hashlib.sha256(serving_graph_read(activated)).hexdigest() == graph_sha256
+
+
+def test_it_rewrites_a_damaged_serving_graph_when_activating(register):
+    version = register("damaged-graph")
+    with weights_storage().open(version.serving_graph_path, "rb") as handle:
+        intact = handle.read()
+    with open(weights_storage().path(version.serving_graph_path), "r+b") as handle:
+        handle.seek(1000)
+        handle.write(b"\x00corrupted\x00")
+    activated = model_version_activate(version=version)
+    assert serving_graph_read(activated) == intact
 
 
 def test_it_refuses_to_activate_missing_weights(register):
