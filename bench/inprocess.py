@@ -181,7 +181,8 @@ def stages_phase(*, samples: dict, images: list[bytes], serving, user, repeats: 
     import hashlib
 
     from audit import services as audit_services
-    from inference.pipeline import decode, heatmap_overlay_png, predict, preprocess
+    from inference.pipeline import as_float, heatmap_overlay_png, predict, preprocess
+    from inference.pipeline import decode_gray as decode  # what a request runs
     from registry import cache
     from registry.models import DEFAULT_PREPROCESSING
 
@@ -214,13 +215,17 @@ def stages_phase(*, samples: dict, images: list[bytes], serving, user, repeats: 
             [timed_ms(encode, image) for image in decoded[:repeats]]
         )
         if "dicom_cr_1955x1841" in samples:
-            big = decode(samples["dicom_cr_1955x1841"].read_bytes())
+            big = as_float(decode(samples["dicom_cr_1955x1841"].read_bytes()))
             out["stored_image_reencode_dicom_cr_ms"] = median([timed_ms(encode, big) for _ in range(2)])
 
     outputs = [predict(serving.model, preprocess(image, spec)) for image in decoded[:repeats]]
-    audit_ms, rows = [], []
+    # The audit write in two parts: storing the image (and hashing it), which a request runs on its
+    # storage thread while the model runs, and the row (hash chain + insert), which it waits for.
+    store_ms, row_ms, rows = [], [], []
     for data, image, output in zip(images, decoded, outputs, strict=False):
         started = time.perf_counter()
+        stored = audit_services.image_store(data=data, image=image)
+        stored_at = time.perf_counter()
         row = audit_services.prediction_log(
             version=serving.version,
             data=data,
@@ -231,16 +236,20 @@ def stages_phase(*, samples: dict, images: list[bytes], serving, user, repeats: 
             user=user,
             source="api",
             started=started,
+            stored=stored,
         )
-        audit_ms.append((time.perf_counter() - started) * 1000)
+        store_ms.append((stored_at - started) * 1000)
+        row_ms.append((time.perf_counter() - stored_at) * 1000)
         rows.append(row)
-    out["audit_write_ms"] = median(audit_ms)
+    out["image_store_ms"] = median(store_ms)
+    out["audit_write_on_request_path_ms"] = median(row_ms)
+    out["audit_write_ms"] = median([a + b for a, b in zip(store_ms, row_ms, strict=True)])
 
     name = serving.version.class_names[0]
     out["heatmap_png_render_ms"] = median(
         [
             timed_ms(heatmap_overlay_png, image, output.cams[0])
-            for image, output in zip(decoded, outputs, strict=False)
+            for image, output in zip([as_float(d) for d in decoded], outputs, strict=False)
         ]
     )
     first = [timed_ms(audit_services.heatmap_png, prediction=row, name=name) for row in rows]
@@ -248,10 +257,12 @@ def stages_phase(*, samples: dict, images: list[bytes], serving, user, repeats: 
     out["heatmap_png_first_fetch_ms"] = median(first)
     out["heatmap_png_cached_fetch_ms"] = median(again)
     log(
-        "stages: decode %.1f, preprocess %.1f, audit write %.1f, heatmap render %.1f ms",
+        "stages: decode %.1f, preprocess %.1f, audit write %.1f (%.1f on the request path), "
+        "heatmap render %.1f ms",
         out["decode_png_1024_ms"],
         out["preprocess_ms"],
         out["audit_write_ms"],
+        out["audit_write_on_request_path_ms"],
         out["heatmap_png_render_ms"],
     )
     return out
@@ -278,8 +289,8 @@ def _activation_without_load_check():
 def swap_phase(*, first_id: int, second_id: int, switches: int, log) -> dict:
     """The cache's own cost of a swap: the first get_active() after switching to a version that is
     still loaded (median over `switches` switches), against a steady get_active() (one indexed
-    query either way); and the cost of loading a version not yet loaded (weights read + verify,
-    build the module, write the ONNX graph and open the session)."""
+    query either way); and the cost of loading a version not yet loaded (its stored serving graph
+    read + verified, and an ONNX Runtime session opened on it)."""
     from registry import cache
     from registry.models import ModelVersion
     from registry.services import model_version_activate
@@ -331,7 +342,7 @@ def forward_ratios(forward: dict) -> dict:
         "forward_over_onnxruntime": ratio(
             median(s["serving_forward"]),
             median(s["ort"]),
-            a="serving forward (logits + norm5 feature map)",
+            a="serving forward (ServingRuntime.run: logits + every finding's map, one ONNX Runtime run)",
             b="ONNX Runtime bare forward of the same weights exported by torch.onnx (dynamo=False)",
         ),
     }

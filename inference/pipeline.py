@@ -121,6 +121,9 @@ def _png_chunks(data: bytes):
     return None
 
 
+_OPENCV_MAX_PIXELS = 1 << 30  # OpenCV's own limit (CV_IO_MAX_IMAGE_PIXELS); beyond it Pillow decides
+
+
 @functools.cache
 def _opencv():
     try:
@@ -141,7 +144,7 @@ def _decode_gray8_png(data: bytes, label: str, max_pixels: int) -> np.ndarray | 
     width, height = struct.unpack_from(">II", data, 16)
     _check_pixels(width, height, 1, max_pixels, label)
     bit_depth, colour_type = data[24], data[25]
-    if bit_depth != 8 or colour_type != 0:
+    if bit_depth != 8 or colour_type != 0 or width * height > _OPENCV_MAX_PIXELS:
         return None
     chunks = _png_chunks(data)
     if chunks is None or any(kind == b"eXIf" for kind, _, _ in chunks):
@@ -149,9 +152,12 @@ def _decode_gray8_png(data: bytes, label: str, max_pixels: int) -> np.ndarray | 
     cv2 = _opencv()
     if cv2 is None:
         return None
-    image = cv2.imdecode(
-        np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION
-    )
+    try:
+        image = cv2.imdecode(
+            np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION
+        )
+    except cv2.error:  # e.g. beyond OpenCV's own pixel limit: Pillow says what is wrong
+        return None
     if image is None or image.shape != (height, width) or image.dtype != np.uint8:
         return None
     return image

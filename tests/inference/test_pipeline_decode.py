@@ -6,6 +6,7 @@ import io
 import struct
 import zlib
 
+import cv2
 import numpy as np
 import pydicom
 import pytest
@@ -317,6 +318,7 @@ def no_pixel_decoding(monkeypatch):
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
     monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(refuse))
+    monkeypatch.setattr(cv2, "imdecode", refuse)
 
 
 def test_it_refuses_empty_and_text(no_pixel_decoding):
@@ -449,3 +451,46 @@ def test_it_scales_signed_pixels_by_their_range():
     ds.save_as(buffer)
     image = decode(buffer.getvalue())
     np.testing.assert_allclose(image[0], [0.0, 2048 / 4095, 1.0, 2048 / 4095], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ("nih_reproduce_chexnet", "images", "00000075_000.png"),
+        ("nih_reproduce_chexnet", "images", "00000211_000.png"),
+        ("nih_reproduce_chexnet", "images", "00004934_000.png"),  # RGBA: Pillow's path
+        ("bob_med_tb", "16bits.png"),  # 16-bit: Pillow's path
+    ],
+    ids=lambda p: p[-1],
+)
+def test_8_bit_gray_pngs_take_opencv_and_give_pillows_pixels(parts, monkeypatch):
+    from inference import pipeline
+
+    data = shared_data_path(*parts).read_bytes()
+    with Image.open(io.BytesIO(data)) as pil:
+        eight_bit_gray = pil.mode == "L"
+    calls = []
+    original = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda *args: calls.append(1) or original(*args))
+    gray = pipeline.decode_gray(data)
+    assert bool(calls) == eight_bit_gray
+    monkeypatch.undo()
+    reference = pipeline._decode_pillow(data, "", pipeline.DEFAULT_MAX_PIXELS)  # Pillow only
+    assert gray.dtype == reference.dtype and gray.shape == reference.shape
+    np.testing.assert_array_equal(gray, reference)
+    # decode() is the same picture as floats in [0, 1]
+    np.testing.assert_allclose(decode(data), pipeline.as_float(gray), atol=0)
+    if eight_bit_gray:
+        assert gray.dtype == np.uint8
+        np.testing.assert_allclose(decode(data) * 255.0, gray, atol=1e-4)
+
+
+def test_preprocess_gives_the_same_input_from_8_bit_values_as_from_floats():
+    from inference.pipeline import decode_gray
+    from registry.models import DEFAULT_PREPROCESSING
+
+    data = shared_data_path(*NIH_PNG).read_bytes()
+    from_uint8 = preprocess(decode_gray(data), DEFAULT_PREPROCESSING)
+    from_float = preprocess(decode(data), DEFAULT_PREPROCESSING)
+    assert from_uint8.shape == (1, 3, 224, 224) and from_uint8.dtype == np.float32
+    np.testing.assert_allclose(from_uint8, from_float, atol=2e-5)

@@ -172,10 +172,12 @@ def two_versions(starter_model):
 
 
 def _corrupt(version) -> None:
-    path = weights_storage().path(version.storage_path)
-    with open(path, "r+b") as handle:
-        handle.seek(4096)
-        handle.write(b"\x00" * 64)
+    """Damages the version's stored weights and the serving graph written from them (what workers
+    load)."""
+    for name in filter(None, (version.storage_path, version.serving_graph_path)):
+        with open(weights_storage().path(name), "r+b") as handle:
+            handle.seek(4096)
+            handle.write(b"\x00" * 64)
 
 
 def _served_by(api) -> tuple[int, int]:
