@@ -25,6 +25,10 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         help_text="AUROC per finding from `manage.py evaluate_model` (empty until evaluated).",
     )
     warning = serializers.SerializerMethodField()
+    serving_graph_sha256 = serializers.CharField(
+        help_text="sha256 of the ONNX serving graph written from the weights at registration: what the "
+        "workers run. Empty for a network the graph writer cannot describe (served by torch)."
+    )
 
     class Meta:
         model = ModelVersion
@@ -35,6 +39,7 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "is_active",
             "activated_at",
             "sha256",
+            "serving_graph_sha256",
             "architecture",
             "class_names",
             "preprocessing",

@@ -92,6 +92,8 @@ def test_it_shows_a_version_with_its_thresholds_and_auroc(api, clinician, second
     assert body["accuracy_auroc"] == 0.81
     assert body["per_class_auroc"] == {}
     assert body["sha256"] == second_version.sha256
+    assert len(body["serving_graph_sha256"]) == 64
+    assert body["serving_graph_sha256"] == second_version.serving_graph_sha256
     assert (body["is_active"], body["activated_at"], body["untrained"], body["warning"]) == (
         False,
         None,
