@@ -241,26 +241,41 @@ def _delete_quietly(names: list[str]) -> None:
             logger.exception("could not remove %s after a failed registration", name)
 
 
+def _serving_graph_ensure(version: ModelVersion, model) -> bool:
+    """Writes the version's serving graph from its loaded `model` unless the stored one is intact;
+    returns whether it wrote one. A version registered before serving graphs were stored, or whose
+    graph is missing or damaged, gets it (re)written: it is derived data, and the same weights give
+    the same bytes under the same name."""
+    if version.serving_graph_sha256:
+        try:
+            serving_graph_read(version)
+            return False
+        except WeightsIntegrityError as exc:
+            logger.warning("rewriting the serving graph of %s: %s", version.version_name, exc)
+    graph = _serving_graph(model, version.preprocessing or DEFAULT_PREPROCESSING)
+    if graph is None:
+        return False
+    path, sha256, _ = serving_graph_save(graph)
+    ModelVersion.objects.filter(pk=version.pk).update(serving_graph_path=path, serving_graph_sha256=sha256)
+    version.serving_graph_path, version.serving_graph_sha256 = path, sha256
+    logger.info("wrote the serving graph of %s (%s)", version.version_name, sha256[:12])
+    return True
+
+
+def model_version_serving_graph_ensure(*, version: ModelVersion) -> bool:
+    """The serving graph of a registered version, written from its verified weights if it has none
+    or a damaged one (`manage.py bootstrap` runs it for every version after an upgrade). Returns
+    whether it wrote one. Raises WeightsIntegrityError, WeightsError or WeightsStorageUnavailable."""
+    data = weights_read(version)
+    model = load_model(data, architecture=version.architecture, num_classes=len(version.class_names))
+    return _serving_graph_ensure(version, model)
+
+
 def _check_loadable(version: ModelVersion) -> None:
-    """Refuses weights that are missing, changed or do not load. A version registered before
-    serving graphs were stored, or whose stored graph is missing or damaged, gets its graph
-    (re)written from the verified weights: it is derived data, the same weights give the same bytes."""
+    """Refuses weights that are missing, changed or do not load, and makes sure the version has an
+    intact serving graph (see _serving_graph_ensure)."""
     try:
-        data = weights_read(version)
-        model = load_model(data, architecture=version.architecture, num_classes=len(version.class_names))
-        if version.serving_graph_sha256:
-            try:
-                serving_graph_read(version)
-                return
-            except WeightsIntegrityError as exc:
-                logger.warning("rewriting the serving graph of %s: %s", version.version_name, exc)
-        graph = _serving_graph(model, version.preprocessing or DEFAULT_PREPROCESSING)
-        if graph is not None:
-            path, sha256, _ = serving_graph_save(graph)
-            ModelVersion.objects.filter(pk=version.pk).update(
-                serving_graph_path=path, serving_graph_sha256=sha256
-            )
-            version.serving_graph_path, version.serving_graph_sha256 = path, sha256
+        model_version_serving_graph_ensure(version=version)
     except WeightsStorageUnavailable as exc:
         raise ActivationUnavailable(f"Cannot activate {version.version_name} now: {exc}") from exc
     except (WeightsIntegrityError, WeightsError) as exc:

@@ -6,7 +6,12 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from registry.models import DEFAULT_CLASS_NAMES, ModelVersion
-from registry.services import RegistrationError, model_version_activate, model_version_register
+from registry.services import (
+    RegistrationError,
+    model_version_activate,
+    model_version_register,
+    model_version_serving_graph_ensure,
+)
 
 STARTER_VERSION_NAME = "starter-untrained-densenet121"
 STARTER_SEED = 0
@@ -22,10 +27,13 @@ def starter_weights() -> bytes:
 
 
 class Command(BaseCommand):
-    help = "Registers the untrained starter model on an empty registry and creates the admin user."
+    help = (
+        "Registers the untrained starter model on an empty registry, writes the serving graph of any "
+        "version registered before graphs were stored, and creates the admin user."
+    )
 
     def handle(self, *args, **options):
-        report = {"starter_model": None, "admin_user": None}
+        report = {"starter_model": None, "serving_graphs_written": [], "admin_user": None}
         if not ModelVersion.objects.exists():
             version = self._starter()
             if version is not None:
@@ -36,11 +44,26 @@ class Command(BaseCommand):
                     "sha256": version.sha256,
                     "created": True,
                 }
+        report["serving_graphs_written"] = self._serving_graphs()
         username = os.environ.get("LUNGSITE_ADMIN_USERNAME")
         password = os.environ.get("LUNGSITE_ADMIN_PASSWORD")
         if username and password:
             report["admin_user"] = self._admin(username, password)
         self.stdout.write(json.dumps(report))
+
+    def _serving_graphs(self) -> list[dict]:
+        """Versions registered before serving graphs were stored get theirs now, so that workers
+        open them without torch (the active one first). A version whose weights cannot be read is
+        reported and left as it is: activating it would be refused anyway."""
+        written = []
+        for version in ModelVersion.objects.filter(serving_graph_sha256="").order_by("-is_active", "id"):
+            entry = {"id": version.pk, "version_name": version.version_name}
+            try:
+                entry["written"] = model_version_serving_graph_ensure(version=version)
+            except Exception as exc:  # noqa: BLE001 - reported; bootstrap goes on with the others
+                entry["written"], entry["error"] = False, str(exc)
+            written.append(entry)
+        return written
 
     def _starter(self) -> ModelVersion | None:
         try:
