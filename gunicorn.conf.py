@@ -2,21 +2,21 @@
 `gunicorn -c gunicorn.conf.py`. Every value can be overridden from the environment (names below).
 
 Sizing, for CPU inference on a small box:
-- A prediction is one DenseNet121 forward pass: compute-bound, and torch spreads it over as many
-  threads as it is given. What matters is that all busy compute threads together do not exceed the
+- A prediction is one DenseNet121 forward pass (ONNX Runtime, inference/serving.py): compute-bound,
+  and the runtime spreads it over as many threads as it is given. What matters is that all busy compute threads together do not exceed the
   cores; past that they only steal time from each other (and each other's caches).
 - So: one worker process per core (GUNICORN_WORKERS, default the cores this process may use, cgroup
-  CPU quota included) and torch threads per worker = max(1, cores // workers) (LUNGSITE_TORCH_THREADS,
-  read by registry/cache.py on first model load; default 1 with the default worker count). Processes
-  rather than one process with many torch threads: decoding, PNG encoding and Django run under the
-  GIL, and processes keep those parallel too.
+  CPU quota included) and intra-op threads per worker = max(1, cores // workers)
+  (LUNGSITE_TORCH_THREADS, read when a worker opens a model's session; default 1 with the default
+  worker count). Processes rather than one process with many threads: Django and parts of decoding
+  run under the GIL, and processes keep those parallel too.
 - 2 threads per worker (GUNICORN_THREADS, gthread worker): while one request waits on I/O (Supabase
   Storage upload, Postgres over the network, a slow client), the other can compute. When both
   compute at once the worker briefly runs two forwards; that costs latency, not throughput.
 - Memory: each worker holds its own copy of the model(s) it serves (the active version and the one
   before it, see registry/cache.py). Lower GUNICORN_WORKERS (and raise LUNGSITE_TORCH_THREADS) on a
   box short of memory.
-- preload_app stays off: torch's thread pools do not survive fork(), and the model is loaded lazily
+- preload_app stays off: runtime thread pools do not survive fork(), and the model is loaded lazily
   per worker from the active row anyway (hot swap), so preloading would save nothing.
 - max_requests (+ jitter, so workers do not restart together) bounds slow memory growth from
   allocator fragmentation; a restarted worker reloads its model on its next request.

@@ -132,6 +132,21 @@ class _Live:
             return [o for o in self.items if o.started >= started]
 
 
+def _cpu_seconds(worker_pids: list[int]) -> dict:
+    """CPU seconds (user + system) used so far by the gunicorn workers and by this process."""
+    import psutil
+
+    workers = 0.0
+    for pid in worker_pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+            workers += times.user + times.system
+        except psutil.Error:
+            pass
+    own = psutil.Process().cpu_times()
+    return {"gunicorn_workers": workers, "benchmark_clients": own.user + own.system}
+
+
 def swap_under_load(*, port, token, bodies, ids: tuple[int, int], activations: int, clients: int) -> dict:
     """`clients` threads post predictions without pause while this thread activates the two
     versions in turn, `activations` times, through registry.services.model_version_activate (as
@@ -288,9 +303,11 @@ def server_phase(
             )
 
         run_loops()
+        cpu_before = _cpu_seconds(server.worker_pids())
         c4 = bench_server.run_clients(
             server.port, inst.token, bodies, clients=4, per_client=per_client, max_s=240
         )
+        cpu_after = _cpu_seconds(server.worker_pids())
         run_loops()
         c4_ms = c4.wall_s * 1000 / max(1, len(c4.outcomes))
         means = {name: sum(values) / len(values) for name, values in loops.items()}
@@ -300,6 +317,12 @@ def server_phase(
             "wall_s": round(c4.wall_s, 2),
             "latency_ms": spread([o.ms for o in c4.outcomes]),
             "bare_loop_ms_per_forward": {k: [round(v, 2) for v in values] for k, values in loops.items()},
+            # Where the 2 cores went during the 4-client run, per request: the gunicorn workers
+            # (the whole request) and the benchmark's own client threads (same machine).
+            "cpu_ms_per_request": {
+                name: round((cpu_after[name] - cpu_before[name]) * 1000 / max(1, len(c4.outcomes)), 2)
+                for name in cpu_before
+            },
         }
         a_text = (
             "wall ms per request, 4 concurrent clients on gunicorn (the full API request: upload, decode, "
