@@ -3,8 +3,9 @@
 
 Sizing, for CPU inference on a small box:
 - A prediction is one DenseNet121 forward pass (ONNX Runtime, inference/serving.py): compute-bound,
-  and the runtime spreads it over as many threads as it is given. What matters is that all busy compute threads together do not exceed the
-  cores; past that they only steal time from each other (and each other's caches).
+  and the runtime spreads it over as many threads as it is given. What matters is that all busy
+  compute threads together do not exceed the cores; past that they only steal time from each other
+  (and each other's caches).
 - So: one worker process per core (GUNICORN_WORKERS, default the cores this process may use, cgroup
   CPU quota included) and intra-op threads per worker = max(1, cores // workers)
   (LUNGSITE_TORCH_THREADS, read when a worker opens a model's session; default 1 with the default

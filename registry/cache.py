@@ -2,8 +2,9 @@
 
 Every call reads the active row's key (one indexed query). When it differs from the cached key the
 new version loads under a lock (its stored ONNX serving graph, verified and opened in ONNX Runtime;
-no torch) and becomes current; requests already running keep the object they were given. The previous version stays loaded (two entries, least recently used dropped), so
-switching back costs no load. A version that fails to load is logged and remembered for
+no torch) and becomes current; requests already running keep the object they were given. The
+previous version stays loaded (two entries, least recently used dropped), so switching back costs
+no load. A version that fails to load is logged and remembered for
 RETRY_FAILED_AFTER_S; meanwhile the last good version keeps serving and is what callers are told
 served. No signals: every worker of every host sees an activation on its next request.
 """

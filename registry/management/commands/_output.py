@@ -15,6 +15,8 @@ def version_as_dict(version: ModelVersion | None) -> dict | None:
         "untrained": version.untrained,
         "sha256": version.sha256,
         "storage_path": version.storage_path,
+        "serving_graph_sha256": version.serving_graph_sha256,
+        "serving_graph_path": version.serving_graph_path,
         "architecture": version.architecture,
         "class_names": version.class_names,
         "preprocessing": version.preprocessing,
