@@ -63,28 +63,13 @@ def images_storage() -> Storage:
 
 def _png_without_metadata(data: bytes) -> bytes | None:
     """The PNG with only its pixel chunks, byte for byte; None when it cannot be walked or holds
-    EXIF."""
-    if not data.startswith(_PNG_MAGIC):
+    EXIF (which may carry an orientation that decode applied: the caller re-encodes the pixels)."""
+    from inference.pipeline import png_chunks
+
+    chunks = png_chunks(data)
+    if chunks is None or any(kind == b"eXIf" for kind, _, _ in chunks):
         return None
-    out = [_PNG_MAGIC]
-    pos = len(_PNG_MAGIC)
-    seen_end = False
-    while pos + 12 <= len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
-        end = pos + 12 + length
-        if end > len(data):
-            return None
-        if kind == b"eXIf":
-            # It may carry an orientation that decode applied; the caller re-encodes the pixels.
-            return None
-        if kind in _PNG_PIXEL_CHUNKS:
-            out.append(data[pos:end])
-        pos = end
-        if kind == b"IEND":
-            seen_end = True
-            break
-    return b"".join(out) if seen_end else None
+    return _PNG_MAGIC + b"".join(data[start:end] for kind, start, end in chunks if kind in _PNG_PIXEL_CHUNKS)
 
 
 def _jpeg_without_metadata(data: bytes) -> bytes | None:

@@ -60,10 +60,9 @@ def _setup_logging() -> None:
 
 
 def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+    from inference.serving import available_cores
+
+    return available_cores()
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -105,9 +105,12 @@ def _looks_like_headerless_dicom(data: bytes) -> bool:
     return len(data) >= 8 and data[:2] in (b"\x08\x00", b"\x02\x00") and data[3:4] == b"\x00"
 
 
-def _png_chunks(data: bytes):
-    """(type, start, end) of each chunk of a PNG, stopping at IEND; None when the file does not
-    walk cleanly to an IEND (truncated or malformed)."""
+def png_chunks(data: bytes) -> list[tuple[bytes, int, int]] | None:
+    """(type, start, end) of each chunk of a PNG, up to and including IEND; None when the bytes are
+    not a PNG that walks cleanly to an IEND (truncated or malformed). audit.services uses it too,
+    to keep only the pixel chunks of a stored upload."""
+    if not data.startswith(_PNG_MAGIC):
+        return None
     chunks, pos = [], len(_PNG_MAGIC)
     while pos + 12 <= len(data):
         (length,) = struct.unpack_from(">I", data, pos)
@@ -146,7 +149,7 @@ def _decode_gray8_png(data: bytes, label: str, max_pixels: int) -> np.ndarray | 
     bit_depth, colour_type = data[24], data[25]
     if bit_depth != 8 or colour_type != 0 or width * height > _OPENCV_MAX_PIXELS:
         return None
-    chunks = _png_chunks(data)
+    chunks = png_chunks(data)
     if chunks is None or any(kind == b"eXIf" for kind, _, _ in chunks):
         return None
     cv2 = _opencv()

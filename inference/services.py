@@ -88,7 +88,7 @@ def prediction_create(*, upload: UploadedFile, user: AbstractBaseUser | None, so
     Raises PredictionRefused (4xx: too large, empty, not a readable image, too many pixels, ...)
     or PredictionUnavailable (503: no model can serve, image storage or database unavailable).
     Nothing is stored when it raises."""
-    from audit.services import AuditWriteError, StorageUnavailable, image_discard, prediction_log
+    from audit.services import AuditWriteError, StorageUnavailable, prediction_log
     from inference.pipeline import DecodeError, decode_gray, predict, preprocess
     from registry.cache import NoActiveModel, get_active
     from registry.models import DEFAULT_PREPROCESSING
@@ -113,7 +113,7 @@ def prediction_create(*, upload: UploadedFile, user: AbstractBaseUser | None, so
         version = serving.version
         output = predict(serving.model, preprocess(image, version.preprocessing or DEFAULT_PREPROCESSING))
     except BaseException:
-        _discard_when_stored(storing, image_discard)
+        _discard_when_stored(storing)
         raise
     try:
         stored, image_sha256 = storing.result()
@@ -136,12 +136,14 @@ def prediction_create(*, upload: UploadedFile, user: AbstractBaseUser | None, so
         raise PredictionUnavailable(_nothing_recorded(exc), code="database_unavailable") from exc
 
 
-def _discard_when_stored(storing, discard) -> None:
+def _discard_when_stored(storing) -> None:
+    from audit.services import image_discard
+
     try:
         stored, _ = storing.result()
     except Exception:  # noqa: BLE001 - nothing was stored
         return
-    discard(stored)
+    image_discard(stored)
 
 
 def _nothing_recorded(exc: Exception) -> str:
