@@ -242,6 +242,43 @@ def run_clients(
     return LoadResult(time.perf_counter() - started, sorted(outcomes, key=lambda o: o.started))
 
 
+@dataclass
+class SteadyRate:
+    ms_per_request: float | None  # wall ms between completions inside the window
+    window_s: float
+    completed_in_window: int
+    load: LoadResult  # every request of the run, ramp and drain included
+
+
+def steady_rate(
+    port: int, token: str, bodies: list, *, clients: int, seconds: float, ramp_s: float
+) -> SteadyRate:
+    """`clients` clients posting back to back for `seconds`; the rate is taken between completions
+    in the window [ramp_s, seconds]: while all of them are in flight, not while they connect and
+    warm up or while the last ones drain (then fewer than `clients` would be busy)."""
+    stop = threading.Event()
+    holder: dict = {}
+    started = time.perf_counter()
+    thread = threading.Thread(
+        target=lambda: holder.setdefault(
+            "load", run_clients(port, token, bodies, clients=clients, stop=stop, max_s=seconds + 60)
+        ),
+        daemon=True,
+    )
+    thread.start()
+    time.sleep(seconds)
+    stop.set()
+    thread.join(timeout=REQUEST_TIMEOUT_S + 60)
+    load = holder.get("load") or LoadResult(time.perf_counter() - started)
+    ends = sorted(
+        o.started + o.ms / 1000
+        for o in load.outcomes
+        if o.status == 201 and started + ramp_s <= o.started + o.ms / 1000 <= started + seconds
+    )
+    ms = (ends[-1] - ends[0]) * 1000 / (len(ends) - 1) if len(ends) > 1 else None
+    return SteadyRate(ms, round(ends[-1] - ends[0], 3) if ends else 0.0, len(ends), load)
+
+
 def bare_loop(session, arrays: list, *, parallel: int, per_thread: int) -> float:
     """The bare-forward loop: `parallel` threads (one per gunicorn worker: the same number of
     forwards at once as the server can run on its workers) each running ONNX Runtime's bare forward

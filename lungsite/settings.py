@@ -128,6 +128,9 @@ else:
         # SQLite's shared cache, whose table locks fail at once instead of waiting. One file per
         # test run, so two runs side by side do not share it.
         "TEST": {"NAME": DATA_DIR / f"test-db-{os.getpid()}.sqlite3"},
+        # Kept open between requests, as on Postgres: a new connection runs init_command every time.
+        "CONN_MAX_AGE": envint("DJANGO_CONN_MAX_AGE", 60),
+        "CONN_HEALTH_CHECKS": True,
     }
 DATABASES = {"default": _db}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
