@@ -1,5 +1,6 @@
 from django.conf import settings
-from django.contrib.auth.decorators import login_required, permission_required
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -32,10 +33,25 @@ def _upload_page(request, form, *, error=None, status=200):
     return render(request, "inference/upload.html", context, status=status)
 
 
+def _landing_for(user) -> str | None:
+    """Where `/` sends someone who may not analyse X-rays: the page of the role they do have."""
+    if user.has_perm("audit.view_all_predictions"):
+        return reverse("audit")
+    if user.is_staff and user.has_perm("registry.view_modelversion"):
+        return reverse("admin:index")
+    return None
+
+
 @require_http_methods(["GET", "POST"])
 @login_required
-@permission_required("audit.add_prediction", raise_exception=True)
 def upload(request):
+    if not request.user.has_perm("audit.add_prediction"):
+        # `/` is where the login form lands everyone: auditors and model-admins go on to their own
+        # page. A refused upload (POST) stays a 403, and so does an account without any role.
+        landing = _landing_for(request.user) if request.method == "GET" else None
+        if landing is None:
+            raise PermissionDenied
+        return redirect(landing)
     if request.method != "POST":
         return _upload_page(request, UploadForm())
 

@@ -46,10 +46,31 @@ def test_it_logs_out_with_a_post_only(client, clinician):
     assert client.get("/history/").status_code == 302
 
 
-def test_it_refuses_users_without_the_predict_permission(client, model_admin):
-    client.force_login(model_admin)
-    assert client.get("/").status_code == 403
-    assert client.post("/", {"image": SimpleUploadedFile("x.png", b"x")}).status_code == 403
+def test_it_sends_other_roles_on_to_their_own_page_and_refuses_their_uploads(
+    client, auditor, model_admin, django_user_model
+):
+    # `/` is where logging in lands everyone; auditors read the log, model-admins run the registry.
+    nobody = django_user_model.objects.create_user(username="nobody", password="pw-nobody")
+    staff_without_role = django_user_model.objects.create_user(
+        username="staff", password="pw-staff", is_staff=True
+    )
+    for user, landing in (
+        (auditor, reverse("audit")),
+        (model_admin, reverse("admin:index")),
+        (nobody, None),
+        (staff_without_role, None),
+    ):
+        client.force_login(user)
+        response = client.get("/")
+        if landing is None:
+            assert response.status_code == 403, user.username
+            assert "Ask an administrator for the right role" in response.content.decode()
+        else:
+            assert response.status_code == 302 and response["Location"] == landing, user.username
+            assert client.get(landing).status_code == 200, user.username
+        # An upload is refused, never redirected: the refusal must not look like a success.
+        upload = client.post("/", {"image": SimpleUploadedFile("x.png", b"x")})
+        assert upload.status_code == 403, user.username
     assert Prediction.objects.count() == 0
 
 

@@ -20,11 +20,12 @@ from tests.reliability.conftest import error_of, post_image
 ROLES = ("anonymous", "clinician", "other_clinician", "auditor", "model_admin", "superuser")
 PNG = corpus.pil_bytes(Image.fromarray(corpus.chest_like(96)), "PNG")
 LOGIN = 302  # a page's answer to an anonymous caller: to the login form
+TO_AUDIT, TO_ADMIN = "302 /audit/", "302 /admin/"  # `/` sends these roles on to their own page
 
 # (kind, method, url template, {role: status}); {p} is alice's prediction, {m} the active model.
 #          anonymous clinician other auditor model-admin superuser
 MATRIX = [
-    ("page", "GET", "/", (LOGIN, 200, 200, 403, 403, 200)),
+    ("page", "GET", "/", (LOGIN, 200, 200, TO_AUDIT, TO_ADMIN, 200)),
     ("page", "GET", "/predictions/{p}/", (LOGIN, 200, 404, 200, 404, 200)),
     ("page", "GET", "/history/", (LOGIN, 200, 200, 200, 200, 200)),
     ("page", "GET", "/audit/", (LOGIN, 403, 403, 200, 403, 200)),
@@ -89,7 +90,14 @@ def test_every_role_gets_the_expected_status_everywhere(people, alices_predictio
         for role, want in zip(ROLES, expected, strict=True):
             response = _call(kind, method, url, people[role])
             got.append(response.status_code)
-            if response.status_code != want:
+            if isinstance(want, str):  # a redirect to a given page
+                status, location = want.split()
+                if (response.status_code, response.headers.get("Location")) != (int(status), location):
+                    mismatches.append(
+                        f"{role:16s} {method} {url}: expected {want}, got {response.status_code} "
+                        f"{response.headers.get('Location')}"
+                    )
+            elif response.status_code != want:
                 mismatches.append(f"{role:16s} {method} {url}: expected {want}, got {response.status_code}")
             elif want == LOGIN and kind == "page":
                 location = response.headers.get("Location", "")
