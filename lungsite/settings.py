@@ -202,6 +202,23 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# Django's cache holds the API throttle's counts (lungsite/throttling.py). Unset: local memory, so
+# each gunicorn worker counts on its own. A Redis URL (redis://host:6379/0; rediss:// for TLS) shares
+# them between workers and hosts; the short timeouts keep a Redis outage from stalling requests (the
+# throttle then lets requests through and logs it).
+LUNGSITE_CACHE_URL = os.environ.get("LUNGSITE_CACHE_URL", "").strip()
+if LUNGSITE_CACHE_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": LUNGSITE_CACHE_URL,
+            "KEY_PREFIX": "lungsite",
+            "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",

@@ -26,6 +26,7 @@ out = {
     "DISABLE_SERVER_SIDE_CURSORS": db.get("DISABLE_SERVER_SIDE_CURSORS", False),
     "STORAGES": {alias: settings.STORAGES[alias] for alias in ("models", "xray_images")},
     "SIGNED_URL_SECONDS": settings.LUNGSITE_SIGNED_URL_SECONDS,
+    "CACHE": {k: settings.CACHES["default"].get(k) for k in ("BACKEND", "LOCATION", "KEY_PREFIX")},
 }
 if "postgresql" in db["ENGINE"]:
     from django.db.backends.postgresql.psycopg_any import is_psycopg3
@@ -63,6 +64,8 @@ def test_it_uses_sqlite_and_local_files_when_nothing_is_set(tmp_path):
     # Connections are kept between requests on SQLite too: opening one (and its WAL pragma) per
     # request cost about 1.5 ms of every prediction at 4 clients.
     assert found["CONN_MAX_AGE"] == 60
+    # Throttle counts per process unless LUNGSITE_CACHE_URL names a Redis server.
+    assert found["CACHE"]["BACKEND"] == "django.core.cache.backends.locmem.LocMemCache"
     for alias, bucket in (("models", "models"), ("xray_images", "xray-images")):
         assert found["STORAGES"][alias]["BACKEND"] == "django.core.files.storage.FileSystemStorage"
         assert found["STORAGES"][alias]["OPTIONS"]["location"] == str(tmp_path / "storage" / bucket)
@@ -134,3 +137,13 @@ def test_it_selects_supabase_buckets_when_configured(tmp_path):
         },
     }
     assert found["SIGNED_URL_SECONDS"] == 60
+
+
+def test_it_shares_the_throttle_counts_through_redis_when_asked(tmp_path):
+    found = settings_with(tmp_path, LUNGSITE_CACHE_URL="rediss://:secret@cache.example.org:6380/2")
+
+    assert found["CACHE"] == {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": "rediss://:secret@cache.example.org:6380/2",
+        "KEY_PREFIX": "lungsite",
+    }
