@@ -262,3 +262,38 @@ def serving_graph(model: nn.Module, input_size: int) -> bytes | None:
     except UnsupportedModel as exc:
         logging.getLogger(__name__).warning("no ONNX serving graph, it will be served by torch: %s", exc)
         return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m inference.export --architecture=A --num-classes=K --input-size=S`: the weights file
+    on stdin; the serving graph on stdout (exit 0), or the reason on stderr's last line with
+    inference.weights.REFUSED_EXIT (the weights do not load) or NO_GRAPH_EXIT (served by torch).
+    inference.weights.serving_graph_from_weights runs it for processes that must stay torch-free."""
+    import argparse
+    import sys
+
+    from inference.weights import NO_GRAPH_EXIT, REFUSED_EXIT, WeightsError, load_model
+
+    parser = argparse.ArgumentParser(prog="python -m inference.export", description=main.__doc__)
+    parser.add_argument("--architecture", required=True)
+    parser.add_argument("--num-classes", type=int, required=True)
+    parser.add_argument("--input-size", type=int, required=True)
+    args = parser.parse_args(argv)
+    try:
+        data = sys.stdin.buffer.read()
+        model = load_model(data, architecture=args.architecture, num_classes=args.num_classes)
+    except WeightsError as exc:
+        print(str(exc).replace("\n", " "), file=sys.stderr)
+        return REFUSED_EXIT
+    try:
+        graph = onnx_graph(model, args.input_size)
+    except UnsupportedModel as exc:
+        print(str(exc).replace("\n", " "), file=sys.stderr)
+        return NO_GRAPH_EXIT
+    sys.stdout.buffer.write(graph)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

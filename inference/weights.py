@@ -2,15 +2,23 @@
 
 Weights load with `torch.load(weights_only=True)`: a pickle that would build arbitrary objects
 (and so could run code) is refused before anything in it runs.
+
+`serving_graph_from_weights` is how the registry checks a weights file and gets its serving graph:
+in a process without torch (a serving worker) it does both in a child process, so that the worker
+never loads torch.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import pickle
 import re
+import subprocess
+import sys
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is imported on first use: `manage.py check/migrate` never pay for it
@@ -18,6 +26,14 @@ if TYPE_CHECKING:  # torch is imported on first use: `manage.py check/migrate` n
     from torch import nn
 
 ARCHITECTURES = ("densenet121",)
+
+logger = logging.getLogger(__name__)
+
+# The child process (`python -m inference.export`): its exit codes besides 0 (graph on stdout).
+REFUSED_EXIT = 3  # the weights do not load: the reason on stderr
+NO_GRAPH_EXIT = 4  # they load, but the graph writer cannot describe the network: served by torch
+_CHILD_TIMEOUT_S = 300
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 # Old CheXNet checkpoints (torchvision < 0.3) name DenseNet layers "norm.1" where torchvision now
 # says "norm1"; torchvision's own loader rewrites them with the same pattern.
@@ -29,6 +45,11 @@ _LEGACY_KEY = re.compile(
 
 class WeightsError(Exception):
     """A weights file that cannot serve: the message says why, in words an admin can act on."""
+
+
+class GraphWriterFailed(Exception):
+    """The child process that checks weights and writes their serving graph crashed or hung: nothing
+    is known about the weights; try again."""
 
 
 def build_model(architecture: str, num_classes: int) -> nn.Module:
@@ -131,3 +152,51 @@ def save_state_dict(model: nn.Module) -> bytes:
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     return buffer.getvalue()
+
+
+def serving_graph_from_weights(
+    data: bytes, *, architecture: str, num_classes: int, input_size: int, isolate: bool | None = None
+) -> bytes | None:
+    """Loads the weights into `architecture` with `num_classes` outputs (WeightsError with the reason
+    when they do not fit) and returns the serving graph written from them (inference.export), or
+    None for a network the graph writer cannot describe, which is then served by torch.
+
+    Both steps need torch, which takes about 500 MB of resident memory here (the pinned CUDA build)
+    and keeps it until the process exits. A process that has imported torch already (a management
+    command, the tests, the benchmark) runs them itself. One that has not, such as a serving worker
+    where a model-admin registers or activates a version through the admin or the API, runs them in
+    a child process (`python -m inference.export`, the weights on stdin, the graph on stdout), and
+    stays torch-free. The graph's bytes are the same either way. `isolate` forces one way (tests).
+    Raises GraphWriterFailed when the child crashes or runs past 300 s."""
+    if isolate is None:
+        isolate = "torch" not in sys.modules
+    if not isolate:
+        from inference.export import serving_graph
+
+        model = load_model(data, architecture=architecture, num_classes=num_classes)
+        return serving_graph(model, input_size)
+    command = [
+        sys.executable,
+        "-m",
+        "inference.export",
+        f"--architecture={architecture}",
+        f"--num-classes={num_classes}",
+        f"--input-size={input_size}",
+    ]
+    try:
+        done = subprocess.run(
+            command, input=data, capture_output=True, cwd=_PROJECT_ROOT, timeout=_CHILD_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise GraphWriterFailed(f"The weights checker did not finish ({type(exc).__name__}).") from exc
+    lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+    last = lines[-1].strip() if lines else ""
+    if done.returncode == 0:
+        return done.stdout
+    if done.returncode == REFUSED_EXIT:
+        raise WeightsError(last or "The weights do not load.")
+    if done.returncode == NO_GRAPH_EXIT:
+        logger.warning("no ONNX serving graph, it will be served by torch: %s", last)
+        return None
+    logger.error("the weights checker exited with %s: %s", done.returncode, "\n".join(lines[-20:]))
+    raise GraphWriterFailed(f"The weights checker failed (exit status {done.returncode}).")

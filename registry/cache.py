@@ -77,17 +77,22 @@ def _load(version: ModelVersion) -> ServingModel:
             logger.error("%s; serving %s from its weights instead", exc, version.version_name)
         else:
             return ServingModel(version=version, model=ServingRuntime.from_graph(graph, input_size))
-    # No stored graph (a network the writer cannot describe, or a damaged graph): load the weights
-    # in torch and write the graph here (0.25-0.6 s), or run the module itself.
-    from inference.serving import runtime_for_module
-    from inference.weights import load_model
+    # No stored graph, or a damaged one: write it again from the verified weights (in a child
+    # process when this one has no torch, so a serving worker stays torch-free), or, for a network
+    # the writer cannot describe, load the module in torch and run it here.
+    from inference.weights import load_model, serving_graph_from_weights
     from registry.storage import weights_read
 
-    _configure_torch_threads()
-    model = load_model(
-        weights_read(version), architecture=version.architecture, num_classes=len(version.class_names)
+    data = weights_read(version)
+    num_classes = len(version.class_names)
+    graph = serving_graph_from_weights(
+        data, architecture=version.architecture, num_classes=num_classes, input_size=input_size
     )
-    return ServingModel(version=version, model=runtime_for_module(model, input_size))
+    if graph is not None:
+        return ServingModel(version=version, model=ServingRuntime.from_graph(graph, input_size))
+    _configure_torch_threads()
+    model = load_model(data, architecture=version.architecture, num_classes=num_classes)
+    return ServingModel(version=version, model=model)
 
 
 def get_active() -> ServingModel:

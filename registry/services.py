@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from inference.weights import ARCHITECTURES, WeightsError, load_model
+from inference.weights import ARCHITECTURES, GraphWriterFailed, WeightsError, serving_graph_from_weights
 from registry.models import DEFAULT_PREPROCESSING, ActivationEvent, ModelVersion
 from registry.storage import (
     WeightsIntegrityError,
@@ -45,11 +45,13 @@ class ActivationError(Exception):
 
 
 class RegistrationUnavailable(RegistrationError):
-    """Registration could not reach the weights store: nothing was written; try again later."""
+    """Registration could not finish now (the weights store is unreachable, or the weights checker
+    crashed): nothing was written; try again later."""
 
 
 class ActivationUnavailable(ActivationError):
-    """Activation could not reach the weights store: nothing changed; try again later."""
+    """Activation could not finish now (the weights store is unreachable, or the weights checker
+    crashed): nothing changed; try again later."""
 
 
 def _read_weights(file) -> bytes:
@@ -181,10 +183,13 @@ def model_version_register(
     auroc = _check_auroc(auroc)
     preprocessing = _check_preprocessing(preprocessing)
     try:
-        model = load_model(content, architecture=architecture, num_classes=len(class_names))
+        graph = _checked_graph(
+            content, architecture=architecture, class_names=class_names, preprocessing=preprocessing
+        )
     except WeightsError as exc:
         raise RegistrationError(str(exc)) from exc
-    graph = _serving_graph(model, preprocessing)
+    except GraphWriterFailed as exc:
+        raise RegistrationUnavailable(f"{exc} Nothing was registered.") from exc
 
     written = []  # names this call stored, removed again if the row cannot be written
     try:
@@ -226,11 +231,18 @@ def model_version_register(
     return version
 
 
-def _serving_graph(model, preprocessing: dict) -> bytes | None:
-    """The ONNX graph the workers serve (inference.export), or None: served by torch."""
-    from inference.export import serving_graph
-
-    return serving_graph(model, int(preprocessing.get("input_size", 224)))
+def _checked_graph(
+    data: bytes, *, architecture: str, class_names: list[str], preprocessing: dict
+) -> bytes | None:
+    """Loads the weights (WeightsError when they do not fit) and returns the ONNX graph the workers
+    serve, or None: served by torch. In a torch-free process (a serving worker) both run in a child
+    process (inference.weights.serving_graph_from_weights)."""
+    return serving_graph_from_weights(
+        data,
+        architecture=architecture,
+        num_classes=len(class_names),
+        input_size=int(preprocessing.get("input_size", 224)),
+    )
 
 
 def _delete_quietly(names: list[str]) -> None:
@@ -241,18 +253,24 @@ def _delete_quietly(names: list[str]) -> None:
             logger.exception("could not remove %s after a failed registration", name)
 
 
-def _serving_graph_ensure(version: ModelVersion, model) -> bool:
-    """Writes the version's serving graph from its loaded `model` unless the stored one is intact;
+def _serving_graph_ensure(version: ModelVersion, data: bytes) -> bool:
+    """Writes the version's serving graph from its weights `data` unless the stored one is intact;
     returns whether it wrote one. A version registered before serving graphs were stored, or whose
     graph is missing or damaged, gets it (re)written: it is derived data, and the same weights give
-    the same bytes under the same name."""
+    the same bytes under the same name. A version without a graph (served by torch) has its weights
+    loaded again, to refuse them if they no longer load."""
     if version.serving_graph_sha256:
         try:
             serving_graph_read(version)
             return False
         except WeightsIntegrityError as exc:
             logger.warning("rewriting the serving graph of %s: %s", version.version_name, exc)
-    graph = _serving_graph(model, version.preprocessing or DEFAULT_PREPROCESSING)
+    graph = _checked_graph(
+        data,
+        architecture=version.architecture,
+        class_names=version.class_names,
+        preprocessing=version.preprocessing or DEFAULT_PREPROCESSING,
+    )
     if graph is None:
         return False
     path, sha256, _ = serving_graph_save(graph)
@@ -265,10 +283,10 @@ def _serving_graph_ensure(version: ModelVersion, model) -> bool:
 def model_version_serving_graph_ensure(*, version: ModelVersion) -> bool:
     """The serving graph of a registered version, written from its verified weights if it has none
     or a damaged one (`manage.py bootstrap` runs it for every version after an upgrade). Returns
-    whether it wrote one. Raises WeightsIntegrityError, WeightsError or WeightsStorageUnavailable."""
-    data = weights_read(version)
-    model = load_model(data, architecture=version.architecture, num_classes=len(version.class_names))
-    return _serving_graph_ensure(version, model)
+    whether it wrote one. The weights are always read and checked against their sha256; torch is
+    needed only when a graph has to be written or the version has none. Raises
+    WeightsIntegrityError, WeightsError, WeightsStorageUnavailable or GraphWriterFailed."""
+    return _serving_graph_ensure(version, weights_read(version))
 
 
 def _check_loadable(version: ModelVersion) -> None:
@@ -276,7 +294,7 @@ def _check_loadable(version: ModelVersion) -> None:
     intact serving graph (see _serving_graph_ensure)."""
     try:
         model_version_serving_graph_ensure(version=version)
-    except WeightsStorageUnavailable as exc:
+    except (WeightsStorageUnavailable, GraphWriterFailed) as exc:
         raise ActivationUnavailable(f"Cannot activate {version.version_name} now: {exc}") from exc
     except (WeightsIntegrityError, WeightsError) as exc:
         raise ActivationError(f"Cannot activate {version.version_name}: {exc}") from exc

@@ -5,11 +5,18 @@ import io
 import os
 import pickle
 import re
+import sys
 
 import pytest
 import torch
 
-from inference.weights import WeightsError, load_model, load_state_dict
+from inference.weights import (
+    GraphWriterFailed,
+    WeightsError,
+    load_model,
+    load_state_dict,
+    serving_graph_from_weights,
+)
 from tests.conftest import starter_weights_bytes
 
 
@@ -138,3 +145,48 @@ def test_it_registers_no_hostile_pickle(tmp_path):
         model_version_register(data=_bytes(hostile), version_name="evil", class_names=DEFAULT_CLASS_NAMES)
     assert not marker.exists()
     assert not ModelVersion.objects.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# serving_graph_from_weights: the same answers in this process and in a child process
+
+
+def test_the_child_process_writes_the_same_graph_as_this_process():
+    data = starter_weights_bytes()
+    here = serving_graph_from_weights(
+        data, architecture="densenet121", num_classes=13, input_size=224, isolate=False
+    )
+    child = serving_graph_from_weights(
+        data, architecture="densenet121", num_classes=13, input_size=224, isolate=True
+    )
+    assert len(here) > 10_000_000  # DenseNet121's 8 M parameters as float32
+    assert child == here
+
+
+@pytest.mark.parametrize(
+    "data, num_classes, message",
+    [
+        (b"", 13, "The weights file is empty."),
+        (b"PK\x03\x04 not a torch file", 13, "Not a PyTorch weights file"),
+        (None, 14, "The weights have 13 outputs but 14 class names were given."),
+    ],
+)
+def test_the_child_process_refuses_what_this_process_refuses(data, num_classes, message):
+    data = starter_weights_bytes() if data is None else data
+    refusals = []
+    for isolate in (False, True):
+        with pytest.raises(WeightsError) as caught:
+            serving_graph_from_weights(
+                data, architecture="densenet121", num_classes=num_classes, input_size=224, isolate=isolate
+            )
+        refusals.append(str(caught.value))
+    assert refusals[0] == refusals[1]
+    assert message in refusals[0]
+
+
+def test_a_crashed_child_process_is_not_taken_for_a_refusal(monkeypatch):
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    with pytest.raises(GraphWriterFailed, match="exit status 1"):
+        serving_graph_from_weights(
+            b"x", architecture="densenet121", num_classes=13, input_size=224, isolate=True
+        )
