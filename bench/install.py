@@ -1,5 +1,6 @@
 """A throwaway lungsite installation for the benchmark: a temp data folder (SQLite + local storage),
-migrated, with the starter model, a second version to swap to, and a clinician with an API token.
+migrated, with the starter model, a second version to swap to, and a clinician and a model-admin
+with API tokens.
 
 Nothing here touches a configured production database or Supabase project: DATABASE_URL and
 SUPABASE_* are dropped from the environment unless `--database-url` is passed explicitly.
@@ -27,6 +28,7 @@ class Installation:
     second_id: int
     token: str
     username: str
+    admin_token: str  # a model-admin's: the swaps activate through the API, as integrators do
 
 
 def environment(data_dir: Path, *, database_url: str | None, threads: int) -> dict:
@@ -96,6 +98,11 @@ def install(*, database_url: str | None, threads: int, log) -> Installation:
     user, _ = get_user_model().objects.get_or_create(username="bench-clinician")
     user.groups.add(Group.objects.get(name="clinician"))
     token, _ = Token.objects.get_or_create(user=user)
+    admin, _ = get_user_model().objects.get_or_create(
+        username="bench-model-admin", defaults={"is_staff": True}
+    )
+    admin.groups.add(Group.objects.get(name="model-admin"))
+    admin_token, _ = Token.objects.get_or_create(user=admin)
     return Installation(
         data_dir=data_dir,
         env=env,
@@ -103,6 +110,7 @@ def install(*, database_url: str | None, threads: int, log) -> Installation:
         second_id=second.pk,
         token=token.key,
         username=user.username,
+        admin_token=admin_token.key,
     )
 
 

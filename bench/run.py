@@ -146,15 +146,16 @@ def _cpu_seconds(worker_pids: list[int]) -> dict:
     return {"gunicorn_workers": workers, "benchmark_clients": own.user + own.system}
 
 
-def swap_under_load(*, port, token, bodies, ids: tuple[int, int], activations: int, clients: int) -> dict:
+def swap_under_load(
+    *, port, token, admin_token, bodies, ids: tuple[int, int], activations: int, clients: int
+) -> dict:
     """`clients` threads post predictions without pause while this thread activates the two
-    versions in turn, `activations` times, through registry.services.model_version_activate (as
-    `manage.py activate_model` does). After each activation it waits (up to 30 s) until two answers
-    started after the commit came from the new version: every worker picks it up on its next
-    request, with no restart or signal."""
-    from bench.server import run_clients
+    versions in turn, `activations` times, through `POST /api/v1/models/<id>/activate/` on the same
+    server (a model-admin's token), so a worker runs each activation as it would for an integrator.
+    After each activation it waits (up to 30 s) until two answers started after the commit came
+    from the new version: every worker picks it up on its next request, with no restart or signal."""
+    from bench.server import post_empty, run_clients
     from registry.models import ModelVersion
-    from registry.services import model_version_activate
 
     versions = {v.pk: v for v in ModelVersion.objects.filter(pk__in=ids)}
     known = {v.version_name for v in versions.values()}
@@ -174,7 +175,9 @@ def swap_under_load(*, port, token, bodies, ids: tuple[int, int], activations: i
         time.sleep(0.5)
         for i in range(activations):
             target = versions[ids[1] if i % 2 == 0 else ids[0]]
-            model_version_activate(version=target, via="command")
+            status, answer = post_empty(port, f"/api/v1/models/{target.pk}/activate/", token=admin_token)
+            if status != 200:
+                raise RuntimeError(f"activation answered {status}: {answer[:300]!r}")
             committed = time.perf_counter()
             deadline = committed + 30
             while time.perf_counter() < deadline and thread.is_alive():
@@ -369,6 +372,7 @@ def server_phase(
         swap = swap_under_load(
             port=server.port,
             token=inst.token,
+            admin_token=inst.admin_token,
             bodies=bodies,
             ids=(inst.starter_id, inst.second_id),
             activations=args.activations,
@@ -583,11 +587,13 @@ def main(argv=None) -> int:
             "activating a version that is still loaded (includes its one indexed query), in-process; "
             "details.swap_in_process.steady_get_active_ms is the same call without a switch",
             "swap_failed_requests": "responses that were not 201 (or named neither version) among all "
-            "requests made by concurrent clients on gunicorn during the activations",
+            "requests made by concurrent clients on gunicorn during the activations (each one a "
+            "POST /api/v1/models/<id>/activate/ on the same server)",
             "bare forward": "ONNX Runtime InferenceSession of the active weights exported by torch.onnx "
             "(logits only), batch 1, 224x224, same intra-op threads as the serving runtime",
             "memory_mb": "VmHWM (peak RSS), VmRSS and USS (unshared pages) of each gunicorn worker after the "
-            "single-model phases, then after the swaps (both versions loaded); fresh_interpreter_peak: "
+            "single-model phases, then after the swaps (both versions loaded, 20 activations run by the "
+            "workers themselves); fresh_interpreter_peak: "
             "VmHWM of a bare `python -c 'import torch'` (what any worker importing torch starts from)",
             "timings": "time.perf_counter around each call; medians; a and b of each ratio measured "
             "interleaved in the same loop of the same run",

@@ -127,6 +127,17 @@ def get(port: int, path: str, timeout: float = REQUEST_TIMEOUT_S) -> tuple[int, 
         conn.close()
 
 
+def post_empty(port: int, path: str, *, token: str, timeout: float = REQUEST_TIMEOUT_S) -> tuple[int, bytes]:
+    """POST with no body and a token; returns (status, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", path, headers={"Authorization": f"Token {token}", "Content-Length": "0"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
 def multipart(data: bytes, filename: str) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     head = (
