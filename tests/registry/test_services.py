@@ -198,6 +198,33 @@ def test_it_refuses_to_activate_missing_weights(register):
     assert not ModelVersion.objects.filter(is_active=True).exists()
 
 
+def test_a_crashed_weights_checker_is_unavailable_not_refused(settings, register, monkeypatch):
+    from inference.weights import GraphWriterFailed
+    from registry import services
+
+    def crash(*args, **kwargs):
+        raise GraphWriterFailed("The weights checker failed (exit status -9).")
+
+    older = register("older")
+    weights_storage().delete(older.serving_graph_path)
+    ModelVersion.objects.filter(pk=older.pk).update(serving_graph_path="", serving_graph_sha256="")
+    older.refresh_from_db()
+    before = stored_objects(settings)
+    monkeypatch.setattr(services, "serving_graph_from_weights", crash)
+
+    # Registration: "try again later", not "your file is bad", and nothing written.
+    with pytest.raises(services.RegistrationUnavailable, match="exit status -9.*Nothing was registered"):
+        model_version_register(
+            data=variant_weights_bytes(7), version_name="v7", class_names=DEFAULT_CLASS_NAMES
+        )
+    assert not ModelVersion.objects.filter(version_name="v7").exists()
+    assert stored_objects(settings) == before
+    # Activation of a version whose graph must be written first: nothing changes.
+    with pytest.raises(services.ActivationUnavailable, match="Cannot activate older now"):
+        model_version_activate(version=older)
+    assert not ModelVersion.objects.filter(is_active=True).exists()
+
+
 def test_it_rolls_back_to_the_previous_version_and_back_again(register, model_admin):
     a, b = register("a"), register("b")
     model_version_activate(version=a)
