@@ -227,8 +227,8 @@ def server_phase(
     threads: int,
     quick: bool,
 ):
-    from bench import inprocess
     from bench import server as bench_server
+    from bench.bare_loop import KINDS, BareLoop
 
     out: dict = {}
     log_path = inst.data_dir / "gunicorn.log"
@@ -282,43 +282,39 @@ def server_phase(
         rounds = 3 if quick else 5
         window_s = 3.0 if quick else 6.0
         per_thread = 8 if quick else 16
-        # The bare-forward loop: ONNX Runtime's bare forward back to back in one process, at one
-        # thread, at ORT's default and at one thread per core set explicitly; the fastest is the
-        # loop. (ORT's default pins its pool threads to cores: when the calling thread shares a
-        # core with one, the default runs at one thread's speed or worse, so it alone is not the
-        # loop's best.) Also, stricter, `workers` single-thread loops at once (the most forwards
-        # per second these cores give). Loops and 4-client windows alternate, loop first and last,
-        # and medians are used: a neighbour that slows the machine for a moment moves one sample.
-        sequential = {
-            "sequential_1_thread": reference,
-            "sequential_default_threads": inprocess.open_reference(reference_graph, None),
-            "sequential_threads_per_core": inprocess.open_reference(reference_graph, cores()),
-        }
-        loops: dict[str, list[float]] = {name: [] for name in [*sequential, "parallel"]}
+        # The bare-forward loop: ONNX Runtime's bare forward of the reference graph back to back, in
+        # a process of its own (bench/bare_loop.py), at one thread, at ORT's default and at one
+        # thread per core set explicitly. (ORT's default pins its pool threads to cores: when the
+        # calling thread shares a core with one, the default runs at one thread's speed or worse, so
+        # it alone is not the loop's best.) Also, stricter, `workers` single-thread loops at once
+        # (the most forwards per second these cores give). Loops and 4-client windows alternate, loop
+        # first and last, and medians are used: a moment of noise moves one sample.
+        loop_process = BareLoop(reference_graph, arrays, cores=cores(), folder=inst.data_dir)
+        sequential = KINDS[:3]
+        loops: dict[str, list[float]] = {name: [] for name in KINDS}
 
         def run_loops() -> None:
-            for name, session in sequential.items():
-                loops[name].append(
-                    bench_server.bare_loop(session, arrays, parallel=1, per_thread=per_thread * workers)
-                )
-            loops["parallel"].append(
-                bench_server.bare_loop(reference, arrays, parallel=workers, per_thread=per_thread)
-            )
+            for name in sequential:
+                loops[name].append(loop_process.run(name, parallel=1, per_thread=per_thread * workers))
+            loops["parallel"].append(loop_process.run("parallel", parallel=workers, per_thread=per_thread))
 
         windows: list = []
         cpu = {"gunicorn_workers": 0.0, "benchmark_clients": 0.0}  # during the windows only
-        for _ in range(rounds):
-            run_loops()
-            before = _cpu_seconds(server.worker_pids())
-            windows.append(
-                bench_server.steady_rate(
-                    server.port, inst.token, bodies, clients=4, seconds=window_s, ramp_s=0.5
+        try:
+            for _ in range(rounds):
+                run_loops()
+                before = _cpu_seconds(server.worker_pids())
+                windows.append(
+                    bench_server.steady_rate(
+                        server.port, inst.token, bodies, clients=4, seconds=window_s, ramp_s=0.5
+                    )
                 )
-            )
-            after = _cpu_seconds(server.worker_pids())
-            for name in cpu:
-                cpu[name] += after[name] - before[name]
-        run_loops()
+                after = _cpu_seconds(server.worker_pids())
+                for name in cpu:
+                    cpu[name] += after[name] - before[name]
+            run_loops()
+        finally:
+            loop_process.close()
         outcomes = [o for w in windows for o in w.load.outcomes]
         c4_ms = median([w.ms_per_request for w in windows])
         loop_ms = {name: median(values) for name, values in loops.items()}
@@ -341,17 +337,27 @@ def server_phase(
             "wall ms per request, 4 concurrent clients on gunicorn (the full API request: upload, decode, "
             f"forward, heatmaps, audit write, response), steady state, median of {rounds} windows"
         )
-        best = min(sequential, key=lambda name: loop_ms[name] or float("inf"))
+        # The loop's figure is its fastest run: a loop at 2 threads stalls whenever anything else
+        # takes one of the cores for a moment (it ran at 50-58 ms instead of 31-33 in whole runs
+        # here), and a disturbance can only slow a loop down. So the fastest run is the closest to
+        # the undisturbed loop, and it errs against the server (whose windows are medians).
+        fastest = {name: min(loops[name]) for name in sequential}
+        best = min(fastest, key=fastest.get)
+        # Two independent single-thread loops are not slowed that way; a 2-thread loop whose best
+        # run is still far slower than they are was disturbed throughout, and the ratio would flatter
+        # the server: it is then reported but not counted as meeting the target.
+        disturbed = bool(loop_ms["parallel"]) and fastest[best] > 1.25 * loop_ms["parallel"]
         # Throughput ratio = (requests/s at 4 clients) / (forwards/s of the loop) = b_ms / a_ms.
         out["throughput_c4_over_loop"] = {
-            "ratio": round(loop_ms[best] / c4_ms, 3) if c4_ms else None,
+            "ratio": round(fastest[best] / c4_ms, 3) if c4_ms else None,
             "a_ms": c4_ms,
-            "b_ms": loop_ms[best],
+            "b_ms": round(fastest[best], 3),
             "a": a_text,
-            "b": "wall ms per forward of the bare-forward loop (ONNX Runtime, one process, back to back), "
-            f"the fastest of 1 thread, ORT's default threads and one thread per core: here {best}; "
-            f"median of {rounds + 1} loops",
+            "b": "wall ms per forward of the bare-forward loop (ONNX Runtime, one process, back to back): "
+            "the fastest of the runs at 1 thread, at ORT's default threads and at one thread per core "
+            f"({rounds + 1} of each); here {best}",
             "ratio_is": "throughput ratio = b_ms / a_ms (higher is better)",
+            "loop_disturbed": disturbed,
         }
         out["throughput_c4_over_parallel_loop"] = {
             "ratio": round(loop_ms["parallel"] / c4_ms, 3) if c4_ms else None,
@@ -624,7 +630,8 @@ def targets_met(result: dict) -> dict:
         if v is None:
             out[key] = None
         elif key == "throughput_c4_over_loop":
-            out[key] = v >= target
+            # Unknown rather than met when even the loop's best run was disturbed (see server_phase).
+            out[key] = None if result[key].get("loop_disturbed") else v >= target
         elif key == "swap_failed_requests":
             out[key] = v == target
         else:

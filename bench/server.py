@@ -288,21 +288,3 @@ def steady_rate(
     )
     ms = (ends[-1] - ends[0]) * 1000 / (len(ends) - 1) if len(ends) > 1 else None
     return SteadyRate(ms, round(ends[-1] - ends[0], 3) if ends else 0.0, len(ends), load)
-
-
-def bare_loop(session, arrays: list, *, parallel: int, per_thread: int) -> float:
-    """The bare-forward loop: `parallel` threads (one per gunicorn worker: the same number of
-    forwards at once as the server can run on its workers) each running ONNX Runtime's bare forward
-    `per_thread` times back to back. Returns wall ms per forward (all threads together)."""
-
-    def work(offset: int) -> None:
-        for i in range(per_thread):
-            session.run(None, {"input": arrays[(offset + i) % len(arrays)]})
-
-    threads = [threading.Thread(target=work, args=(i * 5,), daemon=True) for i in range(parallel)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return (time.perf_counter() - started) * 1000 / (parallel * per_thread)
