@@ -20,18 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("sequential_1_thread", "sequential_default_threads", "sequential_threads_per_core", "parallel")
 
 
-def _session(graph: bytes, threads: int | None):
-    """ONNX Runtime's defaults but `threads` intra-op threads (None: ORT's default) and one inter-op
-    thread, as bench.inprocess.open_reference opens the in-process reference."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-
-
 def _loop(session, arrays, *, parallel: int, per_thread: int) -> float:
     """`parallel` threads each running the forward `per_thread` times back to back; wall ms per
     forward, all threads together."""
@@ -52,13 +40,15 @@ def _loop(session, arrays, *, parallel: int, per_thread: int) -> float:
 def main(argv: list[str]) -> int:
     import numpy as np
 
+    from bench.inprocess import open_reference  # ORT's defaults but the threads (no torch there)
+
     graph_path, arrays_path, cores = argv[0], argv[1], int(argv[2])
     graph = Path(graph_path).read_bytes()
     arrays = list(np.load(arrays_path))
     sessions = {
-        "sequential_1_thread": _session(graph, 1),
-        "sequential_default_threads": _session(graph, None),
-        "sequential_threads_per_core": _session(graph, cores),
+        "sequential_1_thread": open_reference(graph, 1),
+        "sequential_default_threads": open_reference(graph, None),
+        "sequential_threads_per_core": open_reference(graph, cores),
     }
     sessions["parallel"] = sessions["sequential_1_thread"]
     for session in sessions.values():
