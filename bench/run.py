@@ -288,7 +288,7 @@ def server_phase(
         # calling thread shares a core with one, the default runs at one thread's speed or worse, so
         # it alone is not the loop's best.) Also, stricter, `workers` single-thread loops at once
         # (the most forwards per second these cores give). Loops and 4-client windows alternate, loop
-        # first and last, and medians are used: a moment of noise moves one sample.
+        # first and last; the windows' median and each loop's fastest run are compared (below).
         loop_process = BareLoop(reference_graph, arrays, cores=cores(), folder=inst.data_dir)
         sequential = KINDS[:3]
         loops: dict[str, list[float]] = {name: [] for name in KINDS}

@@ -117,25 +117,24 @@ class Server:
         self.process = None
 
 
-def get(port: int, path: str, timeout: float = REQUEST_TIMEOUT_S) -> tuple[int, bytes]:
+def _call(port: int, method: str, path: str, *, headers: dict, timeout: float) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request(method, path, headers=headers)
         response = conn.getresponse()
         return response.status, response.read()
     finally:
         conn.close()
+
+
+def get(port: int, path: str, timeout: float = REQUEST_TIMEOUT_S) -> tuple[int, bytes]:
+    return _call(port, "GET", path, headers={}, timeout=timeout)
 
 
 def post_empty(port: int, path: str, *, token: str, timeout: float = REQUEST_TIMEOUT_S) -> tuple[int, bytes]:
     """POST with no body and a token; returns (status, body)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("POST", path, headers={"Authorization": f"Token {token}", "Content-Length": "0"})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
+    headers = {"Authorization": f"Token {token}", "Content-Length": "0"}
+    return _call(port, "POST", path, headers=headers, timeout=timeout)
 
 
 def multipart(data: bytes, filename: str) -> tuple[bytes, str]:
