@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from inference import png
 from inference.serving import ServingRuntime
 
 if TYPE_CHECKING:  # torch is imported only to run a module the serving graph cannot describe
@@ -138,10 +139,10 @@ def _opencv():
 
 
 def _decode_gray8_png(data: bytes, label: str, max_pixels: int) -> np.ndarray | None:
-    """The common X-ray PNG (8-bit grayscale, no EXIF orientation), decoded by OpenCV's libpng:
-    the same pixels as Pillow's, about 2 ms sooner on a 1024x1024 file (10.9 against 12.9 ms,
-    measured here). None for anything else, and for anything OpenCV cannot read: Pillow then
-    decodes it or says what is wrong with it."""
+    """The common X-ray PNG (8-bit grayscale, no EXIF orientation): by `inference.png` (ISA-L +
+    a compiled unfilter, 3.5 ms on a 1024x1024 file), else by OpenCV's libpng (7.3 ms; interlaced
+    files, for one), with the same pixels as Pillow's (9.3 ms). None for anything else, and for
+    anything OpenCV cannot read: Pillow then decodes it or says what is wrong with it."""
     if len(data) < 33 or data[12:16] != b"IHDR":
         return None
     width, height = struct.unpack_from(">II", data, 16)
@@ -152,6 +153,9 @@ def _decode_gray8_png(data: bytes, label: str, max_pixels: int) -> np.ndarray | 
     chunks = png_chunks(data)
     if chunks is None or any(kind == b"eXIf" for kind, _, _ in chunks):
         return None
+    image = png.decode_gray8(data, chunks, width, height)
+    if image is not None:
+        return image
     cv2 = _opencv()
     if cv2 is None:
         return None

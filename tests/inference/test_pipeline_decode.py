@@ -319,6 +319,7 @@ def no_pixel_decoding(monkeypatch):
     monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
     monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(refuse))
     monkeypatch.setattr(cv2, "imdecode", refuse)
+    monkeypatch.setattr("inference.png.decode_gray8", refuse)
 
 
 def test_it_refuses_empty_and_text(no_pixel_decoding):
@@ -463,18 +464,23 @@ def test_it_scales_signed_pixels_by_their_range():
     ],
     ids=lambda p: p[-1],
 )
-def test_8_bit_gray_pngs_take_opencv_and_give_pillows_pixels(parts, monkeypatch):
-    from inference import pipeline
+def test_8_bit_gray_pngs_take_the_fast_decoder_and_give_pillows_pixels(parts, monkeypatch):
+    from inference import pipeline, png
 
     data = shared_data_path(*parts).read_bytes()
     with Image.open(io.BytesIO(data)) as pil:
         eight_bit_gray = pil.mode == "L"
     calls = []
-    original = cv2.imdecode
-    monkeypatch.setattr(cv2, "imdecode", lambda *args: calls.append(1) or original(*args))
+    original = png.decode_gray8
+    monkeypatch.setattr(png, "decode_gray8", lambda *args: calls.append(1) or original(*args))
+    monkeypatch.setattr(cv2, "imdecode", lambda *args: pytest.fail("OpenCV decoded what the fast path reads"))
     gray = pipeline.decode_gray(data)
     assert bool(calls) == eight_bit_gray
     monkeypatch.undo()
+    if eight_bit_gray:  # OpenCV, the fallback, gives the same pixels
+        monkeypatch.setattr(png, "decode_gray8", lambda *args: None)
+        np.testing.assert_array_equal(pipeline.decode_gray(data), gray)
+        monkeypatch.undo()
     reference = pipeline._decode_pillow(data, "", pipeline.DEFAULT_MAX_PIXELS)  # Pillow only
     assert gray.dtype == reference.dtype and gray.shape == reference.shape
     np.testing.assert_array_equal(gray, reference)

@@ -148,16 +148,19 @@ def test_it_refuses_hostile_uploads_and_reads_odd_valid_ones(api, small_limits, 
 
 @pytest.fixture
 def decode_spies(monkeypatch):
-    """Records every pixel decode: Pillow's ImageFile.load, OpenCV's imdecode (8-bit gray PNGs) and
-    pydicom's Dataset.pixel_array."""
+    """Records every pixel decode: Pillow's ImageFile.load, inference.png and OpenCV's imdecode
+    (8-bit gray PNGs) and pydicom's Dataset.pixel_array."""
     import cv2
     import pydicom.dataset
     from PIL import ImageFile
+
+    from inference import png
 
     calls: list[tuple[str, object]] = []
     original_load = ImageFile.ImageFile.load
     original_pixel_array = pydicom.dataset.Dataset.pixel_array
     original_imdecode = cv2.imdecode
+    original_gray8 = png.decode_gray8
 
     def load(self, *args, **kwargs):
         calls.append(("pillow", self.size))
@@ -171,9 +174,14 @@ def decode_spies(monkeypatch):
         calls.append(("opencv", len(buffer)))
         return original_imdecode(buffer, flags)
 
+    def decode_gray8(data, chunks, width, height):
+        calls.append(("inference.png", (width, height)))
+        return original_gray8(data, chunks, width, height)
+
     monkeypatch.setattr(ImageFile.ImageFile, "load", load)
     monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(pixel_array))
     monkeypatch.setattr(cv2, "imdecode", imdecode)
+    monkeypatch.setattr(png, "decode_gray8", decode_gray8)
     return calls
 
 
@@ -213,13 +221,13 @@ def test_the_decode_spies_see_a_real_decode(api, decode_spies):
     """The control for the test above: a normal upload does go through the spied decoders."""
     from PIL import Image
 
-    png = corpus.pil_bytes(Image.fromarray(corpus.chest_like(64)), "PNG")  # 8-bit gray: OpenCV
+    png = corpus.pil_bytes(Image.fromarray(corpus.chest_like(64)), "PNG")  # 8-bit gray: inference.png
     jpeg = corpus.pil_bytes(Image.fromarray(corpus.chest_like(64)), "JPEG")
     dcm = corpus.dicom(corpus.chest_like(64))
     assert post_image(api, png, "x.png").status_code == 201
     assert post_image(api, jpeg, "x.jpg").status_code == 201
     assert post_image(api, dcm, "x.dcm").status_code == 201
-    assert {kind for kind, _ in decode_spies} == {"opencv", "pillow", "pydicom"}
+    assert {kind for kind, _ in decode_spies} == {"inference.png", "pillow", "pydicom"}
 
 
 def test_it_refuses_requests_without_a_usable_file_field(api):
