@@ -114,3 +114,11 @@ def on_starting(server):
         os.environ["LUNGSITE_TORCH_THREADS"],
         CORES,
     )
+
+
+def post_worker_init(worker):
+    """Loads the compiled PNG unfilter (inference/png.py) before the worker takes requests, so its
+    first upload does not wait for numba (0.1-0.5 s)."""
+    from inference import png
+
+    png.warm_up()

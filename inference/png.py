@@ -78,6 +78,12 @@ def _unfilter(raw, out, height, width):  # pragma: no cover - runs as machine co
     return -1
 
 
+def warm_up() -> None:
+    """Compiles `_unfilter` now (or loads it from numba's cache) rather than on the first PNG."""
+    # The same argument types as decode_gray8's: raw pixel data is a read-only view of bytes.
+    _unfilter(np.frombuffer(bytes(2), dtype=np.uint8), np.zeros(2, dtype=np.uint8), 1, 1)
+
+
 def decode_gray8(
     data: bytes, chunks: list[tuple[bytes, int, int]], width: int, height: int
 ) -> np.ndarray | None:

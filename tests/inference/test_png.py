@@ -166,3 +166,10 @@ def test_it_refuses_other_bit_depths_and_colour_types():
     Image.fromarray(np.full((8, 8), 1000, dtype=np.uint16)).save(sixteen, format="PNG")
     for data in (rgb.getvalue(), sixteen.getvalue()):
         assert _fast(data) is None
+
+
+def test_warm_up_compiles_the_unfilter_for_the_types_decoding_uses():
+    png.warm_up()
+    assert len(png._unfilter.signatures) == 1
+    _fast(_gray_png(np.arange(12, dtype=np.uint8).reshape(3, 4), [4]))
+    assert len(png._unfilter.signatures) == 1  # a real decode needed no second compilation
