@@ -173,3 +173,23 @@ def test_warm_up_compiles_the_unfilter_for_the_types_decoding_uses():
     assert len(png._unfilter.signatures) == 1
     _fast(_gray_png(np.arange(12, dtype=np.uint8).reshape(3, 4), [4]))
     assert len(png._unfilter.signatures) == 1  # a real decode needed no second compilation
+
+
+def test_without_a_cache_location_the_unfilter_is_compiled_in_process(monkeypatch):
+    """numba refuses cache=True when it finds no writable place (a read-only install, no usable
+    home); the decoder must then still load, compiling in each process."""
+    import numba
+
+    real_njit = numba.njit
+
+    def njit(*args, **options):
+        if options.get("cache"):
+            raise RuntimeError("cannot cache function '_unfilter': no locator available")
+        return real_njit(*args, **options)
+
+    monkeypatch.setattr(numba, "njit", njit)
+    unfilter = png._compiled(png._unfilter.py_func)
+    raw = np.frombuffer(_filtered(np.arange(20, dtype=np.uint8).reshape(4, 5), [4]), dtype=np.uint8)
+    out = np.zeros(5 * 5, dtype=np.uint8)
+    assert unfilter(raw, out, 4, 5) == -1
+    np.testing.assert_array_equal(out[5:].reshape(4, 5), np.arange(20, dtype=np.uint8).reshape(4, 5))
