@@ -117,8 +117,10 @@ def on_starting(server):
 
 
 def post_worker_init(worker):
-    """Loads the compiled PNG unfilter (inference/png.py) before the worker takes requests, so its
-    first upload does not wait for numba (0.1-0.5 s)."""
-    from inference import png
+    """Loads the compiled loops of the upload path (the PNG unfilter of inference/png.py and the
+    resize of inference/resize.py) before the worker takes requests, so its first upload does not
+    wait for numba (0.1-1 s)."""
+    from inference import png, resize
 
     png.warm_up()
+    resize.warm_up()

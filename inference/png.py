@@ -22,7 +22,9 @@ import numpy as np
 from isal import isal_zlib
 
 
-def _compiled(function):
+def compiled(function):
+    """numba.njit for the loops of the upload path (this module's and `inference.resize`'s):
+    machine code that releases the GIL and skips bounds checks."""
     options = {"nogil": True, "boundscheck": False}
     try:
         # Machine code cached next to this file (or in NUMBA_CACHE_DIR): a new process loads it
@@ -32,7 +34,7 @@ def _compiled(function):
         return numba.njit(**options)(function)
 
 
-@_compiled
+@compiled
 def _unfilter(raw, out, height, width):  # pragma: no cover - runs as machine code
     """Reverses the PNG row filters of one byte per pixel. `raw` holds `height` rows of a filter
     byte and `width` bytes; `out` is (height + 1) * width bytes whose first row is zeros (the row

@@ -181,7 +181,7 @@ def test_without_a_cache_location_the_unfilter_is_compiled_in_process(monkeypatc
         return real_njit(*args, **options)
 
     monkeypatch.setattr(numba, "njit", njit)
-    unfilter = png._compiled(png._unfilter.py_func)
+    unfilter = png.compiled(png._unfilter.py_func)
     raw = np.frombuffer(_filtered(np.arange(20, dtype=np.uint8).reshape(4, 5), [4]), dtype=np.uint8)
     out = np.zeros(5 * 5, dtype=np.uint8)
     assert unfilter(raw, out, 4, 5) == -1
