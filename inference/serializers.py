@@ -1,9 +1,13 @@
 """Serializers of the prediction API: the JSON of DESIGN.md "Interfaces", built from an audit row."""
 
+import re
+
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 UNTRAINED_WARNING = (
     "UNTRAINED model: this result comes from a network with random weights. Its scores carry no "
@@ -68,7 +72,15 @@ class PredictionSerializer(serializers.Serializer):
         # The version recorded with the result is the one that produced it, even if the row's
         # foreign key were ever read from a later state.
         recorded = (prediction.results_json or {}).get("model")
-        return PredictionModelSerializer(recorded or prediction.model).data
+        if recorded:
+            # As PredictionModelSerializer would give it, without building one per response.
+            return {
+                "id": int(recorded["id"]),
+                "version_name": str(recorded["version_name"]),
+                "sha256": str(recorded["sha256"]),
+                "untrained": bool(recorded["untrained"]),
+            }
+        return PredictionModelSerializer(prediction.model).data
 
     @extend_schema_field(
         {
@@ -80,10 +92,14 @@ class PredictionSerializer(serializers.Serializer):
     def get_heatmaps(self, prediction) -> dict:
         stored = prediction.heatmaps or {}
         names = [finding["name"] for finding in prediction.results_json.get("findings", [])]
+        # One reverse() per response rather than one per finding: a name of letters, digits, "_"
+        # and "-" goes into the URL as it is, as reverse() would put it; anything else is reversed.
+        path = reverse("api-prediction-heatmap", kwargs={"pk": prediction.pk, "name": "x"})
+        prefix = self._absolute(path[: -len("x.png")])
         return {
-            name: self._absolute(
-                reverse("api-prediction-heatmap", kwargs={"pk": prediction.pk, "name": name})
-            )
+            name: f"{prefix}{name}.png"
+            if _PLAIN_NAME.fullmatch(name)
+            else self._absolute(reverse("api-prediction-heatmap", kwargs={"pk": prediction.pk, "name": name}))
             for name in names
             if not stored or name in stored
         }
@@ -100,7 +116,9 @@ class PredictionSerializer(serializers.Serializer):
         }
     )
     def get_warning(self, prediction) -> str | None:
-        return UNTRAINED_WARNING if self.get_model(prediction)["untrained"] else None
+        recorded = (prediction.results_json or {}).get("model")
+        untrained = recorded["untrained"] if recorded else prediction.model.untrained
+        return UNTRAINED_WARNING if untrained else None
 
     def _absolute(self, path: str) -> str:
         request = self.context.get("request")

@@ -395,3 +395,23 @@ def test_it_filters_the_list_by_date(api, clinician, version_row):
     assert_error(
         client.get(URL, {"created_after": tomorrow.isoformat(), "created_before": today.isoformat()}), 400
     )
+
+
+def test_heatmap_urls_are_those_reverse_gives_for_any_finding_name(api, clinician, db):
+    """Plain names skip reverse() (one call per response); the URLs must not change for that."""
+    from django.urls import reverse
+
+    names = ["Atelectasis", "Pleural_Thickening", "Nodule-2", "Pleural Thickening", "Épanchement", "a+b%c"]
+    model = ModelVersion.objects.create(
+        version_name="odd-names-v1", storage_path="weights/none.pt", class_names=names, sha256="b" * 64
+    )
+    row = logged_row(clinician, model)
+    body = api(clinician).get(f"{URL}{row.pk}/").json()
+    expected = {
+        name: "http://testserver" + reverse("api-prediction-heatmap", kwargs={"pk": row.pk, "name": name})
+        for name in names
+    }
+    assert body["heatmaps"] == expected
+    recorded = {"id": model.pk, "version_name": "odd-names-v1", "sha256": "b" * 64, "untrained": False}
+    assert body["model"] == recorded
+    assert body["warning"] is None
