@@ -84,6 +84,32 @@ def test_it_links_each_row_to_the_previous_one(version, clinician):
         assert row.stored_sha256 and row.created_at
 
 
+@pytest.mark.parametrize(
+    "heatmaps",
+    [
+        {"Mass": [[-0.0, 1e16], [2.5e-300, 0.125]]},  # plain floats: kept as they are
+        {"Mass": ((0, 1), (0.5, 2))},  # tuples and ints: through the JSON round trip
+        {7: [[0.25]]},  # a key JSON turns into a string
+    ],
+    ids=["plain-floats", "tuples-and-ints", "int-key"],
+)
+def test_heatmaps_of_any_json_shape_hash_as_the_database_returns_them(version, heatmaps):
+    row = prediction_create_chained(
+        stored_data=b"x",
+        model=version,
+        image_url=storages["xray_images"].save("images/test/shape.png", ContentFile(b"x")),
+        results_json={"findings": []},
+        image_sha256="0" * 64,
+        source=Prediction.SOURCE_API,
+        heatmaps=heatmaps,
+    )
+    stored = Prediction.objects.get(pk=row.pk)
+    assert compute_chain_hash(stored.prev_hash, stored) == row.chain_hash == stored.chain_hash
+    assert stored.heatmaps == json.loads(json.dumps(heatmaps))
+    report, error = _verify()
+    assert error is None and report["ok"] is True
+
+
 def test_a_clean_chain_verifies(version, clinician):
     rows = [_row(version, clinician, n) for n in range(5)]
     report, error = _verify()
