@@ -8,7 +8,9 @@ chain order. `manage.py verify_audit` walks it.
 
 The hash is computed before the insert (the log is append-only: the row cannot be updated after),
 so it covers what the writer knows then: created_at is set here, not by the database, and the id
-is left out (its place is given by the link to the previous row).
+is left out (its place is given by the link to the previous row). On Postgres the insert and the
+hash of prev_hash + body are one database function call (migration 0005), where body is the same
+canonical JSON that Python hashes on SQLite and when the chain is verified.
 
 A chain alone cannot reveal that the newest rows were cut off; record the head that verify_audit
 prints somewhere else (a ticket, a log shipper) and pass it back with --expect-head.
@@ -96,9 +98,13 @@ def chain_payload(row: Prediction) -> dict:
     }
 
 
+def chain_body(row: Prediction) -> str:
+    """The row's canonical JSON (ASCII only): what the chain hashes after the previous row's hash."""
+    return json.dumps(chain_payload(row), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def compute_chain_hash(prev_hash: str, row: Prediction) -> str:
-    body = json.dumps(chain_payload(row), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+    return hashlib.sha256((prev_hash + chain_body(row)).encode()).hexdigest()
 
 
 def _stored_sha256(name: str, data: bytes | None) -> str:
@@ -113,38 +119,69 @@ def _stored_sha256(name: str, data: bytes | None) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _lock_chain(using: str) -> None:
-    connection = connections[using]
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [_ADVISORY_LOCK_KEY])
-    # SQLite: the transaction began with BEGIN IMMEDIATE (settings), which already holds the
-    # database's single write lock. Other vendors are not supported by this project.
+# Postgres: audit migration 0005's function takes the advisory lock _ADVISORY_LOCK_KEY, reads the
+# last chain_hash, hashes prev_hash + body with the database's sha256 and inserts, all in one round
+# trip (five as separate statements: begin, lock, read, insert, commit).
+_APPEND_SQL = (
+    "SELECT id, prev_hash, chain_hash FROM lungsite_chain_append("
+    "%s, %s::timestamptz, %s::bigint, %s, %s::jsonb, %s, %s::bigint, %s, %s::double precision, %s::jsonb, %s)"
+)
+
+
+def _append_postgres(row: Prediction, using: str) -> None:
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            _APPEND_SQL,
+            [
+                chain_body(row),
+                row.created_at,
+                row.model_id,
+                row.image_url,
+                json.dumps(row.results_json),
+                row.image_sha256,
+                row.user_id,
+                row.source,
+                row.latency_ms,
+                json.dumps(row.heatmaps),
+                row.stored_sha256,
+            ],
+        )
+        row.pk, row.prev_hash, row.chain_hash = cursor.fetchone()
+    row._state.adding = False
+    row._state.db = using
 
 
 def prediction_create_chained(*, stored_data: bytes | None = None, **fields) -> Prediction:
     """Inserts one prediction row linked to the previous one. Takes Prediction's field names
     (model, image_url, results_json, image_sha256, user, source, latency_ms, heatmaps) and the
     bytes stored under image_url (`stored_data`), whose sha256 the chain covers; without them the
-    stored file is read back to hash it."""
+    stored file is read back to hash it.
+
+    On Postgres one call of the `lungsite_chain_append` function does the chained insert under the
+    chain's advisory lock. created_at is read just before it; two writers racing for the lock may
+    therefore get ids in the other order than their created_at, by the time one waited (the chain
+    follows ids). On SQLite the transaction begins with BEGIN IMMEDIATE (settings), which already
+    holds the database's single write lock, and the steps run as statements within it."""
     for name in ("id", "pk", "created_at", "prev_hash", "chain_hash"):
         if name in fields:
             raise TypeError(f"prediction_create_chained sets {name} itself")
     if "stored_sha256" not in fields:
         fields["stored_sha256"] = _stored_sha256(fields.get("image_url", ""), stored_data)
     using = router.db_for_write(Prediction)
+    row = Prediction(**fields)
+    # The JSON fields are hashed as the database will return them.
+    row.results_json = json.loads(json.dumps(row.results_json))
+    row.heatmaps = _as_stored_maps(row.heatmaps)
+    if connections[using].vendor == "postgresql":
+        row.created_at = timezone.now()
+        _append_postgres(row, using)
+        return row
     with transaction.atomic(using=using):
-        _lock_chain(using)
-        prev_hash = (
+        row.prev_hash = (
             Prediction.objects.using(using).order_by("-id").values_list("chain_hash", flat=True).first()
         ) or ""
-        row = Prediction(**fields)
         row.created_at = timezone.now()
-        row.prev_hash = prev_hash
-        # The JSON fields are hashed as the database will return them.
-        row.results_json = json.loads(json.dumps(row.results_json))
-        row.heatmaps = _as_stored_maps(row.heatmaps)
-        row.chain_hash = compute_chain_hash(prev_hash, row)
+        row.chain_hash = compute_chain_hash(row.prev_hash, row)
         # raw=True keeps the created_at set above: auto_now_add would overwrite it with a later
         # clock reading and the hash would not match what is stored.
         row.save_base(using=using, raw=True, force_insert=True)

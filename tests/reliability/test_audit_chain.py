@@ -110,6 +110,27 @@ def test_heatmaps_of_any_json_shape_hash_as_the_database_returns_them(version, h
     assert error is None and report["ok"] is True
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the one-call append is Postgres's")
+def test_on_postgres_a_chained_insert_is_one_round_trip(version, clinician):
+    import importlib
+
+    from django.test.utils import CaptureQueriesContext
+
+    from audit.integrity import _ADVISORY_LOCK_KEY
+
+    first = _row(version, clinician, 0)
+    with CaptureQueriesContext(connection) as queries:
+        second = _row(version, clinician, 1)
+    appends = [q["sql"] for q in queries.captured_queries if "lungsite_chain_append" in q["sql"]]
+    assert len(appends) == 1 and len(queries.captured_queries) == 1, queries.captured_queries
+    assert second.pk > first.pk and second.prev_hash == first.chain_hash
+    stored = Prediction.objects.get(pk=second.pk)
+    assert compute_chain_hash(stored.prev_hash, stored) == stored.chain_hash == second.chain_hash
+    # The function locks the key the rest of the code documents.
+    migration = importlib.import_module("audit.migrations.0005_chain_append_function")
+    assert f"pg_advisory_xact_lock({_ADVISORY_LOCK_KEY})" in migration.CREATE
+
+
 def test_a_clean_chain_verifies(version, clinician):
     rows = [_row(version, clinician, n) for n in range(5)]
     report, error = _verify()
