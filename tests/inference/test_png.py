@@ -87,12 +87,18 @@ def test_it_gives_pillows_pixels_for_every_real_png():
 
 @pytest.mark.parametrize(
     "kinds",
-    # The last two mix Average and Paeth rows, which are reversed two at a time: every pairing,
-    # and runs of an odd length.
+    # Rows of every type, mixed in runs of several lengths: each row of a wavefront block (see
+    # png._unfilter) picks its own type, and reads the row above whatever that row's type was.
     [[0], [1], [2], [3], [4], [4, 3, 2, 1, 0], [2, 4, 0, 3, 1], [3, 4, 4, 3, 3], [4, 4, 4, 1]],
     ids=lambda kinds: "filters-" + "".join(map(str, kinds)),
 )
-@pytest.mark.parametrize("shape", [(37, 53), (1, 19), (23, 1), (64, 64)], ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize(
+    "shape",
+    # Heights below, at and past png._LANES (128 rows reversed together), with a short last block;
+    # widths of 1, of a multiple of 8 and of neither.
+    [(37, 53), (1, 19), (23, 1), (64, 64), (128, 8), (300, 13), (257, 1)],
+    ids=lambda s: f"{s[0]}x{s[1]}",
+)
 def test_it_reverses_every_row_filter(kinds, shape):
     rng = np.random.default_rng(sum(shape) + len(kinds))
     # Noise, plus smooth gradients and flat runs, where the Paeth predictor's ties are decided.
