@@ -31,6 +31,7 @@ from django.db import connections, router, transaction
 from django.utils import timezone
 
 from audit.models import Prediction
+from lungsite.queries import CompiledQuery
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,12 @@ _APPEND_SQL = (
 )
 
 
+# SQLite: the last row's chain_hash, its SQL compiled once (lungsite.queries).
+_LAST_HASH = CompiledQuery(
+    lambda: Prediction.objects.order_by("-id").values_list("chain_hash", flat=True)[:1]
+)
+
+
 def _append_postgres(row: Prediction, using: str) -> None:
     with connections[using].cursor() as cursor:
         cursor.execute(
@@ -177,9 +184,8 @@ def prediction_create_chained(*, stored_data: bytes | None = None, **fields) -> 
         _append_postgres(row, using)
         return row
     with transaction.atomic(using=using):
-        row.prev_hash = (
-            Prediction.objects.using(using).order_by("-id").values_list("chain_hash", flat=True).first()
-        ) or ""
+        last = _LAST_HASH.first_row(using=using)
+        row.prev_hash = (last[0] if last else None) or ""
         row.created_at = timezone.now()
         row.chain_hash = compute_chain_hash(row.prev_hash, row)
         # raw=True keeps the created_at set above: auto_now_add would overwrite it with a later
