@@ -53,6 +53,7 @@ _entries: OrderedDict[tuple[int, str], ServingModel] = OrderedDict()
 _current: ServingModel | None = None  # last good model that served the active key
 _failed: dict[tuple[int, str], tuple[float, str]] = {}  # key -> (monotonic time, reason)
 _threads_set = False
+_last_row: tuple[tuple, ModelVersion] | None = None  # (the active row's columns, its instance)
 
 
 def _configure_torch_threads() -> None:
@@ -106,7 +107,7 @@ def get_active() -> ServingModel:
     when there is nothing to serve."""
     # The whole row is small and read fresh, so edits to thresholds or notes show at once; the
     # loaded network is keyed by (id, sha256) because only new weights need a new load.
-    row = _ACTIVE_ROW.first_instance(ModelVersion.objects)
+    row = _active_row()
     if row is None:
         raise NoActiveModel("No model version is active. Register one and activate it.")
     key = (row.pk, row.sha256)
@@ -120,6 +121,22 @@ def get_active() -> ServingModel:
     if entry.version.pk != row.pk:  # the last good version serves in place of a broken one
         return entry
     return ServingModel(version=row, model=entry.model)
+
+
+def _active_row() -> ModelVersion | None:
+    """The active row, read now (one query). When every column holds what the previous call read,
+    the ModelVersion built then is returned again: building one costs more than the query (JSON
+    fields, time zones, Model.from_db), and callers only read it."""
+    global _last_row
+    values = _ACTIVE_ROW.first_row()
+    if values is None:
+        return None
+    last = _last_row
+    if last is not None and last[0] == values:
+        return last[1]
+    row = _ACTIVE_ROW.instance(values)
+    _last_row = (values, row)
+    return row
 
 
 def _load_or_fallback(key: tuple[int, str], row: ModelVersion) -> ServingModel:
@@ -167,12 +184,13 @@ def clear(*, keep_loaded: bool = False) -> None:
     """Forget the serving state: which version serves and which loads failed, and unless
     `keep_loaded`, the loaded networks too (tests; a process that wants its memory back). Loaded
     networks are keyed by (id, sha256), so keeping them never serves other weights."""
-    global _current
+    global _current, _last_row
     with _lock:
         if not keep_loaded:
             _entries.clear()
         _failed.clear()
         _current = None
+        _last_row = None
 
 
 def loaded_keys() -> list[tuple[int, str]]:

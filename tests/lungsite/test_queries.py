@@ -4,6 +4,7 @@ Postgres (CI), and refuse querysets whose SQL would depend on the value."""
 import pytest
 from django.contrib.auth.models import Group, Permission, User
 from django.db import connection
+from django.db.models import Value
 from django.test.utils import CaptureQueriesContext
 
 from lungsite.api_permissions import user_holds
@@ -100,3 +101,41 @@ def test_the_active_row_query_finds_the_one_active_version():
         assert isinstance(row, ModelVersion) and row.pk == version.pk and row.sha256 == version.sha256
         assert row.class_names == DEFAULT_CLASS_NAMES  # JSON fields converted as the ORM does
         assert row.thresholds == version.thresholds and row.untrained is True
+
+
+def test_instances_are_the_orms_field_for_field_without_a_raw_queryset(django_assert_num_queries):
+    version = ModelVersion.objects.create(
+        version_name="fields",
+        storage_path="weights/fields.pt",
+        class_names=DEFAULT_CLASS_NAMES,
+        thresholds={"Edema": 0.25},
+        preprocessing={"input_size": 224, "mean": [0.5, 0.5, 0.5]},
+        sha256="f" * 64,
+        untrained=False,
+        accuracy_auroc=0.75,
+        notes="n\u00e9",
+    )
+    ModelVersion.objects.update(is_active=False)
+    ModelVersion.objects.filter(pk=version.pk).update(is_active=True)
+    with django_assert_num_queries(1):
+        found = _ACTIVE_ROW.first_instance(ModelVersion.objects)
+    expected = ModelVersion.objects.get(pk=version.pk)
+    for field in ModelVersion._meta.concrete_fields:
+        assert getattr(found, field.attname) == getattr(expected, field.attname), field.name
+    assert found._state.adding is False and found._state.db == "default"
+    assert found.created_at.tzinfo is not None  # the datetime converter ran
+    # From a row read by first_row: the same instance values.
+    rebuilt = _ACTIVE_ROW.instance(_ACTIVE_ROW.first_row())
+    assert rebuilt.thresholds == {"Edema": 0.25} and rebuilt.preprocessing["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_queries_that_select_something_else_have_no_instances():
+    names = CompiledQuery(lambda name: User.objects.filter(username=name).values_list("pk", flat=True), str)
+    User.objects.create(username="erin")
+    assert names.first_row("erin") is not None
+    with pytest.raises(TypeError, match="does not select one model"):
+        names.instance(names.first_row("erin"))
+    # first_instance still answers for a model query with more columns, through a raw queryset.
+    annotated = CompiledQuery(lambda name: User.objects.filter(username=name).annotate(one=Value(1)), str)
+    found = annotated.first_instance(User.objects, "erin")
+    assert found.username == "erin" and found.one == 1

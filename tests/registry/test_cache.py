@@ -54,6 +54,22 @@ def test_it_reads_the_active_row_fresh_but_keeps_the_loaded_network(starter_mode
     assert again.model is first.model and len(loads) == 1
 
 
+def test_it_builds_the_row_again_only_when_a_column_changed(starter_model, loads):
+    first = cache.get_active().version
+    assert cache.get_active().version is first  # the same values: the same (read-only) instance
+    starter_model.notes = "edited in the admin"
+    starter_model.save(update_fields=["notes"])
+    edited = cache.get_active().version
+    assert edited is not first and edited.notes == "edited in the admin"
+    # Back to the old values: a new instance again, never one read under other values.
+    starter_model.notes = first.notes
+    starter_model.save(update_fields=["notes"])
+    back = cache.get_active().version
+    assert back is not edited and back.notes == first.notes
+    cache.clear(keep_loaded=True)
+    assert cache.get_active().version is not back and len(loads) == 1
+
+
 def test_it_swaps_and_swaps_back_without_reloading(starter_model, register, loads, django_assert_num_queries):
     first = cache.get_active()
     second_version = register("second")
