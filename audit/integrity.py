@@ -64,10 +64,51 @@ def _canonical_float(value: float):
     return int(value) if value.is_integer() else value
 
 
+class EncodedMaps(dict):
+    """{finding: rows of floats} that carries its own canonical JSON text (`canonical`: sorted keys,
+    ASCII, no spaces, integral values as integers: what `chain_body` would write for it). Made by
+    `encoded_maps`; the chain splices the text in instead of encoding 637 floats again, and on
+    Postgres it is the inserted value. Not to be changed after it is made."""
+
+    __slots__ = ("canonical",)
+
+
+def encoded_maps(names, maps) -> EncodedMaps | None:
+    """`maps` (K, h, w) float32, finite, rounded to 6 significant digits (`%.6g`, as
+    float(f"{v:.6g}") rounds), as EncodedMaps keyed by `names`; None where the short way does not
+    apply and the caller takes the long one.
+
+    Each value is formatted once: the `%.6g` text of a float32 value already is its canonical JSON
+    (the shortest repr of a 6-digit decimal is that decimal, and both switch to an exponent below
+    1e-4 alike), except for -0 (the database keeps 0) and values of 1e6 and above (`%.6g` writes
+    1e+06, canonical JSON 1000000), which take the long way, as do negative values (a map has none).
+    Parsing the text back (one json.loads, integers as floats)
+    gives exactly the floats float(f"{v:.6g}") gives, but for -0.0, which becomes 0.0."""
+    import numpy as np
+
+    if maps.dtype != np.float32 or maps.ndim != 3 or 0 in maps.shape or len(names) != len(maps):
+        return None
+    if not np.isfinite(maps).all() or (np.abs(maps) >= 999999.5).any() or (maps < 0).any():
+        return None
+    maps = maps + np.float32(0.0)  # -0.0 -> 0.0 (a ReLU may give either; the chain takes both as 0)
+    texts = [
+        "[[" + "],[".join([",".join(map("%.6g".__mod__, row)) for row in cam]) + "]]" for cam in maps.tolist()
+    ]
+    values = json.loads("[" + ",".join(texts) + "]", parse_int=float)
+    encoded = EncodedMaps(zip(names, values, strict=True))
+    by_name = dict(zip(names, texts, strict=True))  # a repeated name keeps its last map, as above
+    encoded.canonical = (
+        "{" + ",".join(f"{json.dumps(str(name))}:{text}" for name, text in sorted(by_name.items())) + "}"
+    )
+    return encoded
+
+
 def _as_stored_maps(heatmaps):
     """`heatmaps` as JSON gives it back. The usual value, {name: rows of Python floats}
     (audit.services.heatmaps_json), already is, and is returned as it is: checking costs a tenth
     of the dumps/loads round trip that anything else goes through."""
+    if type(heatmaps) is EncodedMaps:
+        return heatmaps
     if type(heatmaps) is dict and all(
         type(name) is str
         and type(rows) is list
@@ -99,9 +140,29 @@ def chain_payload(row: Prediction) -> dict:
     }
 
 
+_MAPS_SLOT = "\x00lungsite-heatmaps\x00"
+
+
 def chain_body(row: Prediction) -> str:
     """The row's canonical JSON (ASCII only): what the chain hashes after the previous row's hash."""
-    return json.dumps(chain_payload(row), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    maps = row.heatmaps
+    if type(maps) is not EncodedMaps:
+        return json.dumps(chain_payload(row), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    # The maps' text is already canonical: the rest of the row is encoded around a placeholder.
+    row.heatmaps = _MAPS_SLOT
+    try:
+        body = json.dumps(chain_payload(row), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    finally:
+        row.heatmaps = maps
+    slot = json.dumps(_MAPS_SLOT)
+    if body.count(slot) != 1:  # the placeholder's text inside another field: no shortcut
+        return json.dumps(
+            {**chain_payload(row), "heatmaps": _canonical(dict(maps))},
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=True,
+        )
+    return body.replace(slot, maps.canonical)
 
 
 def compute_chain_hash(prev_hash: str, row: Prediction) -> str:
@@ -149,7 +210,7 @@ def _append_postgres(row: Prediction, using: str) -> None:
                 row.user_id,
                 row.source,
                 row.latency_ms,
-                json.dumps(row.heatmaps),
+                row.heatmaps.canonical if type(row.heatmaps) is EncodedMaps else json.dumps(row.heatmaps),
                 row.stored_sha256,
             ],
         )

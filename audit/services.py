@@ -177,7 +177,12 @@ def heatmaps_json(*, class_names: list[str], cams: np.ndarray) -> dict:
     to orphan)."""
     import numpy as np
 
+    from audit.integrity import encoded_maps
+
     cams = np.asarray(cams, dtype=np.float32)
+    encoded = encoded_maps(class_names, cams)  # the same values, formatted once (see there)
+    if encoded is not None:
+        return encoded
     return {
         name: [[float(f"{v:.6g}") for v in row] for row in cam.tolist()]
         for name, cam in zip(class_names, cams, strict=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 
+import numpy as np
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
@@ -108,6 +109,91 @@ def test_heatmaps_of_any_json_shape_hash_as_the_database_returns_them(version, h
     assert stored.heatmaps == json.loads(json.dumps(heatmaps))
     report, error = _verify()
     assert error is None and report["ok"] is True
+
+
+def _maps_the_long_way(names, maps) -> dict:
+    return {
+        n: [[float(f"{v:.6g}") for v in row] for row in cam.tolist()]
+        for n, cam in zip(names, maps, strict=True)
+    }
+
+
+_EDGES = [
+    0.0,
+    -0.0,
+    1.0,
+    2.0,
+    0.5,
+    1e-4,
+    9.99999e-5,
+    1e-5,
+    1.5e-5,
+    1e-7,
+    123456.0,
+    123456.7,
+    999999.2,
+    1e-38,
+    1.4e-45,
+    0.1,
+    0.3,
+    99999.95,
+    9.999995,
+    1234.5678,
+]
+
+
+def test_encoded_maps_are_the_long_ways_values_and_canonical_json():
+    from audit.integrity import _canonical, encoded_maps
+
+    rng = np.random.default_rng(7)
+    names = [f"finding {i} \u00e9" for i in range(13)][::-1]  # unsorted, not ASCII
+    cases = [np.array(_EDGES * 8, dtype=np.float32)[: 13 * 12].reshape(13, 3, 4)]
+    for scale in (1e-8, 1e-3, 1.0, 1e3, 1e5):
+        cases.append((rng.random((13, 7, 7), dtype=np.float32) * np.float32(scale)))
+    cases.append(np.maximum(rng.standard_normal((13, 7, 7)).astype(np.float32), 0))  # many zeros
+    for maps in cases:
+        encoded = encoded_maps(names, maps)
+        long_way = _maps_the_long_way(names, maps)
+        assert encoded == long_way  # -0.0 == 0.0: the one value that may differ is its sign
+        assert all(type(v) is float for m in encoded.values() for row in m for v in row)
+        assert encoded.canonical == json.dumps(
+            _canonical(long_way), sort_keys=True, separators=(",", ":"), ensure_ascii=True
+        )
+    # Where %.6g is not the canonical text, or JSON cannot hold the value: the long way.
+    for bad in (1e6, 999999.6, -0.5, np.nan, np.inf):
+        maps = np.full((13, 2, 2), 0.25, dtype=np.float32)
+        maps[3, 1, 0] = bad
+        assert encoded_maps(names, maps) is None
+    assert encoded_maps(names[:12], np.zeros((13, 2, 2), np.float32)) is None
+    assert encoded_maps(names, np.zeros((13, 2, 2), np.float64)) is None
+
+
+def test_rows_with_encoded_maps_hash_as_the_database_returns_them(version):
+    from audit.integrity import EncodedMaps
+    from audit.services import heatmaps_json
+
+    maps = np.array(_EDGES * 40, dtype=np.float32)[: 13 * 49].reshape(13, 7, 7)
+    rows = []
+    for n in range(3):
+        heatmaps = heatmaps_json(class_names=DEFAULT_CLASS_NAMES, cams=maps * np.float32((n + 1) / 3))
+        assert type(heatmaps) is EncodedMaps
+        rows.append(
+            prediction_create_chained(
+                stored_data=b"x",
+                model=version,
+                image_url=storages["xray_images"].save(f"images/test/enc{n}.png", ContentFile(b"x")),
+                results_json={"findings": []},
+                image_sha256="0" * 64,
+                source=Prediction.SOURCE_API,
+                heatmaps=heatmaps,
+            )
+        )
+    for row in rows:
+        stored = Prediction.objects.get(pk=row.pk)
+        assert compute_chain_hash(stored.prev_hash, stored) == row.chain_hash == stored.chain_hash
+        assert stored.heatmaps == dict(row.heatmaps)
+    report, error = _verify()
+    assert error is None and report["ok"] is True and report["rows"] == 3
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="the one-call append is Postgres's")
