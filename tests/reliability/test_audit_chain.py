@@ -149,7 +149,7 @@ def test_encoded_maps_are_the_long_ways_values_and_canonical_json():
     names = [f"finding {i} \u00e9" for i in range(13)][::-1]  # unsorted, not ASCII
     cases = [np.array(_EDGES * 8, dtype=np.float32)[: 13 * 12].reshape(13, 3, 4)]
     for scale in (1e-8, 1e-3, 1.0, 1e3, 1e5):
-        cases.append((rng.random((13, 7, 7), dtype=np.float32) * np.float32(scale)))
+        cases.append(rng.random((13, 7, 7), dtype=np.float32) * np.float32(scale))
     cases.append(np.maximum(rng.standard_normal((13, 7, 7)).astype(np.float32), 0))  # many zeros
     for maps in cases:
         encoded = encoded_maps(names, maps)
