@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from django.core.files.storage import storages
 from django.db import connections, router, transaction
+from django.db.models import TextField, Value
 from django.utils import timezone
 
 from audit.models import Prediction
@@ -251,7 +252,13 @@ def prediction_create_chained(*, stored_data: bytes | None = None, **fields) -> 
         row.chain_hash = compute_chain_hash(row.prev_hash, row)
         # raw=True keeps the created_at set above: auto_now_add would overwrite it with a later
         # clock reading and the hash would not match what is stored.
-        row.save_base(using=using, raw=True, force_insert=True)
+        maps = row.heatmaps
+        if type(maps) is EncodedMaps:  # its text is valid JSON already: no second encoding
+            row.heatmaps = Value(maps.canonical, output_field=TextField())
+        try:
+            row.save_base(using=using, raw=True, force_insert=True)
+        finally:
+            row.heatmaps = maps
     return row
 
 

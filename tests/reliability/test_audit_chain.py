@@ -192,6 +192,12 @@ def test_rows_with_encoded_maps_hash_as_the_database_returns_them(version):
         stored = Prediction.objects.get(pk=row.pk)
         assert compute_chain_hash(stored.prev_hash, stored) == row.chain_hash == stored.chain_hash
         assert stored.heatmaps == dict(row.heatmaps)
+        with connection.cursor() as cursor:  # inserted as its canonical text, not encoded again
+            cursor.execute(f"SELECT heatmaps FROM {Prediction._meta.db_table} WHERE id = %s", [row.pk])
+            text = cursor.fetchone()[0]
+        assert (json.loads(text) if isinstance(text, str) else text) == json.loads(row.heatmaps.canonical)
+        if connection.vendor == "sqlite":
+            assert text == row.heatmaps.canonical
     report, error = _verify()
     assert error is None and report["ok"] is True and report["rows"] == 3
 
