@@ -32,7 +32,7 @@ from django.db.models import TextField, Value
 from django.utils import timezone
 
 from audit.models import Prediction
-from lungsite.queries import CompiledQuery
+from lungsite.queries import CompiledQuery, server_bound_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ _LAST_HASH = CompiledQuery(
 
 
 def _append_postgres(row: Prediction, using: str) -> None:
-    with connections[using].cursor() as cursor:
+    with server_bound_cursor(using) as cursor:
         cursor.execute(
             _APPEND_SQL,
             [

@@ -27,6 +27,32 @@ from django.db.models import QuerySet
 _PLACEHOLDER_INT = -1_987_654_320  # never a primary key; placeholder i is this minus i
 
 
+def server_bound_cursor(using: str = "default"):
+    """A cursor for the statements every request runs. On Postgres (psycopg 3) the server binds its
+    values, so psycopg prepares a statement after 5 runs on a connection (parsed and planned once;
+    never with DJANGO_DB_PREPARED_STATEMENTS off or behind a transaction pooler, see settings) and
+    long values travel as they are instead of being quoted into the SQL. Django's own queries keep
+    client-side binding. Elsewhere: Django's cursor. Either is Django's cursor wrapper (errors
+    wrapped, queries logged as usual) and works as a context manager."""
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return connection.cursor()
+    from django.db.backends.postgresql import base
+
+    if not base.is_psycopg3:
+        return connection.cursor()
+    # What BaseDatabaseWrapper._cursor does, with a server-binding cursor in place of Django's
+    # client-binding one, and the time zone check of its create_cursor.
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        cursor = base.ServerBindingCursor(connection.connection)
+        loader = connection.connection.adapters.get_loader(base.TIMESTAMPTZ_OID, base.Format.TEXT)
+        if connection.timezone != loader.timezone:
+            base.register_tzloader(connection.timezone, cursor)
+        return connection._prepare_cursor(cursor)
+
+
 class CompiledQuery:
     """`build(*values) -> QuerySet`, compiled on first use per database alias and vendor.
 
@@ -96,7 +122,7 @@ class CompiledQuery:
 
     def first_row(self, *values, using: str = "default") -> tuple | None:
         sql, params = self.sql(*values, using=using)
-        with connections[using].cursor() as cursor:
+        with server_bound_cursor(using) as cursor:
             cursor.execute(sql, params)
             return cursor.fetchone()
 
@@ -105,7 +131,7 @@ class CompiledQuery:
         sql, params = self.sql(*values, using=using)
         if self._layout(using) is None:
             return next(iter(manager.raw(sql, params).using(using)), None)
-        with connections[using].cursor() as cursor:
+        with server_bound_cursor(using) as cursor:
             cursor.execute(sql, params)
             row = cursor.fetchone()
         return None if row is None else self.instance(row, using=using)

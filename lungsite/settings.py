@@ -106,11 +106,16 @@ if DATABASE_URL:
     _db = dj_database_url.parse(DATABASE_URL, conn_max_age=envint("DJANGO_CONN_MAX_AGE", 60))
     _db["CONN_HEALTH_CHECKS"] = True
     _db.setdefault("OPTIONS", {})
-    # Poolers (Supabase's transaction pooler on 6543, PgBouncer) hand each transaction to any
-    # server connection, so server-side prepared statements and cursors would point at the wrong one.
-    _db["OPTIONS"]["prepare_threshold"] = None
     _db["OPTIONS"].setdefault("connect_timeout", envint("DJANGO_DB_CONNECT_TIMEOUT", 5))
-    if str(_db.get("PORT")) == "6543":
+    # Transaction poolers (Supabase's on 6543, PgBouncer in transaction mode) hand each transaction
+    # to any server connection, so server-side prepared statements and cursors would point at the
+    # wrong one. Elsewhere the few statements every API request runs (lungsite.queries.
+    # server_bound_cursor) are prepared after 5 runs on a connection: parsed and planned once.
+    # Django's own queries bind their values client-side and are never prepared either way.
+    _transaction_pooler = str(_db.get("PORT")) == "6543"
+    _prepared = envbool("DJANGO_DB_PREPARED_STATEMENTS", not _transaction_pooler)
+    _db["OPTIONS"]["prepare_threshold"] = 5 if _prepared else None
+    if _transaction_pooler:
         _db["DISABLE_SERVER_SIDE_CURSORS"] = True
         _db["CONN_MAX_AGE"] = 0
 else:

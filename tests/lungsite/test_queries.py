@@ -139,3 +139,22 @@ def test_queries_that_select_something_else_have_no_instances():
     annotated = CompiledQuery(lambda name: User.objects.filter(username=name).annotate(one=Value(1)), str)
     found = annotated.first_instance(User.objects, "erin")
     assert found.username == "erin" and found.one == 1
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are Postgres's")
+def test_on_postgres_the_per_request_statements_are_prepared_and_errors_wrapped():
+    from django.db import ProgrammingError
+
+    from lungsite.queries import server_bound_cursor
+
+    User.objects.create(username="frank")
+    for _ in range(7):  # psycopg prepares a statement after 5 runs on a connection
+        assert _BY_NAME.first_row("frank") is not None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cursor.fetchall()]
+    assert any('FROM "auth_user"' in statement and "$1" in statement for statement in prepared), prepared
+    # Django's own queries are never prepared (client-side binding).
+    assert not any("pg_prepared_statements" in statement for statement in prepared)
+    with pytest.raises(ProgrammingError), server_bound_cursor() as cursor:  # Django's error classes
+        cursor.execute("SELECT no_such_column FROM auth_user WHERE id = %s", [1])

@@ -71,7 +71,9 @@ def test_it_uses_sqlite_and_local_files_when_nothing_is_set(tmp_path):
         assert found["STORAGES"][alias]["OPTIONS"]["location"] == str(tmp_path / "storage" / bucket)
 
 
-def test_it_uses_psycopg_without_prepared_statements_on_the_session_pooler(tmp_path):
+def test_it_uses_psycopg_with_prepared_statements_on_the_session_pooler(tmp_path):
+    """Supavisor's session mode (like a direct connection) keeps one server connection per client,
+    so the per-request statements may be prepared (lungsite.queries.server_bound_cursor)."""
     found = settings_with(
         tmp_path,
         DATABASE_URL="postgresql://postgres.abcd:secret@aws-0-eu-central-1.pooler.supabase.com:5432/postgres"
@@ -80,7 +82,7 @@ def test_it_uses_psycopg_without_prepared_statements_on_the_session_pooler(tmp_p
 
     assert found["ENGINE"] == "django.db.backends.postgresql"
     assert found["psycopg3"] is True
-    assert found["connect"] == {"prepare_threshold": None, "sslmode": "require", "connect_timeout": 5}
+    assert found["connect"] == {"prepare_threshold": 5, "sslmode": "require", "connect_timeout": 5}
     assert found["CONN_MAX_AGE"] == 60
     assert found["DISABLE_SERVER_SIDE_CURSORS"] is False
 
@@ -108,8 +110,22 @@ def test_it_honours_the_connection_settings(tmp_path):
         DJANGO_DB_CONNECT_TIMEOUT="9",
     )
 
-    assert found["connect"] == {"prepare_threshold": None, "sslmode": "verify-full", "connect_timeout": 9}
+    assert found["connect"] == {"prepare_threshold": 5, "sslmode": "verify-full", "connect_timeout": 9}
     assert found["CONN_MAX_AGE"] == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "port", "threshold"), [("0", 5432, None), ("off", 5432, None), ("1", 6543, 5)]
+)
+def test_prepared_statements_can_be_switched(tmp_path, value, port, threshold):
+    """Off for a PgBouncer in transaction mode on another port; on for a pooler that keeps them."""
+    found = settings_with(
+        tmp_path,
+        DATABASE_URL=f"postgres://u:p@db.example:{port}/postgres",
+        DJANGO_DB_PREPARED_STATEMENTS=value,
+    )
+
+    assert found["connect"]["prepare_threshold"] == threshold
 
 
 @pytest.mark.parametrize("missing", ["SUPABASE_URL", "SUPABASE_KEY"])
