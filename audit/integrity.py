@@ -83,8 +83,8 @@ def encoded_maps(names, maps) -> EncodedMaps | None:
     (the shortest repr of a 6-digit decimal is that decimal, and both switch to an exponent below
     1e-4 alike), except for -0 (the database keeps 0) and values of 1e6 and above (`%.6g` writes
     1e+06, canonical JSON 1000000), which take the long way, as do negative values (a map has none).
-    Parsing the text back (one json.loads, integers as floats)
-    gives exactly the floats float(f"{v:.6g}") gives, but for -0.0, which becomes 0.0."""
+    Parsing the text back (one json.loads, integers as floats) gives exactly the floats
+    float(f"{v:.6g}") gives, but for -0.0, which becomes 0.0."""
     import numpy as np
 
     if maps.dtype != np.float32 or maps.ndim != 3 or 0 in maps.shape or len(names) != len(maps):
@@ -147,23 +147,17 @@ _MAPS_SLOT = "\x00lungsite-heatmaps\x00"
 def chain_body(row: Prediction) -> str:
     """The row's canonical JSON (ASCII only): what the chain hashes after the previous row's hash."""
     maps = row.heatmaps
-    if type(maps) is not EncodedMaps:
-        return json.dumps(chain_payload(row), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    # The maps' text is already canonical: the rest of the row is encoded around a placeholder.
-    row.heatmaps = _MAPS_SLOT
-    try:
-        body = json.dumps(chain_payload(row), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    finally:
-        row.heatmaps = maps
-    slot = json.dumps(_MAPS_SLOT)
-    if body.count(slot) != 1:  # the placeholder's text inside another field: no shortcut
-        return json.dumps(
-            {**chain_payload(row), "heatmaps": _canonical(dict(maps))},
-            sort_keys=True,
-            separators=(",", ":"),
-            ensure_ascii=True,
-        )
-    return body.replace(slot, maps.canonical)
+    if type(maps) is EncodedMaps:
+        # The maps' text is canonical already: the rest of the row is encoded around a placeholder.
+        row.heatmaps = _MAPS_SLOT
+        try:
+            body = json.dumps(chain_payload(row), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        finally:
+            row.heatmaps = maps
+        slot = json.dumps(_MAPS_SLOT)
+        if body.count(slot) == 1:  # else the placeholder's text is inside another field: no shortcut
+            return body.replace(slot, maps.canonical)
+    return json.dumps(chain_payload(row), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def compute_chain_hash(prev_hash: str, row: Prediction) -> str:

@@ -109,9 +109,9 @@ if DATABASE_URL:
     _db["OPTIONS"].setdefault("connect_timeout", envint("DJANGO_DB_CONNECT_TIMEOUT", 5))
     # Transaction poolers (Supabase's on 6543, PgBouncer in transaction mode) hand each transaction
     # to any server connection, so server-side prepared statements and cursors would point at the
-    # wrong one. Elsewhere the few statements every API request runs (lungsite.queries.
-    # server_bound_cursor) are prepared after 5 runs on a connection: parsed and planned once.
-    # Django's own queries bind their values client-side and are never prepared either way.
+    # wrong one. Elsewhere the few statements every API request runs are prepared after 5 runs on
+    # a connection, parsed and planned once (lungsite.queries.server_bound_cursor). Django's own
+    # queries bind their values client-side and are never prepared either way.
     _transaction_pooler = str(_db.get("PORT")) == "6543"
     _prepared = envbool("DJANGO_DB_PREPARED_STATEMENTS", not _transaction_pooler)
     _db["OPTIONS"]["prepare_threshold"] = 5 if _prepared else None
