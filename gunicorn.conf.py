@@ -92,6 +92,12 @@ errorlog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms "%(a)s"'
 loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
 
+# gunicorn's control socket defaults to one path per user ($XDG_RUNTIME_DIR/gunicorn.ctl), so a
+# second instance on the host would remove the first's. Off unless a path is given (make it one
+# per instance, e.g. under LUNGSITE_DATA_DIR).
+control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "").strip() or "gunicorn.ctl"
+control_socket_disable = not os.environ.get("GUNICORN_CONTROL_SOCKET", "").strip()
+
 # The workers' heartbeat files on tmpfs: a slow or overlay disk cannot stall them.
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"

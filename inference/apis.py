@@ -21,7 +21,6 @@ from audit import services as audit_services
 from audit.models import Prediction
 from inference import services as inference_services
 from inference.serializers import (
-    UNTRAINED_WARNING,
     PredictionFilterSerializer,
     PredictionSerializer,
     PredictionUploadSerializer,
@@ -29,6 +28,7 @@ from inference.serializers import (
 from lungsite.api_errors import ApiError, PayloadTooLarge, error_responses
 from lungsite.api_permissions import has_perm
 from lungsite.throttling import PredictionRateThrottle
+from registry.models import UNTRAINED_WARNING
 
 CanPredict = has_perm("audit.add_prediction")
 CanViewPredictions = has_perm("audit.view_prediction")

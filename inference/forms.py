@@ -12,3 +12,11 @@ class UploadForm(forms.Form):
         error_messages={"required": "Choose a PNG, JPEG or DICOM file to upload."},
         widget=forms.ClearableFileInput(attrs={"accept": ACCEPT}),
     )
+
+    def clean_image(self):
+        # Django keeps the last of several files sent under one name; analysing one of them
+        # silently would be a guess.
+        sent = len(self.files.getlist(self.add_prefix("image")))
+        if sent > 1:
+            raise forms.ValidationError(f"Upload one image at a time ({sent} files were sent).")
+        return self.cleaned_data["image"]

@@ -1,37 +1,27 @@
 """Serializers of the prediction API: the JSON of DESIGN.md "Interfaces", built from an audit row."""
 
-import re
-
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9_-]+")
-_FINDING_KEYS = frozenset(("name", "probability", "threshold", "positive"))
-
-
-# DRF's own field instances, used unbound for their conversions (they read no parent). Module-level:
-# a field set on a serializer class would become one of its declared fields.
-_CREATED_AT = serializers.DateTimeField()
-_POSITIVE = serializers.BooleanField()
-
-
-def _maybe(convert, value):
-    """A field's conversion, or None for None (as DRF's Serializer.to_representation skips it)."""
-    return None if value is None else convert(value)
-
-
-UNTRAINED_WARNING = (
-    "UNTRAINED model: this result comes from a network with random weights. Its scores carry no "
-    "medical meaning and must not be used for any clinical decision."
-)
+from registry.models import UNTRAINED_WARNING
+from registry.serializers import ModelVersionSummarySerializer
 
 
 class PredictionUploadSerializer(serializers.Serializer):
     image = serializers.FileField(
         help_text="The chest X-ray: PNG, JPEG or DICOM, at most LUNGSITE_MAX_UPLOAD_MB (default 50) MB."
     )
+
+    def validate_image(self, image):
+        # DRF keeps the last of several files sent under one name; analysing one of them silently
+        # would be a guess.
+        getlist = getattr(self.initial_data, "getlist", None)
+        sent = len(getlist("image")) if getlist else 1
+        if sent > 1:
+            raise serializers.ValidationError(f"Send one image per request ({sent} files were sent).")
+        return image
 
 
 class PredictionFilterSerializer(serializers.Serializer):
@@ -54,13 +44,6 @@ class PredictionFilterSerializer(serializers.Serializer):
         return attrs
 
 
-class PredictionModelSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    version_name = serializers.CharField()
-    sha256 = serializers.CharField(help_text="sha256 of the weights file that produced the result.")
-    untrained = serializers.BooleanField(help_text="True: random weights, the scores mean nothing.")
-
-
 class FindingSerializer(serializers.Serializer):
     name = serializers.CharField()
     probability = serializers.FloatField(min_value=0.0, max_value=1.0)
@@ -80,50 +63,11 @@ class PredictionSerializer(serializers.Serializer):
     image_url = serializers.SerializerMethodField()
     warning = serializers.SerializerMethodField()
 
-    def to_representation(self, prediction) -> dict:
-        """The fields declared above, each converted as that field converts it, built directly:
-        DRF's generic path deep-copies and binds every declared field for each serializer
-        (0.6-1.2 ms a response on a 2-core VM, most of a response's cost). A row whose results are
-        not in the shape prediction_log writes takes the generic path."""
-        results = prediction.results_json
-        findings = results.get("findings") if type(results) is dict else None
-        if type(findings) is not list or not all(
-            type(finding) is dict and finding.keys() >= _FINDING_KEYS for finding in findings
-        ):
-            return super().to_representation(prediction)
-        return {
-            "id": _maybe(int, prediction.pk),
-            "created_at": _CREATED_AT.to_representation(prediction.created_at),
-            "model": self.get_model(prediction),
-            "findings": [
-                {
-                    "name": _maybe(str, finding["name"]),
-                    "probability": _maybe(float, finding["probability"]),
-                    "threshold": _maybe(float, finding["threshold"]),
-                    "positive": _maybe(_POSITIVE.to_representation, finding["positive"]),
-                }
-                for finding in findings
-            ],
-            "heatmaps": self.get_heatmaps(prediction),
-            "image_sha256": _maybe(str, prediction.image_sha256),
-            "image_url": self.get_image_url(prediction),
-            "warning": self.get_warning(prediction),
-        }
-
-    @extend_schema_field(PredictionModelSerializer)
+    @extend_schema_field(ModelVersionSummarySerializer)
     def get_model(self, prediction) -> dict:
         # The version recorded with the result is the one that produced it, even if the row's
         # foreign key were ever read from a later state.
-        recorded = (prediction.results_json or {}).get("model")
-        if recorded:
-            # As PredictionModelSerializer would give it, without building one per response.
-            return {
-                "id": int(recorded["id"]),
-                "version_name": str(recorded["version_name"]),
-                "sha256": str(recorded["sha256"]),
-                "untrained": bool(recorded["untrained"]),
-            }
-        return PredictionModelSerializer(prediction.model).data
+        return ModelVersionSummarySerializer(_recorded_model(prediction) or prediction.model).data
 
     @extend_schema_field(
         {
@@ -135,14 +79,10 @@ class PredictionSerializer(serializers.Serializer):
     def get_heatmaps(self, prediction) -> dict:
         stored = prediction.heatmaps or {}
         names = [finding["name"] for finding in prediction.results_json.get("findings", [])]
-        # One reverse() per response rather than one per finding: a name of letters, digits, "_"
-        # and "-" goes into the URL as it is, as reverse() would put it; anything else is reversed.
-        path = reverse("api-prediction-heatmap", kwargs={"pk": prediction.pk, "name": "x"})
-        prefix = self._absolute(path[: -len("x.png")])
         return {
-            name: f"{prefix}{name}.png"
-            if _PLAIN_NAME.fullmatch(name)
-            else self._absolute(reverse("api-prediction-heatmap", kwargs={"pk": prediction.pk, "name": name}))
+            name: self._absolute(
+                reverse("api-prediction-heatmap", kwargs={"pk": prediction.pk, "name": name})
+            )
             for name in names
             if not stored or name in stored
         }
@@ -159,10 +99,15 @@ class PredictionSerializer(serializers.Serializer):
         }
     )
     def get_warning(self, prediction) -> str | None:
-        recorded = (prediction.results_json or {}).get("model")
+        recorded = _recorded_model(prediction)
         untrained = recorded["untrained"] if recorded else prediction.model.untrained
         return UNTRAINED_WARNING if untrained else None
 
     def _absolute(self, path: str) -> str:
         request = self.context.get("request")
         return request.build_absolute_uri(path) if request is not None else path
+
+
+def _recorded_model(prediction) -> dict | None:
+    results = prediction.results_json
+    return results.get("model") if isinstance(results, dict) else None

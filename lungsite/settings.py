@@ -71,6 +71,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Around everything that may query the database (sessions included): a stalled database gives
+    # a 503 in seconds (see the module).
+    "lungsite.db_deadline.DatabaseDeadlineMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -102,22 +105,38 @@ TEMPLATES = [
 
 # Database: SQLite in the data folder unless DATABASE_URL names another (Postgres through psycopg 3).
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
+# Seconds a database statement may run before it is cancelled and the request answers 503 (0: no
+# bound). Requests are also cut off on the client side a little after it (lungsite.db_deadline).
+LUNGSITE_DB_STATEMENT_TIMEOUT_S = envint("LUNGSITE_DB_STATEMENT_TIMEOUT_S", 5)
 if DATABASE_URL:
     _db = dj_database_url.parse(DATABASE_URL, conn_max_age=envint("DJANGO_CONN_MAX_AGE", 60))
     _db["CONN_HEALTH_CHECKS"] = True
     _db.setdefault("OPTIONS", {})
-    _db["OPTIONS"].setdefault("connect_timeout", envint("DJANGO_DB_CONNECT_TIMEOUT", 5))
+    _options = _db["OPTIONS"]
+    # Every wait on the database is bounded, so a stalled database gives a 503 in seconds instead
+    # of holding the worker: connecting (connect_timeout), a statement the server runs too long
+    # (statement_timeout, server side), and a link that stops answering (TCP keepalives probe an
+    # idle connection; tcp_user_timeout drops one whose sent data goes unacknowledged). A server
+    # that keeps the TCP link alive but never answers is caught by lungsite.db_deadline.
+    _options.setdefault("connect_timeout", envint("DJANGO_DB_CONNECT_TIMEOUT", 5))
+    _options.setdefault("keepalives", 1)
+    _options.setdefault("keepalives_idle", envint("LUNGSITE_DB_KEEPALIVE_IDLE_S", 5))
+    _options.setdefault("keepalives_interval", 1)
+    _options.setdefault("keepalives_count", 3)
+    _options.setdefault("tcp_user_timeout", envint("LUNGSITE_DB_TCP_USER_TIMEOUT_S", 10) * 1000)
     # Transaction poolers (Supabase's on 6543, PgBouncer in transaction mode) hand each transaction
     # to any server connection, so server-side prepared statements and cursors would point at the
-    # wrong one. Elsewhere the few statements every API request runs are prepared after 5 runs on
-    # a connection, parsed and planned once (lungsite.queries.server_bound_cursor). Django's own
-    # queries bind their values client-side and are never prepared either way.
+    # wrong one; psycopg prepares nothing with prepare_threshold None, on any port.
     _transaction_pooler = str(_db.get("PORT")) == "6543"
-    _prepared = envbool("DJANGO_DB_PREPARED_STATEMENTS", not _transaction_pooler)
-    _db["OPTIONS"]["prepare_threshold"] = 5 if _prepared else None
+    _options["prepare_threshold"] = None
     if _transaction_pooler:
         _db["DISABLE_SERVER_SIDE_CURSORS"] = True
         _db["CONN_MAX_AGE"] = 0
+    elif LUNGSITE_DB_STATEMENT_TIMEOUT_S:
+        # A startup parameter: poolers in transaction mode refuse it (set statement_timeout on the
+        # database role there, see docs/deploy-supabase.md); lungsite.db_deadline bounds both.
+        _timeout = f"-c statement_timeout={LUNGSITE_DB_STATEMENT_TIMEOUT_S * 1000}"
+        _options["options"] = f"{_options['options']} {_timeout}" if _options.get("options") else _timeout
 else:
     _db = {
         "ENGINE": "django.db.backends.sqlite3",
@@ -143,6 +162,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Storage: every byte goes through these aliases; nothing else knows where bytes live.
 SUPABASE_URL = os.environ.get("SUPABASE_URL", "")
 SUPABASE_KEY = os.environ.get("SUPABASE_KEY", "")
+# Storage's own address: a self-hosted or standalone Storage server serves its routes at its root.
+SUPABASE_STORAGE_URL = os.environ.get("SUPABASE_STORAGE_URL", "").strip().rstrip("/")
+if not SUPABASE_STORAGE_URL and SUPABASE_URL:
+    SUPABASE_STORAGE_URL = SUPABASE_URL.rstrip("/") + "/storage/v1"
 # Supabase buckets are private: url() gives signed URLs that expire after this many seconds.
 LUNGSITE_SIGNED_URL_SECONDS = envint("LUNGSITE_SIGNED_URL_SECONDS", 300)
 # Seconds to wait for Supabase Storage to answer before the request fails with a 503.
@@ -226,7 +249,7 @@ else:
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "lungsite.authentication.TokenAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -7,11 +7,10 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from inference.serializers import UNTRAINED_WARNING
 from lungsite.api_errors import ApiError, error_responses
 from lungsite.api_permissions import has_perm
 from registry import services
-from registry.models import DEFAULT_CLASS_NAMES, DEFAULT_PREPROCESSING, ModelVersion
+from registry.models import DEFAULT_CLASS_NAMES, DEFAULT_PREPROCESSING, UNTRAINED_WARNING, ModelVersion
 from registry.serializers import ModelVersionSerializer
 
 CanViewModels = has_perm("registry.view_modelversion")

@@ -23,6 +23,12 @@ DEFAULT_CLASS_NAMES = [
     "Pneumothorax",
 ]
 
+# Said with every result of an untrained version: in API responses, on pages, in DICOM objects.
+UNTRAINED_WARNING = (
+    "UNTRAINED model: this result comes from a network with random weights. Its scores carry no "
+    "medical meaning and must not be used for any clinical decision."
+)
+
 DEFAULT_PREPROCESSING = {
     "input_size": 224,
     "channels": 3,

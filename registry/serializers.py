@@ -1,10 +1,10 @@
-"""Serializers of the model-registry API."""
+"""How a model version is shown as JSON: one serializer, used by the registry API, the prediction
+API (the summary), /healthz and the registry commands."""
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from inference.serializers import UNTRAINED_WARNING
-from registry.models import ModelVersion
+from registry.models import UNTRAINED_WARNING, ModelVersion
 
 
 class PreprocessingSerializer(serializers.Serializer):
@@ -71,3 +71,15 @@ class ModelVersionSerializer(serializers.ModelSerializer):
     )
     def get_warning(self, version: ModelVersion) -> str | None:
         return UNTRAINED_WARNING if version.untrained else None
+
+
+class ModelVersionSummarySerializer(ModelVersionSerializer):
+    """Which version produced a result: in every prediction response and in /healthz. Reads a
+    ModelVersion or the dict of the same keys recorded with a prediction."""
+
+    sha256 = serializers.CharField(help_text="sha256 of the weights file that produced the result.")
+    untrained = serializers.BooleanField(help_text="True: random weights, the scores mean nothing.")
+
+    class Meta(ModelVersionSerializer.Meta):
+        fields = ["id", "version_name", "sha256", "untrained"]
+        read_only_fields = fields

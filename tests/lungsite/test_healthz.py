@@ -24,6 +24,7 @@ def test_it_reports_the_active_version_without_authentication(client, db):
     assert response.status_code == 200
     assert response.json() == {
         "status": "ok",
+        "checks": {"database": "ok", "storage": "ok", "model": "ok"},
         "model": {
             "id": version.pk,
             "version_name": "starter-untrained-densenet121",
@@ -35,7 +36,11 @@ def test_it_reports_the_active_version_without_authentication(client, db):
 
 
 def test_it_says_when_no_version_is_active(client, db):
-    assert client.get("/healthz").json() == {"status": "ok", "model": None}
+    assert client.get("/healthz").json() == {
+        "status": "ok",
+        "checks": {"database": "ok", "storage": "ok", "model": "none_active"},
+        "model": None,
+    }
 
 
 def test_it_answers_503_when_the_database_is_unreachable(client, db, monkeypatch):
@@ -48,6 +53,25 @@ def test_it_answers_503_when_the_database_is_unreachable(client, db, monkeypatch
 
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "database_unavailable"
+    assert response.json()["checks"] == {"database": "unavailable", "storage": "ok", "model": "unavailable"}
+
+
+def test_it_says_when_the_image_storage_is_down(client, db, settings, monkeypatch):
+    import httpx
+
+    from tests.lungsite.fake_supabase import FakeSupabaseStorage, use_fake
+
+    active_row()
+    fake = use_fake(settings, monkeypatch, FakeSupabaseStorage())
+    fake.raise_exc = httpx.ConnectError("connection refused")
+
+    response = client.get("/healthz")
+
+    assert response.status_code == 503
+    body = response.json()
+    assert body["checks"] == {"database": "ok", "storage": "unavailable", "model": "ok"}
+    assert body["error"]["code"] == "storage_unavailable"
+    assert body["model"]["version_name"] == "starter-untrained-densenet121"
 
 
 def test_it_answers_head(client, db):

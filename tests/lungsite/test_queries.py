@@ -1,13 +1,13 @@
 """lungsite.queries: querysets compiled once give the ORM's answers for new values, on SQLite and on
-Postgres (CI), and refuse querysets whose SQL would depend on the value."""
+Postgres (CI), and refuse querysets whose SQL would depend on the value. Only audit/integrity.py and
+registry/cache.py still use it (issue 19 removes both uses; this file goes with lungsite/queries.py)."""
 
 import pytest
-from django.contrib.auth.models import Group, Permission, User
+from django.contrib.auth.models import User
 from django.db import connection
 from django.db.models import Value
 from django.test.utils import CaptureQueriesContext
 
-from lungsite.api_permissions import user_holds
 from lungsite.queries import CompiledQuery
 from registry.cache import _ACTIVE_ROW
 from registry.models import DEFAULT_CLASS_NAMES, ModelVersion
@@ -52,32 +52,6 @@ def test_it_refuses_wrong_types_and_querysets_that_rewrite_the_value():
     rewritten = CompiledQuery(lambda name: User.objects.filter(username__contains=name), str)
     with pytest.raises(ValueError, match="must become an SQL parameter"):
         rewritten.sql("x")
-
-
-def test_user_holds_agrees_with_djangos_has_perm_in_every_case():
-    perm = Permission.objects.get(content_type__app_label="audit", codename="add_prediction")
-    group = Group.objects.create(name="readers-and-writers")
-    direct = User.objects.create(username="direct")
-    direct.user_permissions.add(perm)
-    via_group = User.objects.create(username="via-group")
-    via_group.groups.add(group)
-    group.permissions.add(perm)
-    nobody = User.objects.create(username="nobody")
-    inactive = User.objects.create(username="inactive", is_active=False)
-    inactive.user_permissions.add(perm)
-    root = User.objects.create(username="root", is_superuser=True)
-    other = Group.objects.create(name="other")
-    other.permissions.add(Permission.objects.get(content_type__app_label="audit", codename="view_prediction"))
-    nobody.groups.add(other)
-    for user in (direct, via_group, nobody, inactive, root):
-        user = User.objects.get(pk=user.pk)  # no cached permissions
-        for name in ("audit.add_prediction", "audit.view_prediction", "registry.change_modelversion"):
-            assert user_holds(user, name) == user.has_perm(name), (user.username, name)
-    assert user_holds(User.objects.get(pk=direct.pk), "audit.add_prediction")
-    assert not user_holds(User.objects.get(pk=nobody.pk), "audit.add_prediction")
-    # Revoking takes effect on the next call: nothing is cached but the SQL text.
-    direct.user_permissions.remove(perm)
-    assert not user_holds(User.objects.get(pk=direct.pk), "audit.add_prediction")
 
 
 def test_the_active_row_query_finds_the_one_active_version():
@@ -139,22 +113,3 @@ def test_queries_that_select_something_else_have_no_instances():
     annotated = CompiledQuery(lambda name: User.objects.filter(username=name).annotate(one=Value(1)), str)
     found = annotated.first_instance(User.objects, "erin")
     assert found.username == "erin" and found.one == 1
-
-
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are Postgres's")
-def test_on_postgres_the_per_request_statements_are_prepared_and_errors_wrapped():
-    from django.db import ProgrammingError
-
-    from lungsite.queries import server_bound_cursor
-
-    User.objects.create(username="frank")
-    for _ in range(7):  # psycopg prepares a statement after 5 runs on a connection
-        assert _BY_NAME.first_row("frank") is not None
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT statement FROM pg_prepared_statements")
-        prepared = [row[0] for row in cursor.fetchall()]
-    assert any('FROM "auth_user"' in statement and "$1" in statement for statement in prepared), prepared
-    # Django's own queries are never prepared (client-side binding).
-    assert not any("pg_prepared_statements" in statement for statement in prepared)
-    with pytest.raises(ProgrammingError), server_bound_cursor() as cursor:  # Django's error classes
-        cursor.execute("SELECT no_such_column FROM auth_user WHERE id = %s", [1])

@@ -33,7 +33,12 @@ if "postgresql" in db["ENGINE"]:
     # What Django hands to psycopg.connect (no connection is opened).
     params = connections["default"].get_connection_params()
     out["psycopg3"] = is_psycopg3
-    out["connect"] = {k: params.get(k, "absent") for k in ("prepare_threshold", "sslmode", "connect_timeout")}
+    out["connect"] = {
+        k: params.get(k, "absent")
+        for k in (
+            "prepare_threshold", "sslmode", "connect_timeout", "options", "keepalives", "tcp_user_timeout"
+        )
+    }
 print(json.dumps(out, default=str))
 """
 
@@ -71,9 +76,9 @@ def test_it_uses_sqlite_and_local_files_when_nothing_is_set(tmp_path):
         assert found["STORAGES"][alias]["OPTIONS"]["location"] == str(tmp_path / "storage" / bucket)
 
 
-def test_it_uses_psycopg_with_prepared_statements_on_the_session_pooler(tmp_path):
-    """Supavisor's session mode (like a direct connection) keeps one server connection per client,
-    so the per-request statements may be prepared (lungsite.queries.server_bound_cursor)."""
+def test_it_uses_psycopg_with_every_wait_bounded_on_the_session_pooler(tmp_path):
+    """Supavisor's session mode (like a direct connection) keeps one server connection per client:
+    statement_timeout goes in the startup options. Nothing is prepared on any port."""
     found = settings_with(
         tmp_path,
         DATABASE_URL="postgresql://postgres.abcd:secret@aws-0-eu-central-1.pooler.supabase.com:5432/postgres"
@@ -82,7 +87,14 @@ def test_it_uses_psycopg_with_prepared_statements_on_the_session_pooler(tmp_path
 
     assert found["ENGINE"] == "django.db.backends.postgresql"
     assert found["psycopg3"] is True
-    assert found["connect"] == {"prepare_threshold": 5, "sslmode": "require", "connect_timeout": 5}
+    assert found["connect"] == {
+        "prepare_threshold": None,
+        "sslmode": "require",
+        "connect_timeout": 5,
+        "options": "-c statement_timeout=5000",
+        "keepalives": 1,
+        "tcp_user_timeout": 10_000,
+    }
     assert found["CONN_MAX_AGE"] == 60
     assert found["DISABLE_SERVER_SIDE_CURSORS"] is False
 
@@ -100,6 +112,8 @@ def test_it_adapts_to_the_transaction_pooler(tmp_path):
     assert found["CONN_MAX_AGE"] == 0
     assert found["connect"]["prepare_threshold"] is None
     assert found["connect"]["sslmode"] == "require"
+    # The pooler refuses startup options; the client-side deadline (lungsite.db_deadline) stays.
+    assert found["connect"]["options"] == "absent"
 
 
 def test_it_honours_the_connection_settings(tmp_path):
@@ -108,24 +122,23 @@ def test_it_honours_the_connection_settings(tmp_path):
         DATABASE_URL="postgres://u:p@db.abcd.supabase.co:5432/postgres?sslmode=verify-full",
         DJANGO_CONN_MAX_AGE="0",
         DJANGO_DB_CONNECT_TIMEOUT="9",
+        LUNGSITE_DB_STATEMENT_TIMEOUT_S="12",
+        LUNGSITE_DB_TCP_USER_TIMEOUT_S="4",
     )
 
-    assert found["connect"] == {"prepare_threshold": 5, "sslmode": "verify-full", "connect_timeout": 9}
+    assert found["connect"]["connect_timeout"] == 9
+    assert found["connect"]["sslmode"] == "verify-full"
+    assert found["connect"]["options"] == "-c statement_timeout=12000"
+    assert found["connect"]["tcp_user_timeout"] == 4000
     assert found["CONN_MAX_AGE"] == 0
 
 
-@pytest.mark.parametrize(
-    ("value", "port", "threshold"), [("0", 5432, None), ("off", 5432, None), ("1", 6543, 5)]
-)
-def test_prepared_statements_can_be_switched(tmp_path, value, port, threshold):
-    """Off for a PgBouncer in transaction mode on another port; on for a pooler that keeps them."""
+def test_a_zero_statement_timeout_sets_none(tmp_path):
     found = settings_with(
-        tmp_path,
-        DATABASE_URL=f"postgres://u:p@db.example:{port}/postgres",
-        DJANGO_DB_PREPARED_STATEMENTS=value,
+        tmp_path, DATABASE_URL="postgres://u:p@db.example:5432/postgres", LUNGSITE_DB_STATEMENT_TIMEOUT_S="0"
     )
 
-    assert found["connect"]["prepare_threshold"] == threshold
+    assert found["connect"]["options"] == "absent"
 
 
 @pytest.mark.parametrize("missing", ["SUPABASE_URL", "SUPABASE_KEY"])

@@ -4,6 +4,8 @@
         ...                                         # clients connect through proxy.port
         proxy.cut()      # open connections are reset, new ones refused (as when the server is down)
         proxy.restore()  # listens again on the same port
+        proxy.freeze()   # connections stay open but nothing is forwarded (a stalled server)
+        proxy.thaw()     # forwarding resumes
 
 Only loopback: it binds 127.0.0.1 and forwards to the address it is given.
 """
@@ -24,6 +26,8 @@ class TcpProxy:
         self._sockets: set[socket.socket] = set()
         self._accepting: threading.Thread | None = None
         self.connections = 0  # accepted since start, for the test's own assertions
+        self._flowing = threading.Event()
+        self._flowing.set()
 
     def __enter__(self) -> TcpProxy:
         self.start()
@@ -57,12 +61,21 @@ class TcpProxy:
             sockets, self._sockets = self._sockets, set()
         for sock in sockets:
             _close(sock)
+        self._flowing.set()  # frozen pumps wake up, find their sockets closed and end
 
     def restore(self) -> None:
         if self._listener is None:
             self.start()
 
     stop = cut
+
+    def freeze(self) -> None:
+        """Keep every connection open but forward nothing: the kernel still acknowledges what the
+        client sends, so only a deadline on the client's side notices."""
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
 
     def _accept_loop(self, listener: socket.socket) -> None:
         while True:
@@ -92,6 +105,7 @@ class TcpProxy:
                 data = source.recv(65536)
                 if not data:
                     break
+                self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass

@@ -2,31 +2,24 @@
 
 import json
 
+from rest_framework import serializers
+
 from registry.models import ModelVersion
+from registry.serializers import ModelVersionSerializer
+
+
+class ModelVersionCommandSerializer(ModelVersionSerializer):
+    """The API's view of a version, plus where its files are and the thresholds as registered."""
+
+    thresholds = serializers.JSONField()
+
+    class Meta(ModelVersionSerializer.Meta):
+        fields = [*ModelVersionSerializer.Meta.fields, "storage_path", "serving_graph_path"]
+        read_only_fields = fields
 
 
 def version_as_dict(version: ModelVersion | None) -> dict | None:
-    if version is None:
-        return None
-    return {
-        "id": version.pk,
-        "version_name": version.version_name,
-        "is_active": version.is_active,
-        "untrained": version.untrained,
-        "sha256": version.sha256,
-        "storage_path": version.storage_path,
-        "serving_graph_sha256": version.serving_graph_sha256,
-        "serving_graph_path": version.serving_graph_path,
-        "architecture": version.architecture,
-        "class_names": version.class_names,
-        "preprocessing": version.preprocessing,
-        "thresholds": version.thresholds,
-        "accuracy_auroc": version.accuracy_auroc,
-        "per_class_auroc": version.per_class_auroc,
-        "notes": version.notes,
-        "created_at": version.created_at.isoformat() if version.created_at else None,
-        "activated_at": version.activated_at.isoformat() if version.activated_at else None,
-    }
+    return None if version is None else ModelVersionCommandSerializer(version).data
 
 
 def dumps(payload) -> str:
