@@ -137,7 +137,9 @@ def _load_or_fallback(key: tuple[int, str], row: ModelVersion) -> ServingModel:
                 return entry
         if _current is not None:
             return _current
-        raise NoActiveModel(f"The active model version cannot be served: {_failed[key].reason}")
+        failure = _failed[key]
+        state = "was withdrawn from serving" if failure.final else "cannot be loaded"
+        raise NoActiveModel(f"The active model version {state}: {failure.reason}")
 
 
 def _remember(key: tuple[int, str], entry: ServingModel) -> None:

@@ -74,10 +74,17 @@ def test_it_matches_pytorch_grad_cam_for_every_finding(model, runtime, parts):
 def test_it_matches_pytorch_grad_cam_for_every_finding_of_a_resnet50(resnet, parts):
     model, runtime = resnet
     tensor = preprocess(decode(shared_data_path(*parts).read_bytes()), DEFAULT_PREPROCESSING)
-    ours = cams_normalised(predict(runtime, tensor).cams, 224)
     reference = _grad_cam(model, "resnet50", tensor)
+    # The closed form itself (the exported module, run in torch) is as exact as for DenseNet121.
+    with torch.inference_mode():
+        _, cams, _ = ServingModule(model, "resnet50")(torch.from_numpy(tensor))
+    closed_form = cams_normalised(cams[0].numpy(), 224)
+    # What serves (ONNX Runtime's kernels sum 50 layers in another order): measured 1.1e-5 to
+    # 2.8e-5 from the library, so a looser bound, still far below one grey level (1/255).
+    served = cams_normalised(predict(runtime, tensor).cams, 224)
     for finding in range(13):
-        np.testing.assert_allclose(ours[finding], reference[finding], atol=2e-5, err_msg=f"finding {finding}")
+        np.testing.assert_allclose(closed_form[finding], reference[finding], atol=2e-5, err_msg=f"{finding}")
+        np.testing.assert_allclose(served[finding], reference[finding], atol=1e-4, err_msg=f"{finding}")
 
 
 def test_it_returns_the_models_own_probabilities(model, runtime):

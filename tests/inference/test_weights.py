@@ -112,7 +112,7 @@ def test_it_refuses_a_layer_of_the_wrong_shape_and_names_it(state):
         ("classifier.weight", float("nan"), "layer classifier.weight holds 1 value that is not a finite"),
         ("classifier.bias", float("inf"), "layer classifier.bias holds 1 value that is not a finite"),
         ("classifier.weight", 1e38, "layer classifier.weight holds a value of magnitude 1e+38"),
-        ("features.denseblock2.denselayer3.conv1.weight", float("-inf"), "denselayer3.conv1.weight holds 1"),
+        ("features.denseblock2.denselayer3.conv1.weight", float("-inf"), "layer features.denseblock2"),
     ],
 )
 def test_it_refuses_non_finite_or_absurd_values_and_names_the_layer(state, key, value, message):
@@ -137,7 +137,7 @@ def test_it_loads_resnet50_weights(layout):
     model = load_model(_bytes(obj), architecture="resnet50", num_classes=13)
     assert torch.equal(model.fc.weight, state["fc.weight"])
     assert torch.equal(model.layer4[2].bn3.running_var, state["layer4.2.bn3.running_var"])
-    with pytest.raises(WeightsError, match="do not fit densenet121: .* missing keys"):
+    with pytest.raises(WeightsError, match="no densenet121 classifier layer"):
         load_model(_bytes(obj), architecture="densenet121", num_classes=13)
 
 
