@@ -16,16 +16,12 @@ import io
 import struct
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from inference import png, resize
 from inference.serving import ServingRuntime
-
-if TYPE_CHECKING:  # torch is imported only to run a module the serving graph cannot describe
-    from torch import nn
 
 DEFAULT_MAX_PIXELS = 60_000_000
 
@@ -449,47 +445,20 @@ def _sigmoid(logits) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))).astype(np.float32)
 
 
-def predict(model: ServingRuntime | nn.Module, tensor) -> PredictionOutput:
-    """ONE forward pass: sigmoid probabilities and the Grad-CAM map of every finding.
+class NonFiniteOutput(ValueError):
+    """The model gave scores or maps that are not finite numbers: nothing it says can be trusted."""
 
-    torchvision's DenseNet is logits = W · mean_ij(ReLU(A)) + b with A the output of norm5
-    (features[-1]). Grad-CAM's channel weight for finding c is the spatial mean of d logit_c / dA,
-    i.e. W[c, k] * mean_ij(A_k > 0) / (h*w), and its map ReLU(sum_k weight_k * ReLU(A_k)) (the
-    library sees ReLU(A) because DenseNet applies the ReLU in place on the hooked tensor). All
-    findings' maps are therefore one (K x C) @ (C x h*w) product, no backward pass.
 
-    `model` is what registry.cache serves: a ServingRuntime (the serving graph in ONNX Runtime,
-    which computes exactly this) or, for a network the graph writer cannot describe, the torch
-    module, run here. `tensor` is the (1, C, S, S) float32 array of `preprocess` (or a torch
-    tensor)."""
-    if isinstance(model, ServingRuntime):
-        logits, cams = model.run(tensor)
-        return PredictionOutput(probabilities=_sigmoid(logits), cams=np.asarray(cams, dtype=np.float32))
-    import torch
-    import torch.nn.functional as F
-
-    from inference.export import linear_head
-
-    if model.training:
-        model.eval()
-    if not isinstance(tensor, torch.Tensor):
-        tensor = torch.from_numpy(np.ascontiguousarray(tensor, dtype=np.float32))
-    with torch.inference_mode():
-        features = model.features(tensor)  # (1, C, h, w), norm5 output
-        activated = F.relu(features)
-        pooled = activated.mean(dim=(2, 3))  # (1, C)
-        head = linear_head(model)
-        logits = F.linear(pooled, head.weight, head.bias)
-        probabilities = torch.sigmoid(logits)[0]
-
-        _, channels, h, w = features.shape
-        positive = (features[0] > 0).to(features.dtype).mean(dim=(1, 2))  # (C,)
-        weights = head.weight * (positive / (h * w)).unsqueeze(0)  # (K, C)
-        cams = F.relu(weights @ activated[0].reshape(channels, h * w)).reshape(-1, h, w)
-    return PredictionOutput(
-        probabilities=probabilities.float().numpy().copy(),
-        cams=cams.float().numpy().copy(),
-    )
+def predict(model: ServingRuntime, tensor: np.ndarray) -> PredictionOutput:
+    """ONE forward pass: sigmoid probabilities (K,) and the Grad-CAM map (K, h, w) of every finding,
+    both computed by the version's serving graph (inference.export.ServingModule: the closed form of
+    Grad-CAM for a global-average-pool + linear head, no backward pass). `model` is what
+    registry.cache serves; `tensor` is the (1, C, S, S) float32 array of `preprocess`.
+    Raises NonFiniteOutput when the outputs are not all finite."""
+    logits, cams = model.run(tensor)
+    if not (np.isfinite(logits).all() and np.isfinite(cams).all()):
+        raise NonFiniteOutput("The model gave scores or heatmaps that are not finite (NaN or infinity).")
+    return PredictionOutput(probabilities=_sigmoid(logits), cams=np.asarray(cams, dtype=np.float32))
 
 
 # --------------------------------------------------------------------------------------------

@@ -89,8 +89,8 @@ def prediction_create(*, upload: UploadedFile, user: AbstractBaseUser | None, so
     or PredictionUnavailable (503: no model can serve, image storage or database unavailable).
     Nothing is stored when it raises."""
     from audit.services import AuditWriteError, StorageUnavailable, prediction_log
-    from inference.pipeline import DecodeError, decode_gray, predict, preprocess
-    from registry.cache import NoActiveModel, get_active
+    from inference.pipeline import DecodeError, NonFiniteOutput, decode_gray, predict, preprocess
+    from registry.cache import NoActiveModel, get_active, model_withdraw
     from registry.models import DEFAULT_PREPROCESSING
 
     started = time.perf_counter()
@@ -112,6 +112,15 @@ def prediction_create(*, upload: UploadedFile, user: AbstractBaseUser | None, so
     try:
         version = serving.version
         output = predict(serving.model, preprocess(image, version.preprocessing or DEFAULT_PREPROCESSING))
+    except NonFiniteOutput as exc:
+        _discard_when_stored(storing)
+        model_withdraw(serving, str(exc))
+        raise PredictionUnavailable(
+            f"Model version {version.version_name} gave results that are not finite numbers, so none "
+            "are returned; it no longer serves here and the last good version (if any) takes over. "
+            "Nothing was recorded; try again.",
+            code="model_output_not_finite",
+        ) from exc
     except BaseException:
         _discard_when_stored(storing)
         raise

@@ -4,7 +4,7 @@ and no torch here.
 Why ONNX Runtime: on this project's CPUs torch's eager DenseNet121 forward takes 1.7-1.8x as long as
 ONNX Runtime's on the same weights (batch 1, 224x224, one thread: 79-86 ms against 46-47 ms on an
 idle machine, measured by bench/run.py), and neither channels-last nor a frozen TorchScript graph
-closed the gap. Why no torch: the graph is written once, at registration (inference.export), and
+closed the gap. Why no torch: the graph is exported once, at registration (inference.export), and
 stored beside the weights; a worker that only opens it never imports torch, and `import torch` alone
 costs about 500 MB of resident memory per worker with the pinned (CUDA) build.
 
@@ -12,8 +12,8 @@ The graph returns the logits and every finding's class activation map in the sam
 cost no second pass (see inference.export for its inputs and outputs).
 
 Shapes, for the starter model (224 input, 13 findings):
-    ServingRuntime.run        (1, 3, 224, 224) float32 -> logits (13,), cams (13, 7, 7)
-    class_activation_maps     (1024, 7, 7), (13, 1024)  -> (13, 7, 7)
+    ServingRuntime.run             (1, 3, 224, 224) float32 -> logits (13,), cams (13, 7, 7)
+    ServingRuntime.forward_features (1, 3, 224, 224) float32 -> logits (13,), features (1024, 7, 7)
 """
 
 from __future__ import annotations
@@ -46,19 +46,6 @@ def threads_from_environment() -> int:
         except ValueError:
             logger.warning("LUNGSITE_TORCH_THREADS=%r is not an integer; ignored", value)
     return available_cores()
-
-
-def class_activation_maps(features: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Grad-CAM of every finding from the last feature map, what the serving graph computes:
-    features (C, h, w) norm5 output, weight (K, C) -> (K, h, w) float32.
-
-    Finding c's channel weight is W[c, k] * mean_ij(A_k > 0) / (h*w) and its map
-    ReLU(sum_k weight_k * ReLU(A_k))."""
-    channels, h, w = features.shape
-    flat = features.reshape(channels, h * w)
-    positive = (flat > 0).mean(axis=1, dtype=np.float32) / np.float32(h * w)  # (C,)
-    maps = (weight * positive[None, :]) @ np.maximum(flat, 0)  # (K, h*w)
-    return np.maximum(maps, 0).reshape(-1, h, w).astype(np.float32, copy=False)
 
 
 def onnx_session(graph: bytes, threads: int):
@@ -108,21 +95,7 @@ class ServingRuntime:
         return logits[0], cams[0]
 
     def forward_features(self, x) -> tuple[np.ndarray, np.ndarray]:
-        """One image -> logits (K,) and the norm5 feature map (C, h, w), before the ReLU."""
+        """One image -> logits (K,) and the trunk's feature map (C, h, w) (DenseNet: norm5, before the
+        ReLU; ResNet: layer4)."""
         logits, features = self.session.run([LOGITS, FEATURES], {INPUT: self._input(x)})
         return logits[0], features[0]
-
-
-def runtime_for_module(model, input_size: int = 224, *, threads: int | None = None):
-    """A ServingRuntime on a graph written from the loaded torch module now (versions registered
-    before graphs were stored; tests), or the module itself when the graph writer cannot translate
-    it: pipeline.predict then runs it in torch. Imports torch."""
-    from inference.export import serving_graph
-
-    started = time.perf_counter()
-    graph = serving_graph(model, input_size)
-    if graph is None:
-        return model
-    runtime = ServingRuntime.from_graph(graph, input_size, threads=threads)
-    runtime.build_ms = (time.perf_counter() - started) * 1000
-    return runtime

@@ -13,7 +13,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
-from inference.weights import ARCHITECTURES
+from inference.architectures import ARCHITECTURES
 from registry.models import DEFAULT_CLASS_NAMES, ActivationEvent, ModelVersion
 from registry.services import (
     ActivationError,
@@ -54,7 +54,11 @@ class ModelVersionAddForm(forms.ModelForm):
     """Upload + metadata; clean() hands everything to model_version_register, whose refusal becomes
     the form's error, so the admin registers exactly as the command does."""
 
-    weights = forms.FileField(help_text="A .pt/.pth state_dict or checkpoint of the declared architecture.")
+    weights = forms.FileField(
+        help_text="A .pt/.pth state_dict or checkpoint of the declared architecture. Saving checks the "
+        "weights and exports their serving graph: it takes about 10 s (up to a minute on a busy "
+        "server); submit once and wait."
+    )
     class_names_text = forms.CharField(
         label="Class names",
         widget=forms.Textarea(attrs={"rows": 13, "cols": 40}),
@@ -266,6 +270,13 @@ class ModelVersionAdmin(admin.ModelAdmin):
         if change:
             obj.save(update_fields=["notes"])
         # On add, ModelVersionAddForm.clean() already registered the row through the service.
+        else:
+            self.message_user(
+                request,
+                f"Checked the weights of {obj.version_name} ({obj.architecture}: layer shapes and finite "
+                "values), exported its serving graph and checked its outputs on a test image.",
+                messages.INFO,
+            )
 
     # ---- delete: a version that was ever active stays ----
 

@@ -1,41 +1,34 @@
 """The per-process cache of loaded models, keyed by the active row's (id, sha256).
 
-Every call reads the active row's key (one indexed query). When it differs from the cached key the
-new version loads under a lock (its stored ONNX serving graph, verified and opened in ONNX Runtime;
-no torch) and becomes current; requests already running keep the object they were given. The
-previous version stays loaded (two entries, least recently used dropped), so switching back costs
-no load. A version that fails to load is logged and remembered for
-RETRY_FAILED_AFTER_S; meanwhile the last good version keeps serving and is what callers are told
-served. No signals: every worker of every host sees an activation on its next request.
+Every call reads the active row (one indexed query, through the ORM). When its key differs from the
+cached one the new version loads under a lock (its stored ONNX serving graph, verified and opened
+in ONNX Runtime; no torch) and becomes current; requests already running keep the object they were
+given. The previous version stays loaded (two entries, least recently used dropped), so switching
+back costs no load. No signals: every worker of every host sees an activation on its next request.
+
+When the active version cannot be served, the last good one serves in its place, and callers are
+told which version did: a version that failed to load is tried again after a short backoff
+(RETRY_FIRST_S, doubling up to RETRY_MAX_S), so a worker recovers within seconds once storage is
+back; a version whose outputs were not finite numbers (`model_withdraw`) is not served again by
+this process.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from lungsite.queries import CompiledQuery
+from inference.serving import ServingRuntime
 from registry.models import ModelVersion
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from inference.serving import ServingRuntime
 
 logger = logging.getLogger(__name__)
 
 MAX_ENTRIES = 2
-RETRY_FAILED_AFTER_S = 30.0
-
-
-# The active row: one indexed query (the partial unique index on is_active), its SQL compiled once
-# (lungsite.queries; 0.15 ms a call instead of 0.5-0.7 through the ORM).
-_ACTIVE_ROW = CompiledQuery(lambda: ModelVersion.objects.filter(is_active=True).order_by("pk")[:1])
+RETRY_FIRST_S = 2.0
+RETRY_MAX_S = 30.0
 
 
 class NoActiveModel(Exception):
@@ -45,36 +38,33 @@ class NoActiveModel(Exception):
 @dataclass(frozen=True)
 class ServingModel:
     version: ModelVersion  # the version that actually serves (may differ from the active row)
-    model: ServingRuntime | nn.Module  # nn.Module only for a network with no serving graph
+    model: ServingRuntime
+
+
+@dataclass
+class _Failure:
+    reason: str
+    at: float  # time.monotonic() of the last attempt
+    attempts: int = 1
+    final: bool = False  # withdrawn for its outputs: never retried
+
+    def retry_due(self) -> bool:
+        if self.final:
+            return False
+        delay = min(RETRY_FIRST_S * 2 ** (self.attempts - 1), RETRY_MAX_S)
+        return time.monotonic() - self.at >= delay
 
 
 _lock = threading.Lock()
 _entries: OrderedDict[tuple[int, str], ServingModel] = OrderedDict()
-_current: ServingModel | None = None  # last good model that served the active key
-_failed: dict[tuple[int, str], tuple[float, str]] = {}  # key -> (monotonic time, reason)
-_threads_set = False
-_last_row: tuple[tuple, ModelVersion] | None = None  # (the active row's columns, its instance)
-
-
-def _configure_torch_threads() -> None:
-    global _threads_set
-    if _threads_set:
-        return
-    _threads_set = True
-    if os.environ.get("LUNGSITE_TORCH_THREADS", "").strip():
-        import torch
-
-        from inference.serving import threads_from_environment
-
-        torch.set_num_threads(threads_from_environment())
+_current: ServingModel | None = None  # last good model, the one that served most recently
+_failed: dict[tuple[int, str], _Failure] = {}
 
 
 def _load(version: ModelVersion) -> ServingModel:
-    from inference.serving import ServingRuntime
-
     input_size = int((version.preprocessing or {}).get("input_size", 224))
     if version.serving_graph_sha256:
-        # The graph written at registration (inference.export), verified against its recorded
+        # The graph exported at registration (inference.export), verified against its recorded
         # sha256 and opened in ONNX Runtime: no torch in this process.
         from registry.storage import WeightsIntegrityError, serving_graph_read
 
@@ -84,22 +74,18 @@ def _load(version: ModelVersion) -> ServingModel:
             logger.error("%s; serving %s from its weights instead", exc, version.version_name)
         else:
             return ServingModel(version=version, model=ServingRuntime.from_graph(graph, input_size))
-    # No stored graph, or a damaged one: write it again from the verified weights (in a child
-    # process when this one has no torch, so a serving worker stays torch-free), or, for a network
-    # the writer cannot describe, load the module in torch and run it here.
-    from inference.weights import load_model, serving_graph_from_weights
+    # No stored graph (registered before graphs were stored), or a damaged one: export it again
+    # from the verified weights, in a child process when this one has no torch.
+    from inference.weights import serving_graph_from_weights
     from registry.storage import weights_read
 
-    data = weights_read(version)
-    num_classes = len(version.class_names)
     graph = serving_graph_from_weights(
-        data, architecture=version.architecture, num_classes=num_classes, input_size=input_size
+        weights_read(version),
+        architecture=version.architecture,
+        num_classes=len(version.class_names),
+        input_size=input_size,
     )
-    if graph is not None:
-        return ServingModel(version=version, model=ServingRuntime.from_graph(graph, input_size))
-    _configure_torch_threads()
-    model = load_model(data, architecture=version.architecture, num_classes=num_classes)
-    return ServingModel(version=version, model=model)
+    return ServingModel(version=version, model=ServingRuntime.from_graph(graph, input_size))
 
 
 def get_active() -> ServingModel:
@@ -107,7 +93,7 @@ def get_active() -> ServingModel:
     when there is nothing to serve."""
     # The whole row is small and read fresh, so edits to thresholds or notes show at once; the
     # loaded network is keyed by (id, sha256) because only new weights need a new load.
-    row = _active_row()
+    row = ModelVersion.objects.filter(is_active=True).first()
     if row is None:
         raise NoActiveModel("No model version is active. Register one and activate it.")
     key = (row.pk, row.sha256)
@@ -123,34 +109,19 @@ def get_active() -> ServingModel:
     return ServingModel(version=row, model=entry.model)
 
 
-def _active_row() -> ModelVersion | None:
-    """The active row, read now (one query). When every column holds what the previous call read,
-    the ModelVersion built then is returned again: building one costs more than the query (JSON
-    fields, time zones, Model.from_db), and callers only read it."""
-    global _last_row
-    values = _ACTIVE_ROW.first_row()
-    if values is None:
-        return None
-    last = _last_row
-    if last is not None and last[0] == values:
-        return last[1]
-    row = _ACTIVE_ROW.instance(values)
-    _last_row = (values, row)
-    return row
-
-
 def _load_or_fallback(key: tuple[int, str], row: ModelVersion) -> ServingModel:
     with _lock:
         entry = _entries.get(key)  # another thread may have loaded it while this one waited
         if entry is not None:
             _remember(key, entry)
             return entry
-        failed = _failed.get(key)
-        if failed is None or time.monotonic() - failed[0] >= RETRY_FAILED_AFTER_S:
+        failure = _failed.get(key)
+        if failure is None or failure.retry_due():
             try:
                 entry = _load(row)
             except Exception as exc:  # noqa: BLE001 - any failure means "keep the last good one"
-                _failed[key] = (time.monotonic(), str(exc))
+                attempts = failure.attempts + 1 if failure else 1
+                _failed[key] = _Failure(reason=str(exc), at=time.monotonic(), attempts=attempts)
                 logger.error(
                     "cannot load active model version %s (id=%s, sha256=%s): %s; %s",
                     row.version_name,
@@ -166,8 +137,9 @@ def _load_or_fallback(key: tuple[int, str], row: ModelVersion) -> ServingModel:
                 return entry
         if _current is not None:
             return _current
-        reason = _failed.get(key, (0, "unknown error"))[1]
-        raise NoActiveModel(f"The active model version cannot be loaded: {reason}")
+        failure = _failed[key]
+        state = "was withdrawn from serving" if failure.final else "cannot be loaded"
+        raise NoActiveModel(f"The active model version {state}: {failure.reason}")
 
 
 def _remember(key: tuple[int, str], entry: ServingModel) -> None:
@@ -180,17 +152,38 @@ def _remember(key: tuple[int, str], entry: ServingModel) -> None:
     _current = entry
 
 
+def model_withdraw(serving: ServingModel, reason: str) -> None:
+    """Stops serving `serving`'s version in this process (its outputs were not finite numbers):
+    the most recently used other loaded version, if any, serves in its place from the next call.
+    Its load is not retried; `clear()` forgets the withdrawal."""
+    global _current
+    version = serving.version
+    key = (version.pk, version.sha256)
+    with _lock:
+        _entries.pop(key, None)
+        _failed[key] = _Failure(reason=reason, at=time.monotonic(), final=True)
+        if _current is not None and _current.version.pk == version.pk:
+            _current = _entries[next(reversed(_entries))] if _entries else None
+    logger.error(
+        "withdrew model version %s (id=%s, sha256=%s) from serving: %s; %s",
+        version.version_name,
+        version.pk,
+        version.short_sha256,
+        reason,
+        f"now serving {_current.version.version_name}" if _current else "nothing left to serve",
+    )
+
+
 def clear(*, keep_loaded: bool = False) -> None:
     """Forget the serving state: which version serves and which loads failed, and unless
     `keep_loaded`, the loaded networks too (tests; a process that wants its memory back). Loaded
     networks are keyed by (id, sha256), so keeping them never serves other weights."""
-    global _current, _last_row
+    global _current
     with _lock:
         if not keep_loaded:
             _entries.clear()
         _failed.clear()
         _current = None
-        _last_row = None
 
 
 def loaded_keys() -> list[tuple[int, str]]:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Callable
 from numbers import Real
 from typing import TYPE_CHECKING
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from inference.weights import ARCHITECTURES, GraphWriterFailed, WeightsError, serving_graph_from_weights
+from inference.architectures import ARCHITECTURES
+from inference.weights import ExportFailed, WeightsError, check_graph_outputs, serving_graph_from_weights
 from registry.models import DEFAULT_PREPROCESSING, ActivationEvent, ModelVersion
 from registry.storage import (
     WeightsIntegrityError,
@@ -45,13 +47,13 @@ class ActivationError(Exception):
 
 
 class RegistrationUnavailable(RegistrationError):
-    """Registration could not finish now (the weights store is unreachable, or the weights checker
-    crashed): nothing was written; try again later."""
+    """Registration could not finish now (the weights store is unreachable, or the child process
+    that checks and exports the weights crashed): nothing was written; try again later."""
 
 
 class ActivationUnavailable(ActivationError):
-    """Activation could not finish now (the weights store is unreachable, or the weights checker
-    crashed): nothing changed; try again later."""
+    """Activation could not finish now (the weights store is unreachable, or the child process
+    that checks and exports the weights crashed): nothing changed; try again later."""
 
 
 def _read_weights(file) -> bytes:
@@ -138,7 +140,9 @@ def _check_preprocessing(preprocessing) -> dict:
     if not isinstance(size, int) or isinstance(size, bool) or not 32 <= size <= MAX_INPUT_SIZE:
         raise RegistrationError(f"preprocessing.input_size must be an integer from 32 to {MAX_INPUT_SIZE}.")
     if spec["channels"] != 3:
-        raise RegistrationError("preprocessing.channels must be 3: DenseNet121's first layer takes 3.")
+        raise RegistrationError(
+            "preprocessing.channels must be 3: every supported network's first layer takes 3."
+        )
     for key in ("mean", "std"):
         values = spec[key]
         if (
@@ -165,11 +169,16 @@ def model_version_register(
     notes: str = "",
     untrained: bool = False,
     user: AbstractBaseUser | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> ModelVersion:
-    """Checks a weights file, stores it by content and writes its row. `file` is bytes or a Django
-    File/UploadedFile (`data=` bytes is the older spelling). Every metadata check and the load into
-    `architecture` with len(class_names) outputs run before anything is written: a refused file leaves
-    no row and no stored object."""
+    """Checks a weights file, exports its serving graph, stores both by content and writes its row.
+    `file` is bytes or a Django File/UploadedFile (`data=` bytes is the older spelling). Every
+    metadata check, the load into `architecture` with len(class_names) outputs (shapes and finite
+    values, layer by layer), the export and a check that the graph's outputs are finite run before
+    anything is written: a refused file leaves no row and no stored object. The export takes a few
+    seconds (about 3 s for DenseNet121 on an idle core, longer on a busy machine); `progress`, when
+    given, is told in words which step starts (register_model prints them)."""
+    say = progress or (lambda message: None)
     if file is not None and data is not None:
         raise RegistrationError("Give the weights once: either file= or data=.")
     content = _read_weights(file if file is not None else data if data is not None else b"")
@@ -184,23 +193,26 @@ def model_version_register(
     preprocessing = _check_preprocessing(preprocessing)
     try:
         graph = _checked_graph(
-            content, architecture=architecture, class_names=class_names, preprocessing=preprocessing
+            content,
+            architecture=architecture,
+            class_names=class_names,
+            preprocessing=preprocessing,
+            progress=say,
         )
     except WeightsError as exc:
         raise RegistrationError(str(exc)) from exc
-    except GraphWriterFailed as exc:
+    except ExportFailed as exc:
         raise RegistrationUnavailable(f"{exc} Nothing was registered.") from exc
 
+    say("Storing the weights and the serving graph...")
     written = []  # names this call stored, removed again if the row cannot be written
     try:
         name, sha256, created = weights_save(content)
         if created:
             written.append(name)
-        graph_path, graph_sha256 = "", ""
-        if graph is not None:
-            graph_path, graph_sha256, created = serving_graph_save(graph)
-            if created:
-                written.append(graph_path)
+        graph_path, graph_sha256, created = serving_graph_save(graph)
+        if created:
+            written.append(graph_path)
     except WeightsStorageUnavailable as exc:
         _delete_quietly(written)
         raise RegistrationUnavailable(f"{exc} Nothing was registered.") from exc
@@ -232,16 +244,22 @@ def model_version_register(
 
 
 def _checked_graph(
-    data: bytes, *, architecture: str, class_names: list[str], preprocessing: dict
-) -> bytes | None:
-    """Loads the weights (WeightsError when they do not fit) and returns the ONNX graph the workers
-    serve, or None: served by torch. In a torch-free process (a serving worker) both run in a child
-    process (inference.weights.serving_graph_from_weights)."""
+    data: bytes,
+    *,
+    architecture: str,
+    class_names: list[str],
+    preprocessing: dict,
+    progress: Callable[[str], None] | None = None,
+) -> bytes:
+    """Loads the weights (WeightsError when they do not fit or would not give finite outputs) and
+    returns the ONNX graph the workers serve. In a torch-free process (a serving worker) the load
+    and the export run in a child process (inference.weights.serving_graph_from_weights)."""
     return serving_graph_from_weights(
         data,
         architecture=architecture,
         num_classes=len(class_names),
         input_size=int(preprocessing.get("input_size", 224)),
+        progress=progress,
     )
 
 
@@ -257,22 +275,23 @@ def _serving_graph_ensure(version: ModelVersion, data: bytes) -> bool:
     """Writes the version's serving graph from its weights `data` unless the stored one is intact;
     returns whether it wrote one. A version registered before serving graphs were stored, or whose
     graph is missing or damaged, gets it (re)written: it is derived data, and the same weights give
-    the same bytes under the same name. A version without a graph (served by torch) has its weights
-    loaded again, to refuse them if they no longer load."""
+    the same bytes under the same name. An intact stored graph is run on a test image: a version
+    registered before outputs were checked is refused here if it would give non-finite results."""
+    preprocessing = version.preprocessing or DEFAULT_PREPROCESSING
     if version.serving_graph_sha256:
         try:
-            serving_graph_read(version)
-            return False
+            graph = serving_graph_read(version)
         except WeightsIntegrityError as exc:
             logger.warning("rewriting the serving graph of %s: %s", version.version_name, exc)
+        else:
+            check_graph_outputs(graph, int(preprocessing.get("input_size", 224)))
+            return False
     graph = _checked_graph(
         data,
         architecture=version.architecture,
         class_names=version.class_names,
-        preprocessing=version.preprocessing or DEFAULT_PREPROCESSING,
+        preprocessing=preprocessing,
     )
-    if graph is None:
-        return False
     path, sha256, _ = serving_graph_save(graph)
     ModelVersion.objects.filter(pk=version.pk).update(serving_graph_path=path, serving_graph_sha256=sha256)
     version.serving_graph_path, version.serving_graph_sha256 = path, sha256
@@ -284,8 +303,8 @@ def model_version_serving_graph_ensure(*, version: ModelVersion) -> bool:
     """The serving graph of a registered version, written from its verified weights if it has none
     or a damaged one (`manage.py bootstrap` runs it for every version after an upgrade). Returns
     whether it wrote one. The weights are always read and checked against their sha256; torch is
-    needed only when a graph has to be written or the version has none. Raises
-    WeightsIntegrityError, WeightsError, WeightsStorageUnavailable or GraphWriterFailed."""
+    needed only when a graph has to be exported. Raises WeightsIntegrityError, WeightsError,
+    WeightsStorageUnavailable or ExportFailed."""
     return _serving_graph_ensure(version, weights_read(version))
 
 
@@ -294,7 +313,7 @@ def _check_loadable(version: ModelVersion) -> None:
     intact serving graph (see _serving_graph_ensure)."""
     try:
         model_version_serving_graph_ensure(version=version)
-    except (WeightsStorageUnavailable, GraphWriterFailed) as exc:
+    except (WeightsStorageUnavailable, ExportFailed) as exc:
         raise ActivationUnavailable(f"Cannot activate {version.version_name} now: {exc}") from exc
     except (WeightsIntegrityError, WeightsError) as exc:
         raise ActivationError(f"Cannot activate {version.version_name}: {exc}") from exc

@@ -1,6 +1,6 @@
-"""inference.serving and inference.export: the serving graph run by ONNX Runtime gives the torch
-reference's probabilities and heatmaps (and so pytorch_grad_cam's), from one run, on real images;
-a worker serving a stored graph never imports torch."""
+"""inference.export and inference.serving: the graph exported by torch.onnx.export and run by ONNX
+Runtime gives the network's own logits and pytorch_grad_cam's heatmaps, for every architecture in
+the table, from one run, on real images; a worker serving a stored graph never imports torch."""
 
 import json
 import os
@@ -14,10 +14,11 @@ import pytest
 import torch
 from torch import nn
 
-from inference.export import linear_head, onnx_graph
-from inference.pipeline import cams_normalised, decode, predict, preprocess
-from inference.serving import ServingRuntime, class_activation_maps, runtime_for_module
-from inference.weights import build_model, load_model
+from inference.architectures import ARCHITECTURES, architecture_get
+from inference.export import ServingModule, onnx_graph
+from inference.pipeline import NonFiniteOutput, cams_normalised, decode, predict, preprocess
+from inference.serving import ServingRuntime
+from inference.weights import load_model
 from registry.models import DEFAULT_PREPROCESSING
 from tests.conftest import shared_data_path, starter_weights_bytes
 
@@ -28,22 +29,15 @@ REAL_IMAGES = [
     ("pydicom_data", "RG1_UNCR.dcm"),
 ]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    # Two shared, busy cores: one intra-op thread keeps the torch reference fast (see
-    # test_pipeline_heatmaps.py).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _trained_looking_model(seed: int = 1) -> nn.Module:
-    """A DenseNet121 whose batch norms have non-trivial statistics and affine terms (the untrained
-    starter's are identities, which would hide a wrong translation of them)."""
+def trained_looking_model(architecture: str = "densenet121", seed: int = 1) -> nn.Module:
+    """A network whose batch norms have non-trivial statistics and affine terms (an untrained
+    one's are identities, which would hide a wrong translation of them)."""
     torch.manual_seed(seed)
-    model = build_model("densenet121", 13)
+    spec = architecture_get(architecture)
+    model = spec.build(13)
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
@@ -51,20 +45,30 @@ def _trained_looking_model(seed: int = 1) -> nn.Module:
                 module.running_var.uniform_(0.5, 2.0)
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.2, 0.2)
-        model.classifier.weight.mul_(20)  # spread the probabilities away from 0.5
+        spec.head(model).weight.mul_(20)  # spread the probabilities away from 0.5
     return model.eval()
+
+
+def runtime_of(model: nn.Module, architecture: str = "densenet121") -> ServingRuntime:
+    return ServingRuntime.from_graph(onnx_graph(model, architecture, 224), 224, threads=1)
 
 
 @pytest.fixture(scope="module")
 def starter():
     model = load_model(starter_weights_bytes(), architecture="densenet121", num_classes=13)
-    return model, runtime_for_module(model, 224, threads=1)
+    return model, runtime_of(model)
 
 
 @pytest.fixture(scope="module")
 def trained_looking():
-    model = _trained_looking_model()
-    return model, runtime_for_module(model, 224, threads=1)
+    model = trained_looking_model()
+    return model, runtime_of(model)
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    model = trained_looking_model("resnet50")
+    return model, runtime_of(model, "resnet50")
 
 
 @pytest.fixture(scope="module")
@@ -75,28 +79,55 @@ def tensors():
     ]
 
 
-def _served(runtime, tensor):
-    """(probabilities (K,), cams (K, h, w)) as the serving path computes them from the runtime
-    (test_it_is_what_the_pipeline_runs_for_a_runtime checks that this is ONNX Runtime's forward)."""
-    output = predict(runtime, tensor)
-    return output.probabilities, output.cams
+def _reference(model, architecture, tensor):
+    """(probabilities, cams) of the exported module run in torch."""
+    with torch.inference_mode():
+        logits, cams, _ = ServingModule(model, architecture)(torch.from_numpy(tensor))
+    return torch.sigmoid(logits)[0].numpy(), cams[0].numpy()
 
 
-def _assert_same_as_reference(model, runtime, tensor):
-    reference = predict(model, tensor)  # the torch path, checked against pytorch_grad_cam
-    probabilities, cams = _served(runtime, tensor)
-    assert probabilities.shape == (13,) and cams.shape == (13, 7, 7)
-    np.testing.assert_allclose(probabilities, reference.probabilities, atol=1e-4)
-    np.testing.assert_allclose(cams, reference.cams, rtol=1e-3, atol=1e-5 * float(reference.cams.max()))
-    np.testing.assert_allclose(cams_normalised(cams), cams_normalised(reference.cams), atol=1e-3)
+def _grad_cam(model, architecture, tensor) -> np.ndarray:
+    grad_cam = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    # The library computes one finding per sample: a batch of 13 copies, finding c on copy c.
+    target = architecture_get(architecture).target_layer(model)
+    with grad_cam.GradCAM(model=model, target_layers=[target]) as cam:
+        maps = cam(
+            input_tensor=torch.from_numpy(tensor).repeat(13, 1, 1, 1),
+            targets=[ClassifierOutputTarget(c) for c in range(13)],
+        )
+    model.eval()
+    return maps
 
 
-@pytest.mark.parametrize("which", ["starter", "trained_looking"])
-def test_it_gives_the_torch_reference_probabilities_and_heatmaps(which, request, tensors):
+@pytest.mark.parametrize(
+    "which, architecture",
+    [("starter", "densenet121"), ("trained_looking", "densenet121"), ("resnet", "resnet50")],
+)
+def test_it_gives_the_exported_modules_probabilities_and_heatmaps(which, architecture, request, tensors):
     model, runtime = request.getfixturevalue(which)
     assert runtime.backend == "onnxruntime"
     for tensor in tensors:
-        _assert_same_as_reference(model, runtime, tensor)
+        expected_probabilities, expected_cams = _reference(model, architecture, tensor)
+        output = predict(runtime, tensor)
+        assert output.probabilities.shape == (13,) and output.cams.shape == (13, 7, 7)
+        np.testing.assert_allclose(output.probabilities, expected_probabilities, atol=1e-4)
+        np.testing.assert_allclose(
+            output.cams, expected_cams, rtol=1e-3, atol=1e-5 * float(expected_cams.max())
+        )
+        np.testing.assert_allclose(cams_normalised(output.cams), cams_normalised(expected_cams), atol=1e-3)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_the_exported_module_gives_the_networks_own_logits(architecture, tensors):
+    model = trained_looking_model(architecture, seed=4)
+    x = torch.from_numpy(tensors[0])
+    with torch.inference_mode():
+        logits, cams, features = ServingModule(model, architecture)(x)
+        expected = model(x)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    assert cams.shape == (1, 13, 7, 7) and features.shape[2:] == (7, 7)
 
 
 def test_it_returns_logits_and_the_norm5_feature_map(trained_looking, tensors):
@@ -112,46 +143,29 @@ def test_it_returns_logits_and_the_norm5_feature_map(trained_looking, tensors):
     np.testing.assert_allclose(runtime.forward_features(torch.from_numpy(tensors[0]))[0], logits, atol=1e-6)
 
 
-def test_it_matches_pytorch_grad_cam_directly(trained_looking, tensors):
-    grad_cam = pytest.importorskip("pytorch_grad_cam")
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    model, runtime = trained_looking
+@pytest.mark.parametrize("which, architecture", [("trained_looking", "densenet121"), ("resnet", "resnet50")])
+def test_it_matches_pytorch_grad_cam_directly(which, architecture, request, tensors):
+    model, runtime = request.getfixturevalue(which)
     tensor = tensors[0]
-    ours = cams_normalised(_served(runtime, tensor)[1], 224)
-    with grad_cam.GradCAM(model=model, target_layers=[model.features[-1]]) as cam:
-        reference = cam(
-            input_tensor=torch.from_numpy(tensor).repeat(13, 1, 1, 1),
-            targets=[ClassifierOutputTarget(c) for c in range(13)],
-        )
-    model.eval()
-    np.testing.assert_allclose(ours, reference, atol=1e-3)
+    ours = cams_normalised(predict(runtime, tensor).cams, 224)
+    np.testing.assert_allclose(ours, _grad_cam(model, architecture, tensor), atol=1e-3)
 
 
-def test_the_graph_computes_the_maps_as_the_numpy_formula_does(trained_looking, tensors):
-    model, runtime = trained_looking
-    with torch.inference_mode():
-        features = model.features(torch.from_numpy(tensors[1]))[0].numpy()
-    maps = class_activation_maps(features, linear_head(model).weight.detach().numpy())
-    np.testing.assert_allclose(maps, predict(model, tensors[1]).cams, rtol=1e-4, atol=1e-7)
-    np.testing.assert_allclose(runtime.run(tensors[1])[1], maps, rtol=1e-3, atol=1e-5 * float(maps.max()))
-
-
-def test_it_writes_a_valid_and_reproducible_onnx_graph():
+def test_it_exports_a_valid_and_reproducible_onnx_graph():
     onnx = pytest.importorskip("onnx")
-    graph = onnx_graph(_trained_looking_model(), 224)
+    graph = onnx_graph(trained_looking_model(), "densenet121", 224)
     proto = onnx.load_from_string(graph)
     onnx.checker.check_model(proto)
     assert [o.name for o in proto.graph.output] == ["logits", "cams", "features"]
     assert [i.name for i in proto.graph.input] == ["input"]
     # The same weights give the same bytes: stored graphs are named by their sha256.
-    assert onnx_graph(_trained_looking_model(), 224) == graph
-    assert onnx_graph(_trained_looking_model(seed=3), 224) != graph
+    assert onnx_graph(trained_looking_model(), "densenet121", 224) == graph
+    assert onnx_graph(trained_looking_model(seed=3), "densenet121", 224) != graph
 
 
 def test_it_takes_its_threads_from_lungsite_torch_threads(monkeypatch, starter):
     model, _ = starter
-    graph = onnx_graph(model, 224)
+    graph = onnx_graph(model, "densenet121", 224)
     monkeypatch.setenv("LUNGSITE_TORCH_THREADS", "2")
     runtime = ServingRuntime.from_graph(graph, 224)
     assert runtime.session.get_session_options().intra_op_num_threads == 2
@@ -162,25 +176,24 @@ def test_it_takes_its_threads_from_lungsite_torch_threads(monkeypatch, starter):
     )
 
 
-def test_it_serves_with_torch_when_the_graph_cannot_be_written(caplog, tensors):
-    model = _trained_looking_model(seed=2)
-    model.features.add_module("odd", nn.Hardswish())  # no translation for it
-    with caplog.at_level("WARNING", logger="inference.export"):
-        runtime = runtime_for_module(model, 224)
-    assert runtime is model and "Hardswish" in caplog.text
-    _assert_same_as_reference(model, runtime, tensors[0])
+def test_it_refuses_to_return_non_finite_outputs(tensors):
+    model = trained_looking_model(seed=5)
+    with torch.no_grad():
+        model.classifier.bias[3] = float("nan")  # what load_model refuses; built here directly
+    with pytest.raises(NonFiniteOutput, match="not finite"):
+        predict(runtime_of(model), tensors[0])
 
 
 def test_it_serves_several_threads_at_once(trained_looking, tensors):
     model, runtime = trained_looking
-    expected = [predict(model, t).probabilities for t in tensors]
+    expected = [_reference(model, "densenet121", t)[0] for t in tensors]
     results: dict[int, np.ndarray] = {}
     errors: list[BaseException] = []
 
     def work(index):
         try:
             for _ in range(2):
-                results[index] = _served(runtime, tensors[index])[0]
+                results[index] = predict(runtime, tensors[index]).probabilities
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -200,20 +213,6 @@ def test_it_refuses_a_batch(starter, tensors):
         runtime.run(np.concatenate([tensors[0], tensors[1]]))
 
 
-def test_it_is_what_the_pipeline_runs_for_a_runtime(trained_looking, tensors):
-    model, runtime = trained_looking
-    calls = []
-    handle = model.features.register_forward_hook(lambda *args: calls.append(1))
-    try:
-        output = predict(runtime, tensors[0])
-    finally:
-        handle.remove()
-    assert calls == []  # ONNX Runtime ran the forward, not torch
-    reference = predict(model, tensors[0])
-    np.testing.assert_allclose(output.probabilities, reference.probabilities, atol=1e-4)
-    np.testing.assert_allclose(cams_normalised(output.cams), cams_normalised(reference.cams), atol=1e-3)
-
-
 def test_it_is_what_the_cache_serves(starter_model, tensors):
     from registry import cache
 
@@ -223,7 +222,10 @@ def test_it_is_what_the_cache_serves(starter_model, tensors):
         assert isinstance(serving.model, ServingRuntime) and serving.model.backend == "onnxruntime"
         assert serving.version.pk == starter_model.pk
         reference = load_model(starter_weights_bytes(), architecture="densenet121", num_classes=13)
-        _assert_same_as_reference(reference, serving.model, tensors[0])
+        expected_probabilities, expected_cams = _reference(reference, "densenet121", tensors[0])
+        output = predict(serving.model, tensors[0])
+        np.testing.assert_allclose(output.probabilities, expected_probabilities, atol=1e-4)
+        np.testing.assert_allclose(cams_normalised(output.cams), cams_normalised(expected_cams), atol=1e-3)
     finally:
         cache.clear()
 
@@ -252,7 +254,7 @@ print(json.dumps({
 def test_a_worker_serving_a_stored_graph_never_imports_torch(starter, tmp_path):
     model, runtime = starter
     graph = tmp_path / "serving.onnx"
-    graph.write_bytes(onnx_graph(model, 224))
+    graph.write_bytes(onnx_graph(model, "densenet121", 224))
     image = shared_data_path(*REAL_IMAGES[0])
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
@@ -266,7 +268,8 @@ def test_a_worker_serving_a_stored_graph_never_imports_torch(starter, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["torch"] == []
-    expected = predict(model, preprocess(decode(image.read_bytes()), DEFAULT_PREPROCESSING)).probabilities
+    tensor = preprocess(decode(image.read_bytes()), DEFAULT_PREPROCESSING)
+    expected = _reference(model, "densenet121", tensor)[0]
     np.testing.assert_allclose(result["probabilities"], expected, atol=1e-4)
     # Without torch one serving process stays far below the 700 MB a worker is allowed (with torch,
     # `import torch` alone peaked at ~510 MB here); a generous bound, not a benchmark.

@@ -1,5 +1,6 @@
 """inference.weights: every accepted layout loads the same tensors; wrong files are refused with
-their own message; a pickle that would run code is refused without running it."""
+their own message (naming the layer where one is at fault); a pickle that would run code is refused
+without running it; weights that would give non-finite outputs never become a serving graph."""
 
 import io
 import os
@@ -10,11 +11,13 @@ import sys
 import pytest
 import torch
 
+from inference.architectures import architecture_get
 from inference.weights import (
-    GraphWriterFailed,
+    ExportFailed,
     WeightsError,
     load_model,
     load_state_dict,
+    save_state_dict,
     serving_graph_from_weights,
 )
 from tests.conftest import starter_weights_bytes
@@ -84,10 +87,58 @@ def test_it_refuses_weights_of_another_network(state):
     partial = {key: value for key, value in state.items() if "denseblock4" not in key}
     with pytest.raises(WeightsError, match="do not fit densenet121: .* missing keys"):
         load_model(_bytes(partial), architecture="densenet121", num_classes=13)
-    with pytest.raises(WeightsError, match="no DenseNet classifier"):
+    with pytest.raises(WeightsError, match="no densenet121 classifier layer"):
         load_model(_bytes({"fc.weight": torch.zeros(13, 4)}), architecture="densenet121", num_classes=13)
-    with pytest.raises(WeightsError, match="Unknown architecture"):
+    with pytest.raises(WeightsError, match="no resnet50 classifier layer"):
         load_model(_bytes(state), architecture="resnet50", num_classes=13)
+    with pytest.raises(WeightsError, match="Unknown architecture 'vgg16'; supported: densenet121, resnet50"):
+        load_model(_bytes(state), architecture="vgg16", num_classes=13)
+
+
+def test_it_refuses_a_layer_of_the_wrong_shape_and_names_it(state):
+    wrong = dict(state)
+    wrong["features.conv0.weight"] = torch.zeros(64, 3, 5, 5)
+    with pytest.raises(WeightsError) as caught:
+        load_model(_bytes(wrong), architecture="densenet121", num_classes=13)
+    assert str(caught.value) == (
+        "The weights do not fit densenet121: layer features.conv0.weight has shape (64, 3, 5, 5) "
+        "where densenet121 has (64, 3, 7, 7)."
+    )
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("classifier.weight", float("nan"), "layer classifier.weight holds 1 value that is not a finite"),
+        ("classifier.bias", float("inf"), "layer classifier.bias holds 1 value that is not a finite"),
+        ("classifier.weight", 1e38, "layer classifier.weight holds a value of magnitude 1e+38"),
+        ("features.denseblock2.denselayer3.conv1.weight", float("-inf"), "layer features.denseblock2"),
+    ],
+)
+def test_it_refuses_non_finite_or_absurd_values_and_names_the_layer(state, key, value, message):
+    poisoned = {k: v.clone() for k, v in state.items()}
+    poisoned[key].view(-1)[0] = value
+    with pytest.raises(WeightsError, match="Refused: " + re.escape(message)):
+        load_model(_bytes(poisoned), architecture="densenet121", num_classes=13)
+
+
+def _resnet50_state(seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    return architecture_get("resnet50").build(13).state_dict()
+
+
+@pytest.mark.parametrize("layout", ["plain", "dataparallel_checkpoint"])
+def test_it_loads_resnet50_weights(layout):
+    state = _resnet50_state()
+    if layout == "plain":
+        obj = state
+    else:
+        obj = {"state_dict": {"module." + key: value for key, value in state.items()}, "epoch": 3}
+    model = load_model(_bytes(obj), architecture="resnet50", num_classes=13)
+    assert torch.equal(model.fc.weight, state["fc.weight"])
+    assert torch.equal(model.layer4[2].bn3.running_var, state["layer4.2.bn3.running_var"])
+    with pytest.raises(WeightsError, match="no densenet121 classifier layer"):
+        load_model(_bytes(obj), architecture="densenet121", num_classes=13)
 
 
 def test_it_refuses_files_that_are_not_weights():
@@ -148,7 +199,8 @@ def test_it_registers_no_hostile_pickle(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# serving_graph_from_weights: the same answers in this process and in a child process
+# serving_graph_from_weights: the same answers in this process and in a child process, and graphs
+# whose outputs are not finite are refused
 
 
 def test_the_child_process_writes_the_same_graph_as_this_process():
@@ -163,16 +215,23 @@ def test_the_child_process_writes_the_same_graph_as_this_process():
     assert child == here
 
 
+def _wrong_conv_bytes() -> bytes:
+    state = load_state_dict(starter_weights_bytes())
+    state["features.denseblock1.denselayer1.conv2.weight"] = torch.zeros(32, 128, 1, 1)
+    return _bytes(state)
+
+
 @pytest.mark.parametrize(
     "data, num_classes, message",
     [
         (b"", 13, "The weights file is empty."),
         (b"PK\x03\x04 not a torch file", 13, "Not a PyTorch weights file"),
         (None, 14, "The weights have 13 outputs but 14 class names were given."),
+        ("wrong_conv", 13, "layer features.denseblock1.denselayer1.conv2.weight has shape (32, 128, 1, 1)"),
     ],
 )
 def test_the_child_process_refuses_what_this_process_refuses(data, num_classes, message):
-    data = starter_weights_bytes() if data is None else data
+    data = {None: starter_weights_bytes, "wrong_conv": _wrong_conv_bytes}.get(data, lambda: data)()
     refusals = []
     for isolate in (False, True):
         with pytest.raises(WeightsError) as caught:
@@ -186,7 +245,31 @@ def test_the_child_process_refuses_what_this_process_refuses(data, num_classes, 
 
 def test_a_crashed_child_process_is_not_taken_for_a_refusal(monkeypatch):
     monkeypatch.setattr(sys, "executable", "/bin/false")
-    with pytest.raises(GraphWriterFailed, match="exit status 1"):
+    with pytest.raises(ExportFailed, match="exit status 1"):
         serving_graph_from_weights(
             b"x", architecture="densenet121", num_classes=13, input_size=224, isolate=True
         )
+
+
+def test_it_refuses_weights_whose_graph_gives_non_finite_outputs():
+    # Finite, modest values that still make every output NaN: a negative running variance.
+    model = load_model(starter_weights_bytes(), architecture="densenet121", num_classes=13)
+    with torch.no_grad():
+        model.features.norm5.running_var[:8] = -1.0
+    with pytest.raises(WeightsError, match="give scores that are not finite numbers"):
+        serving_graph_from_weights(
+            save_state_dict(model), architecture="densenet121", num_classes=13, input_size=224, isolate=False
+        )
+
+
+def test_it_reports_each_step_to_progress():
+    steps: list[str] = []
+    serving_graph_from_weights(
+        starter_weights_bytes(),
+        architecture="densenet121",
+        num_classes=13,
+        input_size=224,
+        isolate=False,
+        progress=steps.append,
+    )
+    assert len(steps) == 2 and "exporting the serving graph" in steps[0] and "outputs" in steps[1]

@@ -1,3 +1,4 @@
+import io
 import json
 
 import pytest
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.django_db
 
 
 def run(*args) -> dict:
-    out = __import__("io").StringIO()
+    out = io.StringIO()
     call_command("register_model", *args, stdout=out)
     return json.loads(out.getvalue())
 
@@ -116,3 +117,83 @@ def test_it_refuses_a_missing_file(tmp_path):
 def test_it_refuses_a_file_that_is_not_weights(weights_file):
     with pytest.raises(CommandError, match="Not a PyTorch weights file"):
         run(weights_file(b"hello, not a checkpoint"), "--version-name", "x")
+
+
+def test_it_says_what_it_is_doing_on_stderr(weights_file):
+    out, err = io.StringIO(), io.StringIO()
+    call_command(
+        "register_model",
+        weights_file(variant_weights_bytes(14)),
+        "--version-name",
+        "talk",
+        "--activate",
+        stdout=out,
+        stderr=err,
+    )
+    lines = err.getvalue().splitlines()
+    assert [line.split(" ")[0] for line in lines] == [
+        "Loading",
+        "Checking",
+        "Storing",
+        "Registered",
+        "Activating",
+    ]
+    assert "exporting the serving graph" in lines[0]
+    assert json.loads(out.getvalue())["is_active"] is True  # stdout stays one JSON object
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_it_registers_and_serves_a_resnet50_with_grad_cam_heatmaps(weights_file, api, clinician):
+    """A torchvision ResNet50 state_dict, end to end: registered and activated by the command,
+    served through the API on a real X-ray, its stored heatmaps equal to pytorch_grad_cam.GradCAM
+    with target layer layer4."""
+    import numpy as np
+    import torch
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from audit.models import Prediction
+    from inference.pipeline import cams_normalised, decode, preprocess
+    from inference.weights import load_model, save_state_dict
+    from registry.models import DEFAULT_PREPROCESSING
+    from tests.conftest import shared_data_path
+
+    torch.manual_seed(5)
+    from torchvision.models import resnet50
+
+    network = resnet50(weights=None, num_classes=13)
+    row = run(
+        weights_file(save_state_dict(network)),
+        "--version-name",
+        "resnet-1",
+        "--architecture",
+        "resnet50",
+        "--activate",
+    )
+    assert (row["architecture"], row["is_active"]) == ("resnet50", True)
+
+    path = shared_data_path("nih_reproduce_chexnet", "images", "00000075_000.png")
+    upload = SimpleUploadedFile(path.name, path.read_bytes(), content_type="image/png")
+    response = api(clinician).post("/api/v1/predictions/", {"image": upload}, format="multipart")
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["model"]["version_name"] == "resnet-1"
+    assert [f["name"] for f in body["findings"]] == DEFAULT_CLASS_NAMES
+    assert set(body["heatmaps"]) == set(DEFAULT_CLASS_NAMES)
+
+    stored = Prediction.objects.get(pk=body["id"]).heatmaps
+    ours = cams_normalised(np.asarray([stored[name] for name in DEFAULT_CLASS_NAMES], np.float32), 224)
+    model = load_model(save_state_dict(network), architecture="resnet50", num_classes=13)
+    tensor = preprocess(decode(path.read_bytes()), DEFAULT_PREPROCESSING)
+    with GradCAM(model=model, target_layers=[model.layer4]) as cam:
+        reference = cam(
+            input_tensor=torch.from_numpy(tensor).repeat(13, 1, 1, 1),
+            targets=[ClassifierOutputTarget(c) for c in range(13)],
+        )
+    # ONNX Runtime's float32 over 50 layers, and 6 significant digits in the row (see
+    # tests/inference/test_pipeline_heatmaps.py for the closed form's own 2e-5).
+    np.testing.assert_allclose(ours, reference, atol=1e-4)
+    with torch.inference_mode():
+        expected = torch.sigmoid(model(torch.from_numpy(tensor)))[0].numpy()
+    np.testing.assert_allclose([f["probability"] for f in body["findings"]], expected, atol=1e-4)

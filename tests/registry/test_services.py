@@ -199,11 +199,11 @@ def test_it_refuses_to_activate_missing_weights(register):
 
 
 def test_a_crashed_weights_checker_is_unavailable_not_refused(settings, register, monkeypatch):
-    from inference.weights import GraphWriterFailed
+    from inference.weights import ExportFailed
     from registry import services
 
     def crash(*args, **kwargs):
-        raise GraphWriterFailed("The weights checker failed (exit status -9).")
+        raise ExportFailed("The weights checker failed (exit status -9).")
 
     older = register("older")
     weights_storage().delete(older.serving_graph_path)

@@ -3,17 +3,27 @@ through it (the admin, the activation API): the weights are checked and the serv
 in a child process (inference.weights.serving_graph_from_weights)."""
 
 import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from inference.export import onnx_graph
-from inference.weights import load_model
+from inference.weights import load_model, load_state_dict
 from tests.conftest import starter_weights_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _save(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
 
 # A fresh Django process on its own SQLite, doing what a worker does for a model-admin.
 WORKER = """
@@ -37,6 +47,11 @@ try:
     model_version_register(file=junk, version_name="junk", class_names=DEFAULT_CLASS_NAMES)
 except RegistrationError as exc:
     out["refusal"] = str(exc)
+try:
+    misshapen = open(sys.argv[2], "rb").read()
+    model_version_register(file=misshapen, version_name="misshapen", class_names=DEFAULT_CLASS_NAMES)
+except RegistrationError as exc:
+    out["misshapen"] = [type(exc).__name__, str(exc)]
 
 model_version_activate(version=first, via="command")
 out["serving_first"] = [cache.get_active().version.version_name, cache.get_active().model.backend]
@@ -66,10 +81,13 @@ print(json.dumps(out))
 def test_registering_and_activating_in_a_worker_never_imports_torch(tmp_path):
     weights = starter_weights_bytes()
     (tmp_path / "weights.pt").write_bytes(weights)
+    state = load_state_dict(weights)
+    state["features.conv0.weight"] = torch.zeros(64, 3, 3, 3)  # a conv of the wrong shape
+    (tmp_path / "misshapen.pt").write_bytes(_save(state))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "SUPABASE_"))}
     env.update(DJANGO_SETTINGS_MODULE="lungsite.settings", LUNGSITE_DATA_DIR=str(tmp_path / "data"))
     done = subprocess.run(
-        [sys.executable, "-c", WORKER, str(tmp_path / "weights.pt")],
+        [sys.executable, "-c", WORKER, str(tmp_path / "weights.pt"), str(tmp_path / "misshapen.pt")],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -82,10 +100,16 @@ def test_registering_and_activating_in_a_worker_never_imports_torch(tmp_path):
     assert out["torch"] == []
     # The graph the child processes wrote is the one this process writes from the same weights.
     model = load_model(weights, architecture="densenet121", num_classes=13)
-    expected = hashlib.sha256(onnx_graph(model, 224)).hexdigest()
+    expected = hashlib.sha256(onnx_graph(model, "densenet121", 224)).hexdigest()
     assert out["graphs"] == [expected] * 2
     assert out["rewritten"] == expected
     assert "Not a PyTorch weights file" in out["refusal"]
+    # A refusal that names the layer, not "the weights checker failed, try again".
+    assert out["misshapen"] == [
+        "RegistrationError",
+        "The weights do not fit densenet121: layer features.conv0.weight has shape (64, 3, 3, 3) "
+        "where densenet121 has (64, 3, 7, 7).",
+    ]
     assert out["serving_first"] == ["first", "onnxruntime"]
     assert out["serving_second"] == ["second", "onnxruntime"]
     # With torch the worker peaked at 977 MB after one activation through the API; without it

@@ -20,10 +20,11 @@ STARTER_SEED = 0
 def starter_weights() -> bytes:
     import torch
 
-    from inference.weights import build_model, save_state_dict
+    from inference.architectures import architecture_get
+    from inference.weights import save_state_dict
 
     torch.manual_seed(STARTER_SEED)
-    return save_state_dict(build_model("densenet121", len(DEFAULT_CLASS_NAMES)))
+    return save_state_dict(architecture_get("densenet121").build(len(DEFAULT_CLASS_NAMES)))
 
 
 class Command(BaseCommand):
@@ -72,6 +73,7 @@ class Command(BaseCommand):
                 version_name=STARTER_VERSION_NAME,
                 class_names=DEFAULT_CLASS_NAMES,
                 untrained=True,
+                progress=self.stderr.write,
                 notes=(
                     "UNTRAINED: a DenseNet121 with random weights (seed "
                     f"{STARTER_SEED}). Its scores carry no medical meaning; register real weights."

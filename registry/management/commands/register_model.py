@@ -3,6 +3,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from inference.architectures import ARCHITECTURES
 from registry.management.commands._output import dumps, one_line, refused, version_as_dict
 from registry.models import DEFAULT_CLASS_NAMES, ActivationEvent
 from registry.services import (
@@ -20,7 +21,7 @@ def split_class_names(text: str) -> list[str]:
 
 class Command(BaseCommand):
     help = (
-        "Checks a weights file, stores it in the models storage and registers it as a version (prints JSON)."
+        "Checks a weights file, exports its serving graph, stores both and registers a version (prints JSON)."
     )
 
     def add_arguments(self, parser):
@@ -31,7 +32,7 @@ class Command(BaseCommand):
             "--classes", help="comma-separated class names in output order (default: the 13)"
         )
         classes.add_argument("--classes-file", help="file with class names, one per line or comma separated")
-        parser.add_argument("--architecture", default="densenet121")
+        parser.add_argument("--architecture", default="densenet121", choices=ARCHITECTURES)
         parser.add_argument("--auroc", type=float, help="mean AUROC measured elsewhere, 0..1")
         parser.add_argument("--thresholds-file", help='JSON object {"ClassName": 0.42, ...}')
         parser.add_argument("--preprocessing-file", help="JSON object: input_size, channels, mean, std")
@@ -64,10 +65,14 @@ class Command(BaseCommand):
                 auroc=options["auroc"],
                 notes=options["notes"],
                 untrained=options["untrained"],
+                # The export takes seconds: say what is happening, on stderr so stdout stays JSON.
+                progress=self.stderr.write,
             )
         except RegistrationError as exc:
             raise CommandError(one_line(refused(exc))) from exc
+        self.stderr.write(f"Registered {version.version_name} as id {version.pk}.")
         if options["activate"]:
+            self.stderr.write(f"Activating {version.version_name}...")
             try:
                 version = model_version_activate(version=version, via=ActivationEvent.VIA_COMMAND)
             except ActivationError as exc:
