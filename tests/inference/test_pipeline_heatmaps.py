@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from inference.pipeline import cams_normalised, decode, heatmap_overlay_png, predict, preprocess
+from inference.decode import decode
+from inference.pipeline import cams_normalised, heatmap_overlay_png, predict, preprocess
 from inference.weights import load_model
 from registry.models import DEFAULT_PREPROCESSING
 from tests.conftest import shared_data_path, starter_weights_bytes
