@@ -124,17 +124,15 @@ def on_starting(server):
 
 def post_worker_init(worker):
     """Readies the worker before it takes requests:
-    - loads the compiled loops of the upload path (the PNG unfilter of inference/png.py and the
-      resize of inference/resize.py), so its first upload does not wait for numba (0.1-1 s);
-    - moves every object that exists by then (Django, DRF, numpy, numba, LLVM's bindings: hundreds
-      of thousands) out of reach of Python's cyclic garbage collector (`gc.freeze`), so that the
+    - starts its decoding process (inference/decode_pool.py), so its first upload does not wait
+      for the fork server to import the decoders (~1-2 s);
+    - moves every object that exists by then (Django, DRF, numpy: hundreds of thousands) out of reach of Python's cyclic garbage collector (`gc.freeze`), so that the
       collections that requests trigger no longer walk them all. Under load this took the
       collector's share of a worker's CPU from 1.1% to 0.2% (perf, 4 clients)."""
     import gc
 
-    from inference import png, resize
+    from inference import decode_pool
 
-    png.warm_up()
-    resize.warm_up()
+    decode_pool.warm_up()
     gc.collect()
     gc.freeze()

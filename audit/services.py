@@ -3,10 +3,8 @@ all or nothing. Heatmap PNGs are rendered when first fetched and then kept."""
 
 from __future__ import annotations
 
-import io
 import logging
 import re
-import struct
 import time
 import uuid
 from dataclasses import dataclass
@@ -29,14 +27,6 @@ if TYPE_CHECKING:  # numpy loads with the first prediction: `manage.py check/mig
 
 logger = logging.getLogger(__name__)
 
-# PNG chunks that describe pixels only. Everything else (tEXt, zTXt, iTXt, eXIf, tIME, iCCP, private
-# chunks) can carry names, dates or identifiers and is dropped from the stored copy.
-_PNG_PIXEL_CHUNKS = {b"IHDR", b"PLTE", b"IDAT", b"IEND", b"tRNS", b"gAMA", b"cHRM", b"sRGB", b"sBIT"}
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# JPEG segments kept: frame/scan/table markers, JFIF (APP0) and Adobe (APP14, it says how to
-# read the colours). APP1 (Exif/XMP), APP2 (ICC), other APPn and COM are dropped.
-_JPEG_KEEP_APP = {0xE0, 0xEE}
-
 
 class StorageUnavailable(Exception):
     """The xray_images storage refused a read or a write."""
@@ -46,99 +36,8 @@ class AuditWriteError(Exception):
     """The prediction row could not be written (nothing was left behind)."""
 
 
-@dataclass(frozen=True)
-class StoredImage:
-    data: bytes
-    extension: str  # "png" or "jpg"
-    content_type: str
-
-
 def images_storage() -> Storage:
     return storages["xray_images"]
-
-
-# --------------------------------------------------------------------------------------------
-# The analysed image, without patient data
-
-
-def _png_without_metadata(data: bytes) -> bytes | None:
-    """The PNG with only its pixel chunks, byte for byte; None when it cannot be walked or holds
-    EXIF (which may carry an orientation that decode applied: the caller re-encodes the pixels)."""
-    from inference.pipeline import png_chunks
-
-    chunks = png_chunks(data)
-    if chunks is None or any(kind == b"eXIf" for kind, _, _ in chunks):
-        return None
-    return _PNG_MAGIC + b"".join(data[start:end] for kind, start, end in chunks if kind in _PNG_PIXEL_CHUNKS)
-
-
-def _jpeg_without_metadata(data: bytes) -> bytes | None:
-    """The JPEG without APPn (except JFIF/Adobe) and COM segments before the first scan; the
-    compressed data is copied unchanged. None when the markers cannot be walked."""
-    if not data.startswith(b"\xff\xd8"):
-        return None
-    out = [b"\xff\xd8"]
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            return None
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        end = pos + 2 + length
-        if end > len(data):
-            return None
-        if marker == 0xDA:  # start of scan: the rest is entropy-coded data and later scans
-            out.append(data[pos:])
-            return b"".join(out)
-        is_app = 0xE0 <= marker <= 0xEF
-        if (is_app and marker in _JPEG_KEEP_APP) or (not is_app and marker != 0xFE):
-            out.append(data[pos:end])
-        pos = end
-    return None
-
-
-def _png_of(image: np.ndarray) -> bytes:
-    """An 8-bit grayscale PNG of the decoded picture (after windowing/LUTs, as the model saw it).
-    8 bits: a 16-bit PNG of a 1955x1841 CR plate took ~500 ms to encode here against ~170 ms, and
-    the extra bits are not visible on a display."""
-    import numpy as np
-    from PIL import Image
-
-    if image.dtype == np.uint8:  # 8-bit pixels as decoded (inference.pipeline.decode_gray)
-        pixels = np.ascontiguousarray(image)
-    else:
-        pixels = np.round(np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-def _jpeg_orientation(data: bytes) -> int:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as pil:
-            return int(pil.getexif().get(0x0112, 1) or 1)
-    except Exception:  # noqa: BLE001 - unreadable EXIF means no orientation to honour
-        return 1
-
-
-def sanitised_image(data: bytes, image: np.ndarray) -> StoredImage:
-    """What the audit log keeps of an upload: a PNG or JPEG as uploaded minus its metadata
-    segments (same compressed pixels), or, for DICOM and anything we cannot strip safely, a PNG of
-    the decoded pixels (`image`, (H, W) float in [0, 1] or uint8) — never a DICOM header."""
-    if data.startswith(_PNG_MAGIC):
-        stripped = _png_without_metadata(data)
-        if stripped is not None:
-            return StoredImage(stripped, "png", "image/png")
-    elif data.startswith(b"\xff\xd8\xff") and _jpeg_orientation(data) == 1:
-        stripped = _jpeg_without_metadata(data)
-        if stripped is not None:
-            return StoredImage(stripped, "jpg", "image/jpeg")
-    return StoredImage(_png_of(image), "png", "image/png")
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,21 +98,23 @@ class StoredUpload:
 
 
 def image_store(*, data: bytes, image: np.ndarray) -> StoredUpload:
-    """Stores the analysed image without its metadata (`sanitised_image`). Raises
-    StorageUnavailable, leaving nothing behind. Touches no database: prediction_create runs it on a
-    second thread while the model runs."""
+    """Stores the analysed image as a PNG of its decoded pixels (`audit.stored_image`), never the
+    uploaded bytes. Raises StorageUnavailable, leaving nothing behind. Touches no database:
+    prediction_create runs it on a second thread while the model runs."""
     import hashlib
 
-    stored = sanitised_image(data, image)
-    name = f"images/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.{stored.extension}"
+    from audit import stored_image
+
+    png = stored_image.png_bytes(image)
+    name = f"images/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.{stored_image.EXTENSION}"
     storage = images_storage()
     try:
-        name = storage.save(name, ContentFile(stored.data))
+        name = storage.save(name, ContentFile(png))
     except Exception as exc:  # noqa: BLE001 - any backend failure means "storage unavailable"
         logger.error("cannot store the analysed image: %s", exc)
         _delete_quietly(storage, name)
         raise StorageUnavailable(f"The image store is unavailable ({type(exc).__name__}).") from exc
-    return StoredUpload(name=name, data=stored.data, sha256=hashlib.sha256(stored.data).hexdigest())
+    return StoredUpload(name=name, data=png, sha256=hashlib.sha256(png).hexdigest())
 
 
 def image_discard(stored: StoredUpload) -> None:
@@ -297,7 +198,8 @@ def heatmap_png(*, prediction: Prediction, name: str) -> bytes:
     Raises LookupError for a finding the prediction has no map for."""
     import numpy as np
 
-    from inference.pipeline import DecodeError, decode, heatmap_overlay_png
+    from inference.decode import DecodeError, decode
+    from inference.pipeline import heatmap_overlay_png
 
     cams = prediction.heatmaps or {}
     if name not in cams or not isinstance(cams[name], list):

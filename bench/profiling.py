@@ -6,7 +6,7 @@ from __future__ import annotations
 
 # stage -> (function name, end of its file path) as pyinstrument records the frame
 STAGES = {
-    "decode": ("decode_gray", "inference/pipeline.py"),
+    "decode": ("decode_gray", "inference/decode_pool.py"),  # the wait for the decoding process
     "preprocess": ("preprocess", "inference/pipeline.py"),
     "forward_and_heatmaps": ("predict", "inference/pipeline.py"),
     "get_active": ("get_active", "registry/cache.py"),
@@ -21,7 +21,7 @@ HEATMAP_STAGES = {
     "heatmap_png_first_fetch": ("heatmap_png", "audit/services.py"),
     "heatmap_png_render": ("heatmap_overlay_png", "inference/pipeline.py"),
     "heatmap_png_encode": ("save", "PIL/Image.py"),
-    "heatmap_stored_image_decode": ("decode", "inference/pipeline.py"),
+    "heatmap_stored_image_decode": ("decode", "inference/decode.py"),
 }
 
 

@@ -416,7 +416,8 @@ def main(argv=None) -> int:
         from django.contrib.auth import get_user_model
 
         from bench import inprocess
-        from inference.pipeline import decode, preprocess
+        from inference.decode import decode
+        from inference.pipeline import preprocess
         from registry import cache
         from registry.models import DEFAULT_PREPROCESSING
 

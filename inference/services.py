@@ -89,14 +89,23 @@ def prediction_create(*, upload: UploadedFile, user: AbstractBaseUser | None, so
     or PredictionUnavailable (503: no model can serve, image storage or database unavailable).
     Nothing is stored when it raises."""
     from audit.services import AuditWriteError, StorageUnavailable, prediction_log
-    from inference.pipeline import DecodeError, NonFiniteOutput, decode_gray, predict, preprocess
+    from inference import decode_pool
+    from inference.decode import DecodeError
+    from inference.pipeline import NonFiniteOutput, predict, preprocess
     from registry.cache import NoActiveModel, get_active, model_withdraw
     from registry.models import DEFAULT_PREPROCESSING
 
     started = time.perf_counter()
     data = _read_upload(upload, settings.LUNGSITE_MAX_UPLOAD_MB * 1024 * 1024)
     try:
-        image = decode_gray(data, getattr(upload, "name", "") or "", max_pixels=settings.LUNGSITE_MAX_PIXELS)
+        image = decode_pool.decode_gray(
+            data,
+            getattr(upload, "name", "") or "",
+            timeout_s=settings.LUNGSITE_DECODE_TIMEOUT_S,
+            max_mb=settings.LUNGSITE_DECODE_MAX_MB,
+            max_pixels=settings.LUNGSITE_MAX_PIXELS,
+            allow_burned_in_annotation=settings.LUNGSITE_ALLOW_BURNED_IN_ANNOTATION,
+        )
     except DecodeError as exc:
         raise PredictionRefused(str(exc), code=exc.code, status=exc.status) from exc
 

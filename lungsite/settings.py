@@ -204,6 +204,12 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = LUNGSITE_MAX_UPLOAD_MB * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = FILE_UPLOAD_MAX_MEMORY_SIZE + 1024 * 1024
 # Decoded pixels allowed in one upload (a 1024x1024 X-ray is ~1 Mpx; large CR/DR plates ~20 Mpx).
 LUNGSITE_MAX_PIXELS = envint("LUNGSITE_MAX_PIXELS", 60_000_000)
+# Each upload is decoded in a child process with this much address space and time at most
+# (inference/decode_pool.py): a 60 Mpx DICOM needs about 1 GB and a few seconds.
+LUNGSITE_DECODE_TIMEOUT_S = envint("LUNGSITE_DECODE_TIMEOUT_S", 20)
+LUNGSITE_DECODE_MAX_MB = envint("LUNGSITE_DECODE_MAX_MB", 2048)
+# A DICOM that says BurnedInAnnotation YES has text (names, dates) in its pixels: refused unless on.
+LUNGSITE_ALLOW_BURNED_IN_ANNOTATION = envbool("LUNGSITE_ALLOW_BURNED_IN_ANNOTATION", False)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 from inference.architectures import architecture_get
+from inference.decode import decode
 from inference.export import ServingModule, onnx_graph
-from inference.pipeline import cams_normalised, decode, heatmap_overlay_png, predict, preprocess
+from inference.pipeline import cams_normalised, heatmap_overlay_png, predict, preprocess
 from inference.serving import ServingRuntime
 from inference.weights import load_model
 from registry.models import DEFAULT_PREPROCESSING

@@ -16,7 +16,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from audit import services as audit_services
 from audit.models import Prediction
-from inference.pipeline import decode
+from inference.decode import decode
 from inference.services import PredictionRefused, PredictionUnavailable, prediction_create
 from registry.models import DEFAULT_CLASS_NAMES
 from tests.conftest import shared_data_path

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from inference.architectures import ARCHITECTURES, architecture_get
+from inference.decode import decode
 from inference.export import ServingModule, onnx_graph
-from inference.pipeline import NonFiniteOutput, cams_normalised, decode, predict, preprocess
+from inference.pipeline import NonFiniteOutput, cams_normalised, predict, preprocess
 from inference.serving import ServingRuntime
 from inference.weights import load_model
 from registry.models import DEFAULT_PREPROCESSING
@@ -235,7 +236,8 @@ import json, os, sys
 import django
 django.setup()
 import lungsite.urls  # every view, API and admin module a worker imports
-from inference.pipeline import decode, heatmap_overlay_png, predict, preprocess
+from inference.decode import decode
+from inference.pipeline import heatmap_overlay_png, predict, preprocess
 from inference.serving import ServingRuntime
 from registry.models import DEFAULT_PREPROCESSING
 runtime = ServingRuntime.from_graph(open(sys.argv[1], "rb").read(), 224, threads=1)

@@ -154,7 +154,8 @@ def test_it_registers_and_serves_a_resnet50_with_grad_cam_heatmaps(weights_file,
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from audit.models import Prediction
-    from inference.pipeline import cams_normalised, decode, preprocess
+    from inference.decode import decode
+    from inference.pipeline import cams_normalised, preprocess
     from inference.weights import load_model, save_state_dict
     from registry.models import DEFAULT_PREPROCESSING
     from tests.conftest import shared_data_path

@@ -35,7 +35,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **options):
-        from inference.pipeline import decode, preprocess
+        from inference.decode import decode
+        from inference.pipeline import preprocess
         from inference.weights import WeightsError, load_model
 
         try:
