@@ -10,7 +10,6 @@ from django.http import Http404, JsonResponse
 from django.views import defaults
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse
 from rest_framework import exceptions, serializers, status
-from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 API_PREFIX = "/api/"
@@ -45,10 +44,6 @@ def _flatten(detail) -> str:
 
 def error_body(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
-
-
-def error_response(code: str, message: str, status: int, headers: dict | None = None) -> Response:
-    return Response(error_body(code, message), status=status, headers=headers)
 
 
 def exception_handler(exc, context):

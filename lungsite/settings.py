@@ -162,10 +162,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Storage: every byte goes through these aliases; nothing else knows where bytes live.
 SUPABASE_URL = os.environ.get("SUPABASE_URL", "")
 SUPABASE_KEY = os.environ.get("SUPABASE_KEY", "")
-# Storage's own address: a self-hosted or standalone Storage server serves its routes at its root.
-SUPABASE_STORAGE_URL = os.environ.get("SUPABASE_STORAGE_URL", "").strip().rstrip("/")
-if not SUPABASE_STORAGE_URL and SUPABASE_URL:
-    SUPABASE_STORAGE_URL = SUPABASE_URL.rstrip("/") + "/storage/v1"
+# Storage's own address, default SUPABASE_URL + "/storage/v1": a self-hosted or standalone Storage
+# server serves its routes at its root.
+SUPABASE_STORAGE_URL = os.environ.get("SUPABASE_STORAGE_URL", "").strip()
 # Supabase buckets are private: url() gives signed URLs that expire after this many seconds.
 LUNGSITE_SIGNED_URL_SECONDS = envint("LUNGSITE_SIGNED_URL_SECONDS", 300)
 # Seconds to wait for Supabase Storage to answer before the request fails with a 503.
@@ -174,7 +173,7 @@ STORAGE_DIR = DATA_DIR / "storage"
 
 
 def _bucket(bucket: str) -> dict:
-    if SUPABASE_URL and SUPABASE_KEY:
+    if (SUPABASE_URL or SUPABASE_STORAGE_URL) and SUPABASE_KEY:
         return {"BACKEND": "lungsite.supabase_storage.SupabaseStorage", "OPTIONS": {"bucket": bucket}}
     return {
         "BACKEND": "django.core.files.storage.FileSystemStorage",

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage
+from django.core.files.utils import validate_file_name
 from django.utils.deconstruct import deconstructible
 from storage3.exceptions import StorageApiError
 from storage3.utils import StorageException
@@ -24,6 +25,10 @@ from storage3.utils import StorageException
 
 class StorageUnavailable(Exception):
     """Supabase Storage could not do what was asked (unreachable, refused, or failed)."""
+
+
+class BucketMissing(StorageUnavailable):
+    """The bucket does not exist (`manage.py check_storage` creates it)."""
 
 
 # What callers catch around storage calls: our error plus what local file storage raises.
@@ -68,6 +73,50 @@ def _is_duplicate(exc: StorageApiError) -> bool:
     return str(exc.status) == "409" or exc.code == "Duplicate"
 
 
+def storage_url() -> str:
+    """SUPABASE_STORAGE_URL, or where Supabase serves Storage: SUPABASE_URL + /storage/v1."""
+    explicit = getattr(settings, "SUPABASE_STORAGE_URL", "").rstrip("/")
+    project = getattr(settings, "SUPABASE_URL", "").rstrip("/")
+    return explicit or (f"{project}/storage/v1" if project else "")
+
+
+def _is_wrong_url(exc: StorageApiError) -> bool:
+    # Storage's router answers an unknown path with {"message": "Route GET:/x not found"} and
+    # Supabase's gateway with {"message": "no Route matched ..."}: the URL is not Storage's.
+    text = str(exc.message)
+    return str(exc.status) == "404" and (
+        "no Route matched" in text or ("Route " in text and "not found" in text)
+    )
+
+
+def _is_wrong_key(exc: StorageApiError) -> bool:
+    # A key that is not a valid JWT for this project (InvalidJWT), or one whose role may not use
+    # private buckets (the anon key: "new row violates row-level security policy", 403).
+    text = f"{exc.code} {exc.message}".lower()
+    return str(exc.status) in ("401", "403") or "jwt" in text or "row-level security" in text
+
+
+def key_role(key: str) -> str:
+    """The role a Supabase API key is for: "anon", "service_role", or "" when it does not say.
+    Legacy keys are JWTs whose payload names the role (read, not verified: the server verifies);
+    newer keys say it in their prefix (sb_publishable_ / sb_secret_)."""
+    import base64
+    import json
+
+    if key.startswith("sb_publishable_"):
+        return "anon"
+    if key.startswith("sb_secret_"):
+        return "service_role"
+    parts = key.split(".")
+    if len(parts) != 3:
+        return ""
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return ""
+    return str(payload.get("role", "")) if isinstance(payload, dict) else ""
+
+
 def _is_missing_bucket(exc: StorageApiError) -> bool:
     return str(exc.status) == "404" and "bucket" in f"{exc.code} {exc.message}".lower()
 
@@ -88,7 +137,7 @@ class SupabaseStorage(Storage):
 
     @property
     def client(self):
-        """The supabase client, created on first use: importing settings or running `check` or
+        """The storage3 client, created on first use: importing settings or running `check` or
         `migrate` never touches the network, and each gunicorn worker builds its own after fork."""
         if self._client is None:
             with _client_lock:
@@ -97,20 +146,24 @@ class SupabaseStorage(Storage):
         return self._client
 
     def _create_client(self):
-        from supabase import create_client
-        from supabase.lib.client_options import SyncClientOptions
+        from storage3 import SyncStorageClient
 
-        url, key = getattr(settings, "SUPABASE_URL", ""), getattr(settings, "SUPABASE_KEY", "")
+        url, key = storage_url(), getattr(settings, "SUPABASE_KEY", "")
         if not url or not key:
-            raise ImproperlyConfigured("SupabaseStorage needs SUPABASE_URL and SUPABASE_KEY.")
+            raise ImproperlyConfigured(
+                "SupabaseStorage needs SUPABASE_URL or SUPABASE_STORAGE_URL, and SUPABASE_KEY."
+            )
+        if key_role(key) == "anon":
+            raise StorageUnavailable(
+                "SUPABASE_KEY is the project's anon (public) key; lungsite needs the service_role "
+                "(secret) key, which may read and write private buckets."
+            )
         self._http = http_client()
-        try:
-            return create_client(url, key, options=SyncClientOptions(httpx_client=self._http))
-        except Exception as exc:  # noqa: BLE001 - supabase raises its own types for a bad URL/key
-            raise ImproperlyConfigured(f"Cannot create the Supabase client for {url}: {exc}") from exc
+        headers = {"apikey": key, "Authorization": f"Bearer {key}"}
+        return SyncStorageClient(url.rstrip("/") + "/", headers, http_client=self._http)
 
     def _files(self):
-        return self.client.storage.from_(self.bucket)
+        return self.client.from_(self.bucket)
 
     def _call(self, action: str, name: str, func, *args, missing_ok: bool = False, **kwargs):
         """Runs one storage3 call, turning its failures into FileNotFoundError (a missing object,
@@ -121,10 +174,21 @@ class SupabaseStorage(Storage):
         except StorageApiError as exc:
             if missing_ok and _is_missing(exc):
                 raise FileNotFoundError(f"No object {where} in Supabase Storage.") from exc
-            if _is_missing_bucket(exc):
+            if _is_wrong_url(exc):
                 raise StorageUnavailable(
+                    f"No Supabase Storage at {storage_url()} (the server answered "
+                    f"404 route not found to {action} {where}): check SUPABASE_STORAGE_URL, or "
+                    "SUPABASE_URL whose /storage/v1 it defaults to."
+                ) from exc
+            if _is_missing_bucket(exc):
+                raise BucketMissing(
                     f"Supabase Storage bucket {self.bucket!r} does not exist "
                     "(run `manage.py check_storage` to create it)."
+                ) from exc
+            if _is_wrong_key(exc):
+                raise StorageUnavailable(
+                    f"Supabase Storage refused SUPABASE_KEY to {action} {where} ({exc.status} "
+                    f"{exc.code}: {exc.message}): set the project's service_role (secret) key."
                 ) from exc
             raise StorageUnavailable(
                 f"Supabase Storage refused to {action} {where}: {exc.status} {exc.code}: {exc.message}"
@@ -176,12 +240,18 @@ class SupabaseStorage(Storage):
                     return self._call("upload", key, _reraise, exc)
             except Exception as exc:  # noqa: BLE001 - mapped to StorageUnavailable just below
                 return self._call("upload", key, _reraise, exc)
-            # Someone wrote this name after exists() said it was free: pick another, as Django's
-            # FileSystemStorage does when its exclusive create fails.
-            name = self.get_available_name(name)
+            # The name is taken: pick another, as Django's FileSystemStorage does when its
+            # exclusive create fails.
+            name = Storage.get_available_name(self, name)
         raise StorageUnavailable(
             f"Supabase Storage: no free name near {self.bucket}/{name} after {_MAX_NAME_ATTEMPTS} tries."
         )
+
+    def get_available_name(self, name: str, max_length: int | None = None) -> str:
+        """The name as given: the upload refuses a taken name (x-upsert false) and _save then picks
+        another, so no lookup precedes every write (on a hung Storage it cost a timeout of its own)."""
+        validate_file_name(name, allow_relative_path=True)
+        return name
 
     def exists(self, name: str) -> bool:
         key = self._key(name)
@@ -266,17 +336,17 @@ class SupabaseStorage(Storage):
 
     def bucket_get(self) -> dict:
         """{"bucket", "created": False, "public"}; StorageUnavailable when it is missing."""
-        bucket = self._call("read bucket", "", self.client.storage.get_bucket, self.bucket)
+        bucket = self._call("read bucket", "", self.client.get_bucket, self.bucket)
         return {"bucket": self.bucket, "created": False, "public": bool(bucket.public)}
 
     def bucket_ensure(self) -> dict:
         """Creates the bucket, private, when it is missing. Returns {"bucket", "created", "public"}."""
-        storage = self.client.storage
+        storage = self.client
         try:
             bucket = storage.get_bucket(self.bucket)
             return {"bucket": self.bucket, "created": False, "public": bool(bucket.public)}
         except StorageApiError as exc:
-            if str(exc.status) != "404":
+            if str(exc.status) != "404" or _is_wrong_url(exc):
                 return self._call("read bucket", "", _reraise, exc)
         except Exception as exc:  # noqa: BLE001 - mapped to StorageUnavailable just below
             return self._call("read bucket", "", _reraise, exc)

@@ -73,13 +73,13 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         return UNTRAINED_WARNING if version.untrained else None
 
 
-class ModelVersionSummarySerializer(ModelVersionSerializer):
+class ModelVersionSummarySerializer(serializers.Serializer):
     """Which version produced a result: in every prediction response and in /healthz. Reads a
-    ModelVersion or the dict of the same keys recorded with a prediction."""
+    ModelVersion or the dict of the same keys recorded with a prediction. A plain Serializer, not
+    the ModelSerializer above: that one introspects the model each time it is built, which cost
+    ~10x the rest of a prediction response (see the issue 19 note)."""
 
+    id = serializers.IntegerField()
+    version_name = serializers.CharField()
     sha256 = serializers.CharField(help_text="sha256 of the weights file that produced the result.")
     untrained = serializers.BooleanField(help_text="True: random weights, the scores mean nothing.")
-
-    class Meta(ModelVersionSerializer.Meta):
-        fields = ["id", "version_name", "sha256", "untrained"]
-        read_only_fields = fields

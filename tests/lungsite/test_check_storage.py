@@ -78,8 +78,38 @@ def test_it_reports_missing_buckets_without_creating_them(fake):
     report, error = run("--no-create")
 
     assert error is not None
-    assert "does not exist" in report["storages"]["models"]["steps"]["bucket"]["error"]
+    message = report["storages"]["models"]["steps"]["bucket"]["error"]
+    assert "does not exist" in message
+    assert "without --no-create" in message and "manage.py check_storage" not in message
     assert fake.buckets == {}
+
+
+def test_it_reports_a_wrong_storage_url_as_a_wrong_url(fake, settings):
+    # A standalone Storage server serves its routes at its root: SUPABASE_URL + /storage/v1 is wrong.
+    settings.SUPABASE_STORAGE_URL = "https://fake-project.supabase.co/not-storage"
+
+    report, error = run()
+
+    assert error is not None
+    message = report["storages"]["models"]["steps"]["bucket"]["error"]
+    assert "route not found" in message and "SUPABASE_STORAGE_URL" in message
+    assert "does not exist" not in message and "check_storage" not in message
+    assert fake.buckets == {}
+
+
+def test_it_reports_the_anon_key_as_the_wrong_key(fake, settings):
+    import base64
+    import json as jsonlib
+
+    payload = base64.urlsafe_b64encode(jsonlib.dumps({"role": "anon"}).encode()).decode().rstrip("=")
+    settings.SUPABASE_KEY = f"eyJhbGciOiJIUzI1NiJ9.{payload}.signature"
+
+    report, error = run()
+
+    assert error is not None
+    message = report["storages"]["models"]["steps"]["bucket"]["error"]
+    assert "anon" in message and "service_role" in message
+    assert fake.requests == []  # refused before anything was sent
 
 
 def test_it_fails_with_a_clear_report_when_storage_is_unreachable(fake):

@@ -207,6 +207,28 @@ def test_it_says_when_the_key_is_refused(fake, store):
         store.exists("x.png")
 
 
+def test_it_reaches_a_standalone_server_at_supabase_storage_url(fake, settings):
+    # The fake serves under /storage/v1/ like Supabase; a standalone server's root is the same
+    # thing named directly.
+    settings.SUPABASE_URL = "https://unused.example"
+    settings.SUPABASE_STORAGE_URL = f"{URL}/storage/v1"
+    store = storages["xray_images"]
+
+    store.save("direct.png", ContentFile(b"x"))
+
+    assert store.open("direct.png").read() == b"x"
+    assert fake.paths()[0] == "/storage/v1/object/xray-images/direct.png"  # no lookup first
+
+
+def test_a_hung_storage_costs_one_timeout_per_failed_write(fake, store):
+    fake.raise_exc = httpx.ReadTimeout("timed out")
+
+    with pytest.raises(StorageUnavailable, match="timed out"):
+        store.save("hung.png", ContentFile(b"x"))
+
+    assert len(fake.requests) == 1
+
+
 def test_it_keeps_one_client_per_storage(fake, store):
     store.exists("a.png")
     client = store._client

@@ -8,7 +8,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage, storages
 from django.core.management.base import BaseCommand, CommandError
 
-from lungsite.supabase_storage import STORAGE_ERRORS, SupabaseStorage
+from lungsite.supabase_storage import STORAGE_ERRORS, BucketMissing, SupabaseStorage
 
 ALIASES = ("models", "xray_images")
 
@@ -100,7 +100,13 @@ def _expect(value, expected, message: str) -> None:
 
 
 def _bucket(storage: SupabaseStorage, create: bool) -> dict:
-    state = storage.bucket_ensure() if create else storage.bucket_get()
+    try:
+        state = storage.bucket_ensure() if create else storage.bucket_get()
+    except BucketMissing:
+        # Not the backend's own hint ("run check_storage"): this is check_storage.
+        raise CheckFailed(
+            f"bucket {storage.bucket!r} does not exist (run check_storage without --no-create to create it)"
+        ) from None
     if state["public"]:
         # Anyone could read analysed images and weights through the public URL.
         raise CheckFailed(f"bucket {storage.bucket!r} is public; make it private in the Supabase dashboard")
