@@ -63,7 +63,9 @@ def _rotations(names: list[str], index: int) -> list[str]:
 # Forward passes and heatmaps
 
 
-def forward_phase(*, serving_model, torch_model, reference, tensors, reps: int, log) -> dict:
+def forward_phase(
+    *, serving_model, torch_model, reference, tensors, reps: int, log, architecture: str = "densenet121"
+) -> dict:
     """Interleaved timings of: ONNX Runtime's bare forward (the reference), the serving model's
     forward (logits + feature map), `pipeline.predict` on the serving model (the forward plus all
     findings' heatmaps) and, less often, torch's eager forward. Also checks that the serving path
@@ -113,14 +115,18 @@ def forward_phase(*, serving_model, torch_model, reference, tensors, reps: int, 
         median(samples["torch_eager"]),
     )
 
-    # The serving path against the torch reference (what the Grad-CAM equality test checks).
+    # The serving path against the exported module run in torch (what the Grad-CAM tests check).
+    from inference.export import ServingModule
+
+    reference_module = ServingModule(torch_model, architecture)
     prob_diff, cam_diff = 0.0, 0.0
     for tensor in tensors[:4]:
-        served, expected = predict(serving_model, tensor), predict(torch_model, tensor)
-        prob_diff = max(prob_diff, float(np.abs(served.probabilities - expected.probabilities).max()))
-        cam_diff = max(
-            cam_diff, float(np.abs(cams_normalised(served.cams) - cams_normalised(expected.cams)).max())
-        )
+        served = predict(serving_model, tensor)
+        with torch.inference_mode():
+            logits, cams, _ = reference_module(torch.from_numpy(tensor))
+        probabilities, cams = torch.sigmoid(logits)[0].numpy(), cams[0].numpy()
+        prob_diff = max(prob_diff, float(np.abs(served.probabilities - probabilities).max()))
+        cam_diff = max(cam_diff, float(np.abs(cams_normalised(served.cams) - cams_normalised(cams)).max()))
     return {
         "samples": samples,
         "max_abs_probability_diff": prob_diff,

@@ -42,7 +42,11 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def model():
-    return load_model(starter_weights_bytes(), architecture="densenet121", num_classes=13)
+    from inference.export import onnx_graph
+    from inference.serving import ServingRuntime
+
+    network = load_model(starter_weights_bytes(), architecture="densenet121", num_classes=13)
+    return ServingRuntime.from_graph(onnx_graph(network, "densenet121", 224), 224, threads=1)
 
 
 def _probabilities(model, image: np.ndarray) -> np.ndarray:
