@@ -28,6 +28,7 @@ DEFAULT_MAX_PIXELS = 60_000_000
 # picture is worth (Pillow's filter taps grow with the side), and no radiograph looks like that.
 MAX_SIDE = 16_384
 MAX_ASPECT_RATIO = 10
+ASPECT_CHECKED_FROM = 1024  # a smaller picture is cheap whatever its shape (icons, test strips)
 # libjpeg's progressive mode writes 6 scans for gray and 10 for colour, optimisers a few more; a
 # file with hundreds makes the decoder pass over every coefficient hundreds of times.
 MAX_JPEG_SCANS = 100
@@ -148,7 +149,7 @@ def check_size(width: int, height: int, frames: int, max_pixels: int, label: str
             code="too_many_pixels",
             status=413,
         )
-    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+    if max(width, height) > max(ASPECT_CHECKED_FROM, MAX_ASPECT_RATIO * min(width, height)):
         raise DecodeError(
             f"The image {label}is {width}x{height} pixels, longer than {MAX_ASPECT_RATIO} times its "
             "width; that is not a radiograph this service reads.",
