@@ -212,8 +212,7 @@ def test_it_checks_the_size_before_decoding(decode_spies, name):
     assert info.value.code == code, str(info.value)
     assert decode_spies == [], f"pixels were decoded before the limit was checked: {decode_spies}"
     # 64 Mpx of uint8 would be 64 MB, as float32 256 MB; the deflated DICOM stops at its cap.
-    limit = 300 if name.startswith("dicom-deflate") else 32
-    assert peak < limit * 1024 * 1024, f"peak traced memory {peak / 1e6:.1f} MB"
+    assert peak < 32 * 1024 * 1024, f"peak traced memory {peak / 1e6:.1f} MB"
     assert elapsed < 5.0, f"took {elapsed:.1f}s"
 
 
@@ -241,7 +240,7 @@ def test_the_decode_spies_see_a_real_decode(decode_spies):
     dcm = corpus.dicom(corpus.chest_like(64))
     for data in (png, jpeg, dcm):
         assert decode.decode_gray(data).shape == (64, 64)
-    assert [kind for kind, _ in decode_spies] == ["pillow", "pillow", "pydicom"]
+    assert {kind for kind, _ in decode_spies} == {"pillow", "pydicom"}
 
 
 def test_a_decode_past_the_time_limit_is_stopped_with_a_422(api, settings):
