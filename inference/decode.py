@@ -28,6 +28,7 @@ DEFAULT_MAX_PIXELS = 60_000_000
 # picture is worth (Pillow's filter taps grow with the side), and no radiograph looks like that.
 MAX_SIDE = 16_384
 MAX_ASPECT_RATIO = 10
+ASPECT_CHECKED_FROM = 1024  # a smaller picture is cheap whatever its shape (icons, test strips)
 # libjpeg's progressive mode writes 6 scans for gray and 10 for colour, optimisers a few more; a
 # file with hundreds makes the decoder pass over every coefficient hundreds of times.
 MAX_JPEG_SCANS = 100
@@ -35,6 +36,8 @@ MAX_JPEG_SCANS = 100
 # the header and overlays), plus a little for the header of a small image.
 DEFLATED_BYTES_PER_PIXEL = 4
 DEFLATED_HEADER_BYTES = 16 * 1024 * 1024
+# Inflated first, to read Rows, Columns, ... and so how much the rest may inflate to.
+_DEFLATED_HEAD_BYTES = 1024 * 1024
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -148,7 +151,7 @@ def check_size(width: int, height: int, frames: int, max_pixels: int, label: str
             code="too_many_pixels",
             status=413,
         )
-    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+    if max(width, height) > max(ASPECT_CHECKED_FROM, MAX_ASPECT_RATIO * min(width, height)):
         raise DecodeError(
             f"The image {label}is {width}x{height} pixels, longer than {MAX_ASPECT_RATIO} times its "
             "width; that is not a radiograph this service reads.",
@@ -278,11 +281,13 @@ def _read_dicom(data: bytes, label: str, max_pixels: int, *, has_meta: bool):
         if str(meta.get("TransferSyntaxUID", "")).strip("\x00 ") == _DEFLATED:
             limit = max_pixels * DEFLATED_BYTES_PER_PIXEL + DEFLATED_HEADER_BYTES
             inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-            body = inflater.decompress(data[fp.tell() :], limit + 1)
+            head = inflater.decompress(data[fp.tell() :], _DEFLATED_HEAD_BYTES)
+            limit = min(limit, _declared_size(head))
+            body = head + inflater.decompress(inflater.unconsumed_tail, limit + 1 - len(head))
             if len(body) > limit:
                 raise DecodeError(
                     f"The deflated DICOM file {label}inflates to more than {limit / 1048576:,.0f} MB, "
-                    "more than an image of the allowed pixel count needs.",
+                    "more than the image its header declares (within the allowed pixel count) needs.",
                     code="too_many_pixels",
                     status=413,
                 )
@@ -297,6 +302,26 @@ def _read_dicom(data: bytes, label: str, max_pixels: int, *, has_meta: bool):
             )
             return ds
     return pydicom.dcmread(io.BytesIO(data), force=True)
+
+
+def _declared_size(head: bytes) -> int:
+    """What the dataset whose first inflated bytes are `head` needs: its pixels as the header
+    declares them, and `head`'s size again for the elements (very large without a readable size)."""
+    from pydicom.filereader import read_dataset
+
+    try:
+        header = read_dataset(
+            io.BytesIO(head), is_implicit_VR=False, is_little_endian=True, stop_when=_at_pixel_data
+        )
+        pixels = int(header.Rows) * int(header.Columns) * int(header.get("NumberOfFrames") or 1)
+        sample_bytes = -(-int(header.get("BitsAllocated") or 16) // 8)
+        return pixels * int(header.get("SamplesPerPixel") or 1) * sample_bytes + _DEFLATED_HEAD_BYTES
+    except Exception:  # noqa: BLE001 - unreadable here: the full read says what is wrong
+        return 1 << 62
+
+
+def _at_pixel_data(tag, vr, length) -> bool:
+    return tag == 0x7FE00010
 
 
 def _past_file_meta(tag, vr, length) -> bool:

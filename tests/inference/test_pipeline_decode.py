@@ -1,4 +1,4 @@
-"""pipeline.decode on every real format in ../shared/data, the same picture in other containers,
+"""inference.decode on every real format in ../shared/data, the same picture in other containers,
 and bad inputs (each refused with its code, before any pixel is decoded where it matters)."""
 
 import csv
@@ -6,7 +6,6 @@ import io
 import struct
 import zlib
 
-import cv2
 import numpy as np
 import pydicom
 import pytest
@@ -14,7 +13,8 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGLSLossless, generate_uid
 
-from inference.pipeline import DecodeError, decode, predict, preprocess
+from inference.decode import DecodeError, as_float, decode, decode_gray
+from inference.pipeline import predict, preprocess
 from inference.weights import load_model
 from registry.models import DEFAULT_PREPROCESSING
 from tests.conftest import SHARED_DATA, shared_data_path, starter_weights_bytes
@@ -322,8 +322,6 @@ def no_pixel_decoding(monkeypatch):
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
     monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(refuse))
-    monkeypatch.setattr(cv2, "imdecode", refuse)
-    monkeypatch.setattr("inference.png.decode_gray8", refuse)
 
 
 def test_it_refuses_empty_and_text(no_pixel_decoding):
@@ -458,49 +456,168 @@ def test_it_scales_signed_pixels_by_their_range():
     np.testing.assert_allclose(image[0], [0.0, 2048 / 4095, 1.0, 2048 / 4095], atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "parts",
-    [
-        ("nih_reproduce_chexnet", "images", "00000075_000.png"),
-        ("nih_reproduce_chexnet", "images", "00000211_000.png"),
-        ("nih_reproduce_chexnet", "images", "00004934_000.png"),  # RGBA: Pillow's path
-        ("bob_med_tb", "16bits.png"),  # 16-bit: Pillow's path
-    ],
-    ids=lambda p: p[-1],
-)
-def test_8_bit_gray_pngs_take_the_fast_decoder_and_give_pillows_pixels(parts, monkeypatch):
-    from inference import pipeline, png
+def test_it_gives_pillows_pixels_for_every_real_png():
+    """Pillow decodes every PNG (as the numba decoder this replaced did, to the byte): 8-bit gray
+    ones as their uint8 values, and decode() is the same picture as floats in [0, 1]."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found: {SHARED_DATA} (the ../shared/data folder is absent)")
+    eight_bit = other = 0
+    for path in sorted(SHARED_DATA.rglob("*.png")):
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as pil:
+            mode, reference = pil.mode, np.asarray(pil)
+        gray = decode_gray(data)
+        if mode == "L":
+            assert gray.dtype == np.uint8 and gray.flags.c_contiguous
+            np.testing.assert_array_equal(gray, reference, err_msg=path.name)
+            np.testing.assert_allclose(decode(data) * 255.0, gray, atol=1e-4)
+            eight_bit += 1
+        else:
+            assert gray.dtype == np.float32 and gray.shape == reference.shape[:2], path.name
+            other += 1
+        np.testing.assert_array_equal(decode(data), as_float(gray))
+    assert eight_bit >= 200 and other >= 1  # the 250 NIH PNGs are almost all 8-bit gray
 
-    data = shared_data_path(*parts).read_bytes()
-    with Image.open(io.BytesIO(data)) as pil:
-        eight_bit_gray = pil.mode == "L"
-    calls = []
-    original = png.decode_gray8
-    monkeypatch.setattr(png, "decode_gray8", lambda *args: calls.append(1) or original(*args))
-    monkeypatch.setattr(cv2, "imdecode", lambda *args: pytest.fail("OpenCV decoded what the fast path reads"))
-    gray = pipeline.decode_gray(data)
-    assert bool(calls) == eight_bit_gray
-    monkeypatch.undo()
-    if eight_bit_gray:  # OpenCV, the fallback, gives the same pixels
-        monkeypatch.setattr(png, "decode_gray8", lambda *args: None)
-        np.testing.assert_array_equal(pipeline.decode_gray(data), gray)
-        monkeypatch.undo()
-    reference = pipeline._decode_pillow(data, "", pipeline.DEFAULT_MAX_PIXELS)  # Pillow only
-    assert gray.dtype == reference.dtype and gray.shape == reference.shape
-    np.testing.assert_array_equal(gray, reference)
-    # decode() is the same picture as floats in [0, 1]
-    np.testing.assert_allclose(decode(data), pipeline.as_float(gray), atol=0)
-    if eight_bit_gray:
-        assert gray.dtype == np.uint8
-        np.testing.assert_allclose(decode(data) * 255.0, gray, atol=1e-4)
+
+def _paeth(left: int, above: int, upper_left: int) -> int:
+    p = left + above - upper_left
+    pa, pb, pc = abs(p - left), abs(p - above), abs(p - upper_left)
+    if pa <= pb and pa <= pc:
+        return left
+    return above if pb <= pc else upper_left
+
+
+def _filtered(pixels: np.ndarray, kinds: list[int]) -> bytes:
+    """The PNG filter stream of `pixels` with row y filtered by kinds[y % len(kinds)], written
+    straight from the specification (PNG 2nd ed., section 9)."""
+    height, width = pixels.shape
+    out = bytearray()
+    for y in range(height):
+        kind = kinds[y % len(kinds)]
+        out.append(kind)
+        for x in range(width):
+            value = int(pixels[y, x])
+            left = int(pixels[y, x - 1]) if x else 0
+            above = int(pixels[y - 1, x]) if y else 0
+            upper_left = int(pixels[y - 1, x - 1]) if x and y else 0
+            predicted = (0, left, above, (left + above) // 2, _paeth(left, above, upper_left))[kind]
+            out.append((value - predicted) & 255)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("kinds", [[0], [1], [2], [3], [4], [4, 3, 2, 1, 0]], ids=lambda k: str(k))
+@pytest.mark.parametrize("shape", [(37, 53), (1, 19), (23, 3), (300, 13)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_it_reverses_every_row_filter(kinds, shape):
+    rng = np.random.default_rng(sum(shape) + len(kinds))
+    # Noise, plus smooth gradients and flat runs, where the Paeth predictor's ties are decided.
+    pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    gradient = np.add.outer(np.arange(shape[0] // 2), np.arange(shape[1])) * 7 % 256
+    pixels[: shape[0] // 2] = gradient.astype(np.uint8)
+    pixels[:, : shape[1] // 3] = 200
+    data = _raw_png(shape[1], shape[0], 8, 0, _filtered(pixels, kinds))
+    np.testing.assert_array_equal(decode_gray(data), pixels)
+
+
+def test_preprocess_resizes_with_pillow():
+    """The model input: Pillow's antialiased bilinear resize of the picture as floats, / 255,
+    normalised, exactly (8-bit pictures are resized before they are divided)."""
+    rng = np.random.default_rng(11)
+    image = (rng.random((1024, 1024)) * 255).astype(np.uint8)
+    spec = {"input_size": 224, "channels": 3, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    plane = Image.fromarray(image).convert("F").resize((224, 224), Image.Resampling.BILINEAR)
+    plane = np.asarray(plane) * np.float32(1.0 / 255.0)
+    mean = np.asarray(spec["mean"], dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(spec["std"], dtype=np.float32).reshape(3, 1, 1)
+    np.testing.assert_array_equal(preprocess(image, spec), ((plane[None] - mean) / std)[None])
 
 
 def test_preprocess_gives_the_same_input_from_8_bit_values_as_from_floats():
-    from inference.pipeline import decode_gray
-    from registry.models import DEFAULT_PREPROCESSING
-
     data = shared_data_path(*NIH_PNG).read_bytes()
     from_uint8 = preprocess(decode_gray(data), DEFAULT_PREPROCESSING)
     from_float = preprocess(decode(data), DEFAULT_PREPROCESSING)
     assert from_uint8.shape == (1, 3, 224, 224) and from_uint8.dtype == np.float32
     np.testing.assert_allclose(from_uint8, from_float, atol=2e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Limits checked from the headers, before the expensive step
+
+
+def test_it_refuses_a_jpeg_with_thousands_of_scans_before_decoding(no_pixel_decoding):
+    from tests.reliability import corpus
+
+    error = _refused(corpus.jpeg_repeated_scans(3000))
+    assert (error.code, error.status) == ("too_many_scans", 422)
+    assert "3" in str(error) and "scans" in str(error)
+
+
+def test_it_reads_progressive_jpegs_as_encoders_write_them(nih_pixels):
+    for image in (Image.fromarray(nih_pixels), Image.fromarray(nih_pixels).convert("RGB")):
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=90, progressive=True)
+        assert 1 < buffer.getvalue().count(b"\xff\xda") <= 10
+        assert decode(buffer.getvalue()).shape == nih_pixels.shape
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "code", "status"),
+    [
+        (8_000_000, 1, "too_many_pixels", 413),  # a side past MAX_SIDE
+        (60_000_000, 1, "too_many_pixels", 413),  # the pixel count alone would allow it
+        (1, 20_000, "too_many_pixels", 413),
+        (12_000, 1_000, "unsupported_shape", 422),  # 12:1
+        (3, 5_000, "unsupported_shape", 422),
+    ],
+)
+def test_it_refuses_extreme_shapes_from_the_png_header(no_pixel_decoding, width, height, code, status):
+    from tests.reliability import corpus
+
+    error = _refused(
+        corpus.png_bomb(width, height) if width * height <= 10**7 else _raw_png(width, height, 8, 0, None)
+    )
+    assert (error.code, error.status) == (code, status)
+    assert f"{width}x{height}" in str(error)
+
+
+def test_it_refuses_a_deflated_dicom_that_inflates_past_its_pixels():
+    import tracemalloc
+
+    from tests.reliability import corpus
+
+    data = corpus.dicom_deflate_bomb(1 << 30)
+    assert len(data) < 2 * 1024 * 1024
+    tracemalloc.start()
+    try:
+        error = _refused(data, max_pixels=1_000_000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (error.code, error.status) == ("too_many_pixels", 413)
+    assert "inflates" in str(error)
+    assert peak < 64 * 1024 * 1024  # stopped at the cap (1 Mpx x 4 bytes + 16 MB), not at 1 GiB
+
+
+def test_it_reads_a_deflated_dicom(nih_pixels):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    data = _dicom(nih_pixels, syntax=DeflatedExplicitVRLittleEndian)
+    np.testing.assert_allclose(decode(data), nih_pixels / 255.0, atol=1e-6)
+
+
+def test_it_refuses_burned_in_annotation_unless_allowed():
+    data = _dicom(np.full((16, 16), 9, np.uint8), BurnedInAnnotation="YES")
+    error = _refused(data)
+    assert (error.code, error.status) == ("burned_in_annotation", 422)
+    assert "BurnedInAnnotation" in str(error)
+    assert decode(data, allow_burned_in_annotation=True).shape == (16, 16)
+    assert decode(_dicom(np.full((16, 16), 9, np.uint8), BurnedInAnnotation="NO")).shape == (16, 16)
+
+
+def test_it_says_dicom_no_pixels_for_empty_pixel_data(no_pixel_decoding):
+    ds = pydicom.dcmread(io.BytesIO(_dicom(np.zeros((4, 4), np.uint8))))
+    ds.PixelData = b""
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    error = _refused(buffer.getvalue())
+    assert (error.code, error.status) == ("dicom_no_pixels", 400)
+    assert "TypeError" not in str(error)

@@ -7,6 +7,7 @@ is wrong). `secret` is text that must never reach the stored image (patient data
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zipfile
@@ -104,6 +105,72 @@ def jpeg_with_size(width: int, height: int) -> bytes:
     sof = data.find(b"\xff\xc0")
     struct.pack_into(">HH", data, sof + 5, height, width)
     return bytes(data)
+
+
+def jpeg_repeated_scans(times: int, size: int = 256) -> bytes:
+    """A progressive gray JPEG whose last scan is repeated `times` more times before its EOI: each
+    copy makes the decoder pass over every coefficient again (3,000 took 36 s to decode)."""
+    smooth = np.tile(np.linspace(0, 255, size).astype(np.uint8), (size, 1))  # small scans: 268 B at 256
+    data = pil_bytes(Image.fromarray(smooth), "JPEG", quality=80, progressive=True)
+    last, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    return data[:end] + data[last:end] * times + data[end:]
+
+
+def jpeg_segment(marker: int, body: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(body) + 2) + body
+
+
+def jpeg_between_scans(segment: bytes) -> bytes:
+    """A progressive JPEG with `segment` inserted before its second scan."""
+    data = pil_bytes(Image.fromarray(chest_like(128)), "JPEG", quality=85, progressive=True)
+    second = data.index(b"\xff\xda", data.index(b"\xff\xda") + 2)
+    return data[:second] + segment + data[second:]
+
+
+def png_with_chunks(extra: bytes, idat_tail: bytes = b"") -> bytes:
+    """An 8-bit gray PNG with `extra` chunks before IDAT and `idat_tail` after the zlib stream."""
+    gray = chest_like(128)
+    rows = b"".join(b"\x00" + row.tobytes() for row in gray)
+    return (
+        PNG_MAGIC
+        + ihdr(128, 128)
+        + extra
+        + png_chunk(b"IDAT", zlib.compress(rows, 9) + idat_tail)
+        + png_chunk(b"IEND", b"")
+    )
+
+
+@functools.cache
+def dicom_deflate_bomb(inflated_bytes: int) -> bytes:
+    """A Deflated Explicit VR Little Endian DICOM of 64x64 pixels whose PixelData claims (and holds,
+    once inflated) `inflated_bytes` of zeros: about 1 MB on disk for 1 GiB."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    data = dicom(
+        rows=64, columns=64, pixel_data=b"\x00" * 8192, transfer_syntax=DeflatedExplicitVRLittleEndian
+    )
+    (meta_length,) = struct.unpack("<I", data[140:144])
+    meta = data[: 144 + meta_length]
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    del ds.PixelData
+    head = DicomBytesIO()
+    head.is_little_endian, head.is_implicit_VR = True, False
+    write_dataset(head, ds)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [
+        compressor.compress(
+            head.getvalue() + struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, inflated_bytes)
+        )
+    ]
+    block = b"\x00" * (1 << 20)
+    for _ in range(inflated_bytes >> 20):
+        parts.append(compressor.compress(block))
+    parts.append(compressor.flush())
+    return meta + b"".join(parts)
 
 
 def dicom(
@@ -353,6 +420,100 @@ def corpus(max_upload_bytes: int) -> list[Case]:
             "refused",
             "frames.dcm",
             statuses=(413,),
+        ),
+        # --- expensive to decode whatever their pixel count: refused from their headers
+        Case("jpeg-last-scan-x3000", jpeg_repeated_scans(3000), "refused", "scans.jpg", statuses=(422,)),
+        Case("jpeg-last-scan-x150", jpeg_repeated_scans(150), "refused", "scans150.jpg", statuses=(422,)),
+        Case("png-8000000x1", png_bomb(8_000_000, 1), "refused", "row.png", statuses=(413,)),
+        Case(
+            "png-60000000x1",
+            PNG_MAGIC
+            + ihdr(60_000_000, 1)
+            + png_chunk(b"IDAT", zlib.compress(b"\x00" * 4096))
+            + png_chunk(b"IEND", b""),
+            "refused",
+            "row60.png",
+            statuses=(413,),
+        ),
+        Case("png-1x8000000", png_header_bomb(1, 8_000_000), "refused", "column.png", statuses=(413,)),
+        Case("png-15000x1000", png_bomb(15_000, 1_000), "refused", "strip.png", statuses=(422,)),
+        Case(
+            "dicom-deflate-1gib", dicom_deflate_bomb(1 << 30), "refused", "deflate-bomb.dcm", statuses=(413,)
+        ),
+        Case(
+            "dicom-jpeg-many-scans",
+            _dicom_jpeg_bytes(jpeg_repeated_scans(500, 64), 64),
+            "refused",
+            "scans.dcm",
+            statuses=(422,),
+        ),
+        # --- a DICOM that says its pixels hold text; one whose PixelData is empty
+        Case(
+            "dicom-burned-in-annotation",
+            dicom(gray, patient_name=PATIENT, extra={"BurnedInAnnotation": "YES"}),
+            "refused",
+            "burned.dcm",
+            PATIENT,
+            statuses=(422,),
+        ),
+        Case(
+            "dicom-empty-pixel-data",
+            dicom(rows=64, columns=64, pixel_data=b""),
+            "refused",
+            "empty.dcm",
+            statuses=(400,),
+        ),
+        # --- patient data hidden where a metadata stripper would keep it: the stored copy is
+        # re-encoded from the pixels, so none of it may reach storage
+        Case("jpeg-text-after-eoi", jpeg + f"Patient: {PATIENT}".encode(), "valid", "tail.jpg", PATIENT),
+        Case(
+            "jpeg-com-between-scans",
+            jpeg_between_scans(jpeg_segment(0xFE, f"name={PATIENT}".encode())),
+            "valid",
+            "com.jpg",
+            PATIENT,
+        ),
+        Case(
+            "jpeg-exif-between-scans",
+            jpeg_between_scans(jpeg_segment(0xE1, b"Exif\x00\x00" + _exif_bytes(PATIENT))),
+            "valid",
+            "exif-scans.jpg",
+            PATIENT,
+        ),
+        Case(
+            "png-gama-extra-bytes",
+            png_with_chunks(png_chunk(b"gAMA", struct.pack(">I", 45455) + PATIENT.encode())),
+            "either",
+            "gama.png",
+            PATIENT,
+        ),
+        Case(
+            "png-trns-extra-bytes",
+            png_with_chunks(png_chunk(b"tRNS", b"\x00\x00" + PATIENT.encode())),
+            "either",
+            "trns.png",
+            PATIENT,
+        ),
+        Case(
+            "png-sbit-extra-bytes",
+            png_with_chunks(png_chunk(b"sBIT", b"\x08" + PATIENT.encode())),
+            "either",
+            "sbit.png",
+            PATIENT,
+        ),
+        Case(
+            "png-plte-in-gray",
+            png_with_chunks(png_chunk(b"PLTE", (PATIENT.encode() + b"\x00\x00")[:18])),
+            "either",
+            "plte.png",
+            PATIENT,
+        ),
+        Case(
+            "png-bytes-after-zlib-in-idat",
+            png_with_chunks(b"", idat_tail=PATIENT.encode()),
+            "either",
+            "idat-tail.png",
+            PATIENT,
         ),
         # --- other formats
         Case(
@@ -617,13 +778,17 @@ def _dicom_rgb(rgb: np.ndarray, photometric: str) -> bytes:
 
 
 def _dicom_jpeg(gray: np.ndarray) -> bytes:
+    return _dicom_jpeg_bytes(pil_bytes(Image.fromarray(gray), "JPEG", quality=90), gray.shape[0])
+
+
+def _dicom_jpeg_bytes(jpeg: bytes, size: int) -> bytes:
     from pydicom.uid import JPEGBaseline8Bit
 
-    height, width = gray.shape
+    height = width = size
     return dicom(
         rows=height,
         columns=width,
-        pixel_data=encapsulated(pil_bytes(Image.fromarray(gray), "JPEG", quality=90)),
+        pixel_data=encapsulated(jpeg),
         transfer_syntax=JPEGBaseline8Bit,
         extra={"BitsAllocated": 8, "BitsStored": 8, "HighBit": 7},
     )

@@ -148,19 +148,15 @@ def test_it_refuses_hostile_uploads_and_reads_odd_valid_ones(api, small_limits, 
 
 @pytest.fixture
 def decode_spies(monkeypatch):
-    """Records every pixel decode: Pillow's ImageFile.load, inference.png and OpenCV's imdecode
-    (8-bit gray PNGs) and pydicom's Dataset.pixel_array."""
-    import cv2
+    """Records every pixel decode in this process: Pillow's ImageFile.load and pydicom's
+    Dataset.pixel_array. (A request decodes in a child process, which these cannot see: the tests
+    below call inference.decode here for that, and send the same files through the API.)"""
     import pydicom.dataset
     from PIL import ImageFile
-
-    from inference import png
 
     calls: list[tuple[str, object]] = []
     original_load = ImageFile.ImageFile.load
     original_pixel_array = pydicom.dataset.Dataset.pixel_array
-    original_imdecode = cv2.imdecode
-    original_gray8 = png.decode_gray8
 
     def load(self, *args, **kwargs):
         calls.append(("pillow", self.size))
@@ -170,64 +166,151 @@ def decode_spies(monkeypatch):
         calls.append(("pydicom", (self.get("Columns"), self.get("Rows"))))
         return original_pixel_array.fget(self)
 
-    def imdecode(buffer, flags):
-        calls.append(("opencv", len(buffer)))
-        return original_imdecode(buffer, flags)
-
-    def decode_gray8(data, chunks, width, height):
-        calls.append(("inference.png", (width, height)))
-        return original_gray8(data, chunks, width, height)
-
     monkeypatch.setattr(ImageFile.ImageFile, "load", load)
     monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(pixel_array))
-    monkeypatch.setattr(cv2, "imdecode", imdecode)
-    monkeypatch.setattr(png, "decode_gray8", decode_gray8)
     return calls
 
 
 BOMBS = {
-    "png-header-bomb-100000x100000": lambda: corpus.png_header_bomb(),
-    "png-real-bomb-8000x8000": lambda: corpus.png_bomb(8000, 8000),
-    "jpeg-header-bomb-65500x65500": lambda: corpus.jpeg_with_size(65500, 65500),
-    "dicom-header-bomb-65535x65535": lambda: corpus.dicom(rows=65535, columns=65535, pixel_data=b"\x00" * 64),
-    "dicom-frames-bomb": lambda: corpus.dicom(rows=4096, columns=4096, frames=1000, pixel_data=b"\x00" * 64),
+    "png-header-bomb-100000x100000": (lambda: corpus.png_header_bomb(), "too_many_pixels"),
+    "png-real-bomb-8000x8000": (lambda: corpus.png_bomb(8000, 8000), "too_many_pixels"),
+    "png-8000000x1": (lambda: corpus.png_bomb(8_000_000, 1), "too_many_pixels"),
+    "png-60000000x1": (lambda: corpus.png_header_bomb(60_000_000, 1), "too_many_pixels"),
+    "png-20000x1000": (lambda: corpus.png_header_bomb(20_000, 1_000), "too_many_pixels"),
+    "png-12000x1000": (lambda: corpus.png_header_bomb(12_000, 1_000), "unsupported_shape"),
+    "jpeg-header-bomb-65500x65500": (lambda: corpus.jpeg_with_size(65500, 65500), "too_many_pixels"),
+    "jpeg-last-scan-x3000": (lambda: corpus.jpeg_repeated_scans(3000), "too_many_scans"),
+    "dicom-header-bomb-65535x65535": (
+        lambda: corpus.dicom(rows=65535, columns=65535, pixel_data=b"\x00" * 64),
+        "too_many_pixels",
+    ),
+    "dicom-frames-bomb": (
+        lambda: corpus.dicom(rows=4096, columns=4096, frames=1000, pixel_data=b"\x00" * 64),
+        "too_many_pixels",
+    ),
+    "dicom-deflate-1gib": (lambda: corpus.dicom_deflate_bomb(1 << 30), "too_many_pixels"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(BOMBS))
-def test_it_checks_the_pixel_count_before_decoding(api, decode_spies, name):
-    data = BOMBS[name]()
-    rows_before = Prediction.objects.count()
+def test_it_checks_the_size_before_decoding(decode_spies, name):
+    """inference.decode refuses each from its header (or, for the deflated DICOM, by inflating no
+    further than the pixel limit allows): no pixel decoded, little memory, little time."""
+    from inference import decode
+
+    make, code = BOMBS[name]
+    data = make()
     tracemalloc.start()
     try:
         started = time.perf_counter()
-        response = post_image(api, data, name + ".bin")
+        with pytest.raises(decode.DecodeError) as info:
+            decode.decode_gray(data, name, max_pixels=60_000_000)
         elapsed = time.perf_counter() - started
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-
-    assert response.status_code == 413, response.content[:300]
-    assert error_of(response)["code"] == "too_many_pixels"
+    assert info.value.code == code, str(info.value)
     assert decode_spies == [], f"pixels were decoded before the limit was checked: {decode_spies}"
-    # 64 Mpx of uint8 would be 64 MB, as float32 256 MB; the request itself needs a few MB.
+    # 64 Mpx of uint8 would be 64 MB, as float32 256 MB; the deflated DICOM stops at its cap.
     assert peak < 32 * 1024 * 1024, f"peak traced memory {peak / 1e6:.1f} MB"
     assert elapsed < 5.0, f"took {elapsed:.1f}s"
-    assert Prediction.objects.count() == rows_before
+
+
+@pytest.mark.parametrize("name", sorted(BOMBS))
+def test_it_refuses_the_same_files_through_the_api(api, name):
+    make, code = BOMBS[name]
+    started = time.perf_counter()
+    response = post_image(api, make(), name + ".bin")
+    elapsed = time.perf_counter() - started
+    assert response.status_code in (413, 422), response.content[:300]
+    assert error_of(response)["code"] == code
+    assert elapsed < 10.0, f"took {elapsed:.1f}s"
+    assert Prediction.objects.count() == 0
     assert stored_files() == []
 
 
-def test_the_decode_spies_see_a_real_decode(api, decode_spies):
-    """The control for the test above: a normal upload does go through the spied decoders."""
+def test_the_decode_spies_see_a_real_decode(decode_spies):
+    """The control for the test above: a normal file does go through the spied decoders."""
     from PIL import Image
 
-    png = corpus.pil_bytes(Image.fromarray(corpus.chest_like(64)), "PNG")  # 8-bit gray: inference.png
+    from inference import decode
+
+    png = corpus.pil_bytes(Image.fromarray(corpus.chest_like(64)), "PNG")
     jpeg = corpus.pil_bytes(Image.fromarray(corpus.chest_like(64)), "JPEG")
     dcm = corpus.dicom(corpus.chest_like(64))
-    assert post_image(api, png, "x.png").status_code == 201
-    assert post_image(api, jpeg, "x.jpg").status_code == 201
-    assert post_image(api, dcm, "x.dcm").status_code == 201
-    assert {kind for kind, _ in decode_spies} == {"inference.png", "pillow", "pydicom"}
+    for data in (png, jpeg, dcm):
+        assert decode.decode_gray(data).shape == (64, 64)
+    assert {kind for kind, _ in decode_spies} == {"pillow", "pydicom"}
+
+
+def test_a_decode_past_the_time_limit_is_stopped_with_a_422(api, settings):
+    """The bound that holds whatever the file does: a real JPEG that needs longer than the limit
+    (a limit made tiny here) is stopped, the request answers 422, and the next upload is served."""
+    from PIL import Image
+
+    settings.LUNGSITE_DECODE_TIMEOUT_S = 0.001
+    big = corpus.pil_bytes(Image.fromarray(corpus.chest_like(2048)), "JPEG", quality=95, progressive=True)
+    response = post_image(api, big, "slow.jpg")
+    assert response.status_code == 422, response.content[:300]
+    error = error_of(response)
+    assert error["code"] == "decode_timeout" and "took longer" in error["message"]
+    assert Prediction.objects.count() == 0 and stored_files() == []
+    settings.LUNGSITE_DECODE_TIMEOUT_S = 20
+    assert post_image(api, big, "again.jpg").status_code == 201
+
+
+def test_a_decode_past_the_memory_limit_is_refused_with_a_422(api, settings):
+    """A valid 40 Mpx PNG (allowed by the pixel limit) under a 300 MB cap: the decoding process
+    runs out of memory, the request answers 422, nothing is written."""
+    settings.LUNGSITE_DECODE_MAX_MB = 300
+    response = post_image(api, corpus.png_bomb(6400, 6400), "big.png")
+    assert response.status_code == 422, response.content[:300]
+    assert error_of(response)["code"] == "decode_memory"
+    assert Prediction.objects.count() == 0 and stored_files() == []
+
+
+def test_it_stores_no_byte_of_the_upload_only_its_pixels(api):
+    """The stored copy is a PNG written from the decoded pixels: the same picture, and none of the
+    upload's chunks or segments (a hidden marker in any of them stays out)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from inference import decode
+
+    for data, name in (
+        (corpus.png_with_chunks(corpus.png_chunk(b"gAMA", b"\x00\x00\xb1\x8fCORPUS7Q")), "gama.png"),
+        (corpus.jpeg_between_scans(corpus.jpeg_segment(0xFE, b"CORPUS7Q")) + b"CORPUS7Q", "com.jpg"),
+    ):
+        response = post_image(api, data, name)
+        assert response.status_code == 201, response.content[:300]
+        row = Prediction.objects.get(pk=response.json()["id"])
+        with storages["xray_images"].open(row.image_url, "rb") as handle:
+            stored = handle.read()
+        assert b"CORPUS7Q" not in stored
+        with Image.open(io.BytesIO(stored)) as png:
+            assert png.format == "PNG" and png.mode == "L" and png.info == {}
+        np.testing.assert_array_equal(decode.decode_gray(stored), decode.decode_gray(data))
+
+
+def test_it_stores_a_16_bit_copy_of_a_16_bit_source(api):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from inference import decode
+
+    data = corpus.dicom(corpus.chest_like(64).astype(np.uint16) * 250, patient_name=corpus.PATIENT)
+    response = post_image(api, data, "sixteen.dcm")
+    assert response.status_code == 201, response.content[:300]
+    row = Prediction.objects.get(pk=response.json()["id"])
+    with storages["xray_images"].open(row.image_url, "rb") as handle:
+        stored = handle.read()
+    with Image.open(io.BytesIO(stored)) as png:
+        assert png.mode.startswith("I")  # 16-bit gray
+    np.testing.assert_allclose(decode.decode(stored), decode.decode(data), atol=1 / 65535)
 
 
 def test_it_refuses_requests_without_a_usable_file_field(api):
