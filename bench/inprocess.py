@@ -70,7 +70,8 @@ def forward_phase(*, serving_model, torch_model, reference, tensors, reps: int, 
     gives the torch reference's probabilities and maps."""
     import torch
 
-    from inference.pipeline import cams_normalised, predict
+    from inference.heatmaps import cams_normalised
+    from inference.pipeline import predict
 
     arrays = [np.asarray(t) for t in tensors]
     runtime_forward = getattr(serving_model, "run", None)
@@ -181,7 +182,8 @@ def stages_phase(*, samples: dict, images: list[bytes], serving, user, repeats: 
     import hashlib
 
     from audit import services as audit_services
-    from inference.pipeline import as_float, heatmap_overlay_png, predict, preprocess
+    from inference.heatmaps import heatmap_overlay_png
+    from inference.pipeline import as_float, predict, preprocess
     from inference.pipeline import decode_gray as decode  # what a request runs
     from registry import cache
     from registry.models import DEFAULT_PREPROCESSING

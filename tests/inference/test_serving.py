@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from inference.export import linear_head, onnx_graph
-from inference.pipeline import cams_normalised, decode, predict, preprocess
+from inference.heatmaps import cams_normalised
+from inference.pipeline import decode, predict, preprocess
 from inference.serving import ServingRuntime, class_activation_maps, runtime_for_module
 from inference.weights import build_model, load_model
 from registry.models import DEFAULT_PREPROCESSING
@@ -233,7 +234,8 @@ import json, os, sys
 import django
 django.setup()
 import lungsite.urls  # every view, API and admin module a worker imports
-from inference.pipeline import decode, heatmap_overlay_png, predict, preprocess
+from inference.heatmaps import heatmap_overlay_png
+from inference.pipeline import decode, predict, preprocess
 from inference.serving import ServingRuntime
 from registry.models import DEFAULT_PREPROCESSING
 runtime = ServingRuntime.from_graph(open(sys.argv[1], "rb").read(), 224, threads=1)
