@@ -130,5 +130,25 @@ def post_worker_init(worker):
 
     png.warm_up()
     resize.warm_up()
+    _warm_model(worker)
     gc.collect()
     gc.freeze()
+
+
+def _warm_model(worker):
+    """Loads the active version and runs one forward pass on a blank picture, so the first upload
+    after a start (or a worker restart) is as fast as the others instead of paying the load (about
+    10 s on 2 cores). A failure only logs: the first request then loads the model as it always could."""
+    try:
+        import numpy as np
+
+        from inference.pipeline import predict, preprocess
+        from registry.cache import get_active
+        from registry.models import DEFAULT_PREPROCESSING
+
+        serving = get_active()
+        spec = serving.version.preprocessing or DEFAULT_PREPROCESSING
+        predict(serving.model, preprocess(np.zeros((512, 512), np.float32), spec))
+        worker.log.info("lungsite: warmed model %s", serving.version.version_name)
+    except Exception as exc:  # noqa: BLE001 - no model yet, database not reachable, ...
+        worker.log.warning("lungsite: model not warmed (%s); the first request loads it", exc)

@@ -135,6 +135,16 @@ def map_peaks(cams: dict) -> dict[str, float]:
     return peaks
 
 
+def map_state(peak: float | None) -> str:
+    """What a finding's layer shows, from its `map_peaks` value: "missing" (no map stored), "empty"
+    (zero everywhere), "faint" (nothing above the cut-off on the case scale) or "shown"."""
+    if peak is None:
+        return "missing"
+    if peak <= 0:
+        return "empty"
+    return "faint" if peak < CUT_OFF else "shown"
+
+
 def heat_layer(cam: np.ndarray, size: tuple[int, int], *, scale: float | None = None) -> np.ndarray:
     """(h, w) raw map -> (H, W, 4) uint8 RGBA at `size` = (W, H).
 
