@@ -24,7 +24,7 @@ from PIL import Image
 # Map values below this fraction of the scale are not drawn (alpha 0).
 CUT_OFF = 0.25
 # Opacity at the scale's maximum; it rises linearly from 0 at the cut-off.
-MAX_ALPHA = 0.8
+MAX_ALPHA = 0.7
 
 # viridis (van der Walt and Smith, matplotlib's default): perceptually uniform (lightness rises
 # evenly from dark blue to yellow) and readable with the common colour-vision deficiencies. These
