@@ -208,7 +208,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def untrained_flag(self, obj):
         return _untrained_badge(short=True) if obj.untrained else "trained"
 
-    @admin.display(description="")
+    @admin.display(description="weights")
     def untrained_warning(self, obj):
         return _untrained_badge() if obj.untrained else "Trained weights."
 
