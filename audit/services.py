@@ -199,7 +199,7 @@ def heatmap_png(*, prediction: Prediction, name: str) -> bytes:
     import numpy as np
 
     from inference.decode import DecodeError, decode
-    from inference.pipeline import heatmap_overlay_png
+    from inference.heatmaps import case_scale, heatmap_overlay_png
 
     cams = prediction.heatmaps or {}
     if name not in cams or not isinstance(cams[name], list):
@@ -220,7 +220,8 @@ def heatmap_png(*, prediction: Prediction, name: str) -> bytes:
         raise StorageUnavailable(
             f"The stored image of prediction {prediction.pk} is unreadable: {exc}"
         ) from exc
-    png = heatmap_overlay_png(image, np.asarray(cams[name], dtype=np.float32))
+    scale = case_scale(cam for cam in cams.values() if isinstance(cam, list))  # one scale per case
+    png = heatmap_overlay_png(image, np.asarray(cams[name], dtype=np.float32), scale=scale)
     try:
         saved = storage.save(path, ContentFile(png))
         if saved != path:  # another request rendered it first; keep theirs

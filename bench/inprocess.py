@@ -72,7 +72,8 @@ def forward_phase(
     gives the torch reference's probabilities and maps."""
     import torch
 
-    from inference.pipeline import cams_normalised, predict
+    from inference.heatmaps import cams_normalised
+    from inference.pipeline import predict
 
     arrays = [np.asarray(t) for t in tensors]
     runtime_forward = getattr(serving_model, "run", None)
@@ -192,7 +193,8 @@ def stages_phase(*, samples: dict, images: list[bytes], serving, user, repeats: 
     from audit import stored_image
     from inference import decode as decoding
     from inference import decode_pool
-    from inference.pipeline import heatmap_overlay_png, predict, preprocess
+    from inference.heatmaps import heatmap_overlay_png
+    from inference.pipeline import predict, preprocess
     from registry import cache
     from registry.models import DEFAULT_PREPROCESSING
 

@@ -19,7 +19,7 @@ STAGES = {
 }
 HEATMAP_STAGES = {
     "heatmap_png_first_fetch": ("heatmap_png", "audit/services.py"),
-    "heatmap_png_render": ("heatmap_overlay_png", "inference/pipeline.py"),
+    "heatmap_png_render": ("heatmap_overlay_png", "inference/heatmaps.py"),
     "heatmap_png_encode": ("save", "PIL/Image.py"),
     "heatmap_stored_image_decode": ("decode", "inference/decode.py"),
 }

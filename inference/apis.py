@@ -33,8 +33,9 @@ from registry.models import UNTRAINED_WARNING
 CanPredict = has_perm("audit.add_prediction")
 CanViewPredictions = has_perm("audit.view_prediction")
 
-# Predictions never change, so their images can be cached by the browser that was allowed to see them.
-IMAGE_CACHE_CONTROL = "private, max-age=86400, immutable"
+# Predictions never change, so the browser that was allowed to see their images may keep them, but
+# only briefly (shared workstations; logging out also clears them, lungsite/middleware.py).
+IMAGE_CACHE_CONTROL = "private, max-age=300"
 
 _EXAMPLE_HOST = "https://lungsite.example.org/api/v1/predictions/42"
 PREDICTION_EXAMPLE = {

@@ -1,5 +1,9 @@
+import secrets
+import time
+
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
@@ -9,7 +13,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from audit import selectors
 from audit.filters import findings_ranked
 from audit.models import Prediction
-from inference import services
+from inference import heatmaps, services
 from inference.forms import ACCEPT, UploadForm
 from registry.selectors import model_version_get_active
 
@@ -29,6 +33,8 @@ def _upload_page(request, form, *, error=None, status=200):
         "max_upload_mb": settings.LUNGSITE_MAX_UPLOAD_MB,
         "error": error,
         "status": status,
+        # One per rendering of the form: a second submit of the same form gets the first's result.
+        "nonce": secrets.token_urlsafe(16),
     }
     return render(request, "inference/upload.html", context, status=status)
 
@@ -61,20 +67,69 @@ def upload(request):
         # "invalid", as the API answers a request without a usable `image` field.
         return _upload_page(request, form, error={"code": "invalid", "message": message}, status=400)
 
+    nonce_key = _nonce_key(request)
+    if nonce_key and not cache.add(nonce_key, _PENDING, timeout=_NONCE_SECONDS):
+        return _repeated_submit(request, nonce_key)
     try:
         prediction = services.prediction_create(
             upload=form.cleaned_data["image"], user=request.user, source=Prediction.SOURCE_WEB
         )
     except services.PredictionRefused as exc:
+        _forget(nonce_key)
         error = {"code": exc.code, "message": str(exc)}
         return _upload_page(request, UploadForm(), error=error, status=exc.status)
     except services.PredictionUnavailable as exc:
+        _forget(nonce_key)
         error = {"code": exc.code, "message": str(exc)}
         return _upload_page(request, UploadForm(), error=error, status=503)
+    except BaseException:
+        _forget(nonce_key)
+        raise
+    if nonce_key:
+        cache.set(nonce_key, prediction.pk, timeout=_NONCE_SECONDS)
+    return _created(request, prediction.pk)
 
-    url = reverse("prediction-detail", args=[prediction.pk])
+
+# A form's nonce is remembered this long in Django's cache (Redis when LUNGSITE_CACHE_URL is set, so
+# shared by all workers; else per process).
+_NONCE_SECONDS = 3600
+_PENDING = "pending"
+
+
+def _nonce_key(request) -> str | None:
+    nonce = request.POST.get("nonce", "")
+    if not nonce or len(nonce) > 64:
+        return None  # a client that sends none (an old page, a script) is not deduplicated
+    return f"upload-nonce:{request.user.pk}:{nonce}"
+
+
+def _forget(nonce_key: str | None) -> None:
+    # The first submit failed: a retry of the same form must be analysed, not refused.
+    if nonce_key:
+        cache.delete(nonce_key)
+
+
+def _repeated_submit(request, nonce_key: str):
+    """The same form sent again (a double click, a resend): no second prediction. Waits briefly for
+    the first submit to finish, then sends this one to the same result."""
+    deadline = time.monotonic() + 30
+    value = cache.get(nonce_key)
+    while value == _PENDING and time.monotonic() < deadline:
+        time.sleep(0.2)
+        value = cache.get(nonce_key)
+    if isinstance(value, int):
+        return _created(request, value)
+    error = {
+        "code": "already_submitted",
+        "message": "This form was already sent and is still being analysed; see your history.",
+    }
+    return _upload_page(request, UploadForm(), error=error, status=409)
+
+
+def _created(request, pk: int):
+    url = reverse("prediction-detail", args=[pk])
     if _wants_json(request):
-        return JsonResponse({"id": prediction.pk, "redirect": url}, status=201)
+        return JsonResponse({"id": pk, "redirect": url}, status=201)
     return redirect(url)
 
 
@@ -87,18 +142,35 @@ def prediction_detail(request, pk: int):
         raise Http404("No prediction with this id is visible to you.") from None
 
     findings = findings_ranked(prediction.results_json)
+    stored_maps = {name: cam for name, cam in (prediction.heatmaps or {}).items() if isinstance(cam, list)}
+    peaks = heatmaps.map_peaks(stored_maps)
     for finding in findings:
         finding["heatmap_url"] = reverse("api-prediction-heatmap", args=[prediction.pk, finding["name"]])
+        peak = peaks.get(finding["name"])
+        finding["peak_percent"] = None if peak is None else f"{peak * 100:.0f}"
+        finding["map_state"] = heatmaps.map_state(peak)
+        finding["ratio"] = finding["probability"] / finding["threshold"] if finding["threshold"] > 0 else 0.0
     names = [finding["name"] for finding in findings]
     # The top finding first; ?heatmap=Name picks another (the selector without JavaScript).
     selected = request.GET.get("heatmap") if request.GET.get("heatmap") in names else None
     selected = next((f for f in findings if f["name"] == selected), findings[0] if findings else None)
+    # The heat layer is on by default only for a positive finding; ?overlay=1/0 overrides.
+    overlay = request.GET.get("overlay")
+    overlay_on = bool(selected and selected["positive"]) if overlay not in ("0", "1") else overlay == "1"
     recorded = prediction.recorded_model
+    leading = max(findings, key=lambda f: f["ratio"], default=None)
     context = {
         "prediction": prediction,
         "findings": findings,
         "selected": selected,
+        "overlay_on": overlay_on,
         "positives": sum(1 for finding in findings if finding["positive"]),
+        # The case at a glance: the largest probability / threshold over the findings, so 1.00 or
+        # more means at least one finding is positive (docs/viewer.md).
+        "case_score": leading["ratio"] if leading else None,
+        "case_leading": leading,
+        "cut_off_percent": f"{heatmaps.CUT_OFF * 100:.0f}",
+        "colour_bar": ", ".join(f"{colour} {at * 100:.0f}%" for at, colour in heatmaps.colour_stops()),
         "untrained": prediction.untrained,
         "version_name": recorded["version_name"],
         "model_sha256": recorded["sha256"],

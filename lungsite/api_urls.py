@@ -4,7 +4,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.renderers import JSONRenderer
 
-from lungsite.views import api_not_found
+from lungsite.views import api_index, api_not_found
 
 
 class SchemaApi(SpectacularAPIView):
@@ -21,6 +21,7 @@ class SchemaApi(SpectacularAPIView):
 
 
 urlpatterns = [
+    path("", api_index, name="api-index"),
     path("schema/", SchemaApi.as_view(), name="api-schema"),
     # Swagger UI, its assets from drf-spectacular-sidecar (no CDN); a browser without a session goes
     # to the login page first.

@@ -2,6 +2,8 @@ import logging
 
 from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, JsonResponse
+from django.urls import reverse
+from django.utils.cache import add_never_cache_headers
 
 from lungsite.api_errors import error_body
 
@@ -32,3 +34,29 @@ class ServiceUnavailableMiddleware:
         if request.path.startswith("/api/") or request.path == "/healthz":
             return JsonResponse(error_body("database_unavailable", UNAVAILABLE_MESSAGE), status=503)
         return HttpResponse(UNAVAILABLE_MESSAGE, status=503, content_type="text/plain")
+
+
+class PrivateResponsesMiddleware:
+    """Keeps what a signed-in user saw out of the browser's caches, for shared workstations.
+
+    - Every response to an authenticated request, and every API response, that does not set its own
+      Cache-Control gets `no-store` (Django's never-cache headers): Back after logging out then asks
+      the server again and lands on the login page instead of showing an X-ray from the cache. The
+      X-ray and heatmap responses set their own `private, max-age=...` (short; the viewer fetches
+      them again while switching findings).
+    - Logging out answers `Clear-Site-Data: "cache"`, which drops those images too.
+    Placed after AuthenticationMiddleware (it reads request.user)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        # Read before the view runs: the logout view replaces request.user with an anonymous one.
+        authenticated = request.user.is_authenticated
+        response = self.get_response(request)
+        if (authenticated or request.path.startswith("/api/")) and not response.has_header("Cache-Control"):
+            add_never_cache_headers(response)
+        if request.path == reverse("logout") and request.method == "POST":
+            add_never_cache_headers(response)
+            response["Clear-Site-Data"] = '"cache"'
+        return response

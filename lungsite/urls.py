@@ -7,7 +7,8 @@ from lungsite import views
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # The login page then says that the session ended and the browser's copies were cleared.
+    path("logout/", auth_views.LogoutView.as_view(next_page="/login/?logged_out=1"), name="logout"),
     path("admin/", admin.site.urls),
     path("", include("inference.urls")),
     path("", include("audit.urls")),

@@ -3,9 +3,11 @@ import logging
 from django.core.files.storage import storages
 from django.db import DatabaseError
 from django.http import JsonResponse
-from django.urls import Resolver404, resolve
+from django.urls import Resolver404, resolve, reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
+from rest_framework.decorators import api_view
+from rest_framework.response import Response
 
 from lungsite.api_errors import error_body
 from lungsite.supabase_storage import STORAGE_ERRORS
@@ -72,3 +74,44 @@ def api_not_found(request, path: str = ""):
         if match is not None and match.func is not api_not_found:
             message += f" Did you mean {request.path}/ (with a trailing slash)?"
     return JsonResponse(error_body("not_found", message), status=404)
+
+
+# What `GET /api/v1/` lists: (name, method, URL name, its arguments, what it does). The listed URL
+# has {id} and {finding} where a prediction's or model's id and a finding's name go.
+_ID, _FINDING = {"pk": 999999999}, {"pk": 999999999, "name": "FINDING"}
+_API_ENDPOINTS = [
+    ("predictions", "POST", "api-predictions", {}, "Analyse an X-ray (multipart field `image`)."),
+    ("predictions", "GET", "api-predictions", {}, "Your predictions, newest first."),
+    ("prediction", "GET", "api-prediction-detail", _ID, "One prediction: findings, model, heatmap URLs."),
+    ("heatmap", "GET", "api-prediction-heatmap", _FINDING, "A finding's heat layer (RGBA PNG)."),
+    ("image", "GET", "api-prediction-image", _ID, "The analysed image as stored."),
+    ("models", "GET", "api-models", {}, "The registered model versions."),
+    ("model", "GET", "api-model-detail", _ID, "One model version."),
+    ("activate", "POST", "api-model-activate", _ID, "Make a version active (model admins)."),
+    ("schema", "GET", "api-schema", {}, "The OpenAPI 3 document (?format=json for JSON)."),
+    ("docs", "GET", "api-docs", {}, "The API documentation in a browser (Swagger UI)."),
+]
+
+
+def _url_template(name: str, kwargs: dict) -> str:
+    return reverse(name, kwargs=kwargs).replace("999999999", "{id}").replace("FINDING", "{finding}")
+
+
+@api_view(["GET"])
+def api_index(request):
+    """`GET /api/v1/`: the endpoints of the API, so that a client starting at the root finds its
+    way. Like every endpoint but /healthz it needs a token or a session."""
+    endpoints = [
+        {"name": key, "method": method, "url": _url_template(name, kwargs), "description": text}
+        for key, method, name, kwargs, text in _API_ENDPOINTS
+    ]
+    return Response(
+        {
+            "name": "lungsite API",
+            "version": "v1",
+            "authentication": "Authorization: Token <key>; an administrator creates the key "
+            "(manage.py drf_create_token USERNAME, or the admin's Tokens page).",
+            "health": reverse("healthz"),
+            "endpoints": endpoints,
+        }
+    )

@@ -9,6 +9,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import ProtectedError
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
@@ -30,11 +31,31 @@ DOWNLOAD_PERMISSION = "registry.change_modelversion"
 UNTRAINED_LABEL = "UNTRAINED: outputs carry no medical meaning"
 
 
-def _untrained_badge() -> str:
+# The admin says whose it is (Django's default is "Django administration").
+admin.site.site_header = "lungsite registry"
+admin.site.site_title = "lungsite registry"
+admin.site.index_title = "Model versions, activation and audit"
+
+
+def _untrained_badge(*, short: bool = False) -> str:
+    # One line, never wrapped into a block: the short form in the list, the full sentence on a
+    # version's page (and as the short form's tooltip).
     return format_html(
-        '<strong style="color:#fff;background:#ba2121;padding:2px 6px;border-radius:3px">{}</strong>',
+        '<strong class="untrained-badge" title="{}" style="color:#fff;background:#ba2121;padding:2px 6px;'
+        'border-radius:3px;white-space:nowrap">{}</strong>',
         UNTRAINED_LABEL,
+        "UNTRAINED" if short else UNTRAINED_LABEL,
     )
+
+
+def _auroc(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _per_class_entry(value) -> dict:
+    """A per_class_auroc value as a dict: older rows store the AUROC alone, evaluations may store
+    {"auroc", "positives", "negatives", "set", "evaluated_at"}."""
+    return dict(value) if isinstance(value, dict) else {"auroc": value}
 
 
 def _parse_json_object(text: str, what: str) -> dict | None:
@@ -130,11 +151,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
     list_display = (
         "version_name",
         "is_active",
+        "untrained_flag",
         "mean_auroc",
         "short_sha",
-        "created_at",
-        "activated_at",
-        "untrained_flag",
+        "created",
+        "activated",
     )
     list_display_links = ("version_name",)
     list_filter = ("is_active", "untrained", "architecture")
@@ -152,7 +173,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "storage_path",
         "weights_download",
         "class_names_list",
-        "accuracy_auroc",
+        "mean_auroc",
         "per_class_table",
         "thresholds_table",
         "preprocessing",
@@ -173,7 +194,15 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description="mean AUROC", ordering="accuracy_auroc")
     def mean_auroc(self, obj):
-        return "-" if obj.accuracy_auroc is None else f"{obj.accuracy_auroc:.3f}"
+        return _auroc(obj.accuracy_auroc)
+
+    @admin.display(description="created", ordering="created_at")
+    def created(self, obj):
+        return f"{obj.created_at:%Y-%m-%d %H:%M}"
+
+    @admin.display(description="activated", ordering="activated_at")
+    def activated(self, obj):
+        return f"{obj.activated_at:%Y-%m-%d %H:%M}" if obj.activated_at else "-"
 
     @admin.display(description="sha256")
     def short_sha(self, obj):
@@ -181,9 +210,9 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description="trained?", ordering="untrained")
     def untrained_flag(self, obj):
-        return _untrained_badge() if obj.untrained else "trained"
+        return _untrained_badge(short=True) if obj.untrained else "trained"
 
-    @admin.display(description="")
+    @admin.display(description="weights")
     def untrained_warning(self, obj):
         return _untrained_badge() if obj.untrained else "Trained weights."
 
@@ -193,16 +222,35 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description="per-class AUROC")
     def per_class_table(self, obj):
-        rows = [
-            (
-                name,
-                "-" if (obj.per_class_auroc or {}).get(name) is None else f"{obj.per_class_auroc[name]:.3f}",
-            )
-            for name in obj.class_names or []
-        ]
-        if not any(value != "-" for _, value in rows):
+        entries = {name: _per_class_entry(v) for name, v in (obj.per_class_auroc or {}).items()}
+        if not any(entry.get("auroc") is not None for entry in entries.values()):
             return "Not evaluated (run manage.py evaluate_model)."
-        return self._table(("finding", "AUROC"), rows)
+
+        def count(entry, key):
+            return "-" if entry.get(key) is None else str(entry[key])
+
+        rows = []
+        for name in obj.class_names or []:
+            entry = entries.get(name, {})
+            rows.append(
+                (name, _auroc(entry.get("auroc")), count(entry, "positives"), count(entry, "negatives"))
+            )
+        table = self._table(("finding", "AUROC", "positives", "negatives"), rows)
+        # Where and when it was measured, as far as the row records it.
+        evaluated_on = getattr(obj, "evaluation_set", None) or next(
+            (e["set"] for e in entries.values() if e.get("set")), None
+        )
+        evaluated_at = getattr(obj, "evaluated_at", None) or next(
+            (e["evaluated_at"] for e in entries.values() if e.get("evaluated_at")), None
+        )
+        source = format_html(
+            "<p>Set: {}. Date: {}. A dash: not recorded for this version.</p>",
+            evaluated_on or "not recorded",
+            evaluated_at
+            if isinstance(evaluated_at, str)
+            else (f"{evaluated_at:%Y-%m-%d}" if evaluated_at else "not recorded"),
+        )
+        return format_html("{}{}", table, source)
 
     @admin.display(description="thresholds")
     def thresholds_table(self, obj):
@@ -314,16 +362,52 @@ class ModelVersionAdmin(admin.ModelAdmin):
             self.message_user(request, "Select exactly one version to activate.", messages.ERROR)
             return None
         version = queryset.get()
+        if request.POST.get("confirm") != "yes":
+            # As delete_selected does: a page that says what will change, then the same POST again.
+            hidden = {"action": "activate_selected", "_selected_action": version.pk}
+            return self._activate_confirmation(request, version, action_url="", hidden=hidden)
+        self._activate(request, version)
+        return None
+
+    def activate_view(self, request, pk):
+        """A version's own Activate button: GET asks for confirmation, POST activates."""
+        if not self.has_activate_permission(request):
+            raise PermissionDenied
+        version = get_object_or_404(ModelVersion, pk=pk)
+        if request.method == "POST" and request.POST.get("confirm") == "yes":
+            self._activate(request, version)
+            return HttpResponseRedirect(reverse("admin:registry_modelversion_change", args=[pk]))
+        action_url = reverse("admin:registry_modelversion_activate", args=[pk])
+        return self._activate_confirmation(request, version, action_url=action_url, hidden={})
+
+    def _activate_confirmation(self, request, version, *, action_url, hidden):
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Activate {version.version_name}?",
+            "opts": self.model._meta,
+            "version": version,
+            "current": ModelVersion.objects.filter(is_active=True).first(),
+            "action_url": action_url,
+            "hidden": hidden,
+            "cancel_url": reverse("admin:registry_modelversion_change", args=[version.pk]),
+        }
+        return TemplateResponse(request, "admin/registry/modelversion/activate_confirmation.html", context)
+
+    def _activate(self, request, version) -> None:
         try:
             model_version_activate(version=version, user=request.user, via=ActivationEvent.VIA_ADMIN)
         except ActivationError as exc:
             self.message_user(request, str(exc), messages.ERROR)
-            return None
+            return
         note = " It is UNTRAINED: its outputs carry no medical meaning." if version.untrained else ""
         self.message_user(
             request, f"{version.version_name} is now the active version.{note}", messages.SUCCESS
         )
-        return None
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = dict(extra_context or {})
+        extra_context["can_activate"] = self.has_activate_permission(request)
+        return super().change_view(request, object_id, form_url, extra_context=extra_context)
 
     def get_urls(self):
         custom = [
@@ -331,6 +415,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 "rollback/",
                 self.admin_site.admin_view(require_POST(self.rollback_view)),
                 name="registry_modelversion_rollback",
+            ),
+            path(
+                "<int:pk>/activate/",
+                self.admin_site.admin_view(self.activate_view),
+                name="registry_modelversion_activate",
             ),
             path(
                 "<int:pk>/weights/",

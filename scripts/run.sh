@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Development server on http://127.0.0.1:8000: migrate, bootstrap (starter model + admin), serve.
+# lungsite on http://127.0.0.1:8000 as production serves it: migrate, bootstrap (starter model +
+# admin), collect static files, then gunicorn (gunicorn.conf.py: whitenoise serves the static files,
+# each worker loads and warms the active model before its first request). DEBUG stays off, so errors
+# and 404s are lungsite's own pages; plain HTTP on loopback (DJANGO_HTTPS=0). PORT=8001 to move it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export DJANGO_DEBUG="${DJANGO_DEBUG:-1}"
+export DJANGO_DEBUG="${DJANGO_DEBUG:-0}"
+export DJANGO_HTTPS="${DJANGO_HTTPS:-0}"
+port="${PORT:-8000}"
 data_dir="${LUNGSITE_DATA_DIR:-var}"
 mkdir -p "$data_dir"
 export LUNGSITE_ADMIN_USERNAME="${LUNGSITE_ADMIN_USERNAME:-admin}"
@@ -15,6 +20,6 @@ fi
 .venv/bin/python manage.py bootstrap
 .venv/bin/python manage.py collectstatic --no-input -v 0
 echo
-echo "lungsite: http://127.0.0.1:8000/  admin login: $LUNGSITE_ADMIN_USERNAME / $LUNGSITE_ADMIN_PASSWORD"
+echo "lungsite: http://127.0.0.1:$port/  admin login: $LUNGSITE_ADMIN_USERNAME / $LUNGSITE_ADMIN_PASSWORD"
 echo
-exec .venv/bin/python manage.py runserver 127.0.0.1:8000
+exec env GUNICORN_BIND="${GUNICORN_BIND:-127.0.0.1:$port}" .venv/bin/gunicorn -c gunicorn.conf.py

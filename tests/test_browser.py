@@ -3,6 +3,7 @@ against a live server: log in, upload a real X-ray, read the result, switch the 
 screenshots at desktop and phone widths under the test's temp folder."""
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,13 +36,19 @@ def browser():
         "--disable-gpu",
         "--disable-background-networking",
         "--disable-dev-shm-usage",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
         "--window-size=1280,900",
     ):
         options.add_argument(argument)
+    profile = tempfile.mkdtemp(prefix="lungsite-chromium-")
+    options.add_argument(f"--user-data-dir={profile}")
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture
@@ -204,3 +211,143 @@ def test_it_logs_in_uploads_an_xray_and_shows_its_heatmaps(
         Path(export).mkdir(parents=True, exist_ok=True)
         for path in shots.iterdir():
             shutil.copy(path, Path(export) / path.name)
+
+
+def _log_in(browser, site, wait):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    browser.get(site.url + "/login/")
+    browser.find_element(By.ID, "id_username").send_keys("erin")
+    browser.find_element(By.ID, "id_password").send_keys("pw-erin-browser")
+    browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+    wait.until(ec.presence_of_element_located((By.ID, "upload-form")))
+
+
+def _upload_xray(browser, wait):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    xray = shared_data_path("nih_reproduce_chexnet", "images", "00000211_000.png")
+    browser.find_element(By.ID, "id_image").send_keys(str(xray))
+    # Two submits in a row, as a double click sends them: the second must not start another upload.
+    browser.execute_script(
+        "const f = document.getElementById('upload-form'); f.requestSubmit(); f.requestSubmit();"
+    )
+    wait.until(ec.url_matches(r"/predictions/\d+/$"))
+    wait.until(lambda d: _image_loaded(d, ".viewer-base"))
+
+
+def _viewport(browser, width: int, height: int) -> None:
+    # The window's size includes the browser's own frame; the page's viewport is what matters.
+    browser.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 500},
+    )
+
+
+def test_it_shows_nothing_on_back_after_logout(browser, site, starter_model, browser_user):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    _log_in(browser, site, wait)
+    _upload_xray(browser, wait)
+    assert Prediction.objects.count() == 1  # the second submit of the same form made no prediction
+    result_url = browser.current_url
+    assert "Prediction #" in browser.page_source
+
+    browser.find_element(By.CSS_SELECTOR, "form.logout button[type=submit]").click()
+    wait.until(ec.url_contains("/login/"))
+    assert "You are logged out." in browser.find_element(By.ID, "logged-out").text
+
+    browser.back()
+    # The result page was not kept (no-store): going back asks the server, which sends a logged-out
+    # browser to the login page. Neither the X-ray nor a finding is on screen.
+    wait.until(lambda d: "/login/" in d.current_url)
+    source = browser.page_source
+    assert "Prediction #" not in source and "viewer-base" not in source and "Effusion" not in source
+    browser.get(result_url)
+    wait.until(ec.url_contains("/login/"))
+
+
+def test_it_leaves_a_usable_upload_form_on_back_from_a_result(browser, site, starter_model, browser_user):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    _log_in(browser, site, wait)
+    _upload_xray(browser, wait)
+    browser.back()
+    wait.until(ec.presence_of_element_located((By.ID, "upload-form")))
+    submit = browser.find_element(By.ID, "upload-submit")
+    wait.until(lambda d: submit.is_enabled())
+    assert submit.text == "Analyse"
+    assert not browser.find_element(By.ID, "upload-progress").is_displayed()
+
+    # And it works: a second upload from the same page gives a second prediction.
+    _upload_xray(browser, wait)
+    assert Prediction.objects.count() == 2
+
+
+def test_it_views_the_xray_with_zoom_window_level_invert_and_the_heat_layer(
+    browser, site, starter_model, browser_user, tmp_path
+):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    _log_in(browser, site, wait)
+    _upload_xray(browser, wait)
+    _viewport(browser, 1440, 900)
+    browser.refresh()
+    wait.until(lambda d: _image_loaded(d, ".viewer-base") and _image_loaded(d, "#heatmap"))
+
+    # The whole image is above the fold at 1440x900.
+    fits = browser.execute_script(
+        "const r = document.getElementById('viewer-base').getBoundingClientRect();"
+        "return r.top >= 0 && r.bottom <= window.innerHeight;"
+    )
+    assert fits, "the X-ray does not fit above the fold at 1440x900"
+
+    stage = browser.find_element(By.ID, "viewer-stage")
+    canvas = browser.find_element(By.ID, "viewer-canvas")
+    base = browser.find_element(By.ID, "viewer-base")
+    browser.find_element(By.CSS_SELECTOR, "[data-action=zoom-in]").click()
+    assert "scale(1.25)" in canvas.get_attribute("style")
+
+    # Window/level by dragging (the default tool), then invert: a filter on the X-ray only.
+    ActionChains(browser).move_to_element(stage).click_and_hold().move_by_offset(-80, 40).release().perform()
+    assert "url(" in base.value_of_css_property("filter")
+    assert "W " in browser.find_element(By.ID, "viewer-readout").text
+    browser.find_element(By.CSS_SELECTOR, "[data-action=invert]").click()
+    slope = browser.execute_script(
+        "return document.querySelector('#viewer-wl feFuncR').getAttribute('slope');"
+    )
+    assert float(slope) < 0
+    assert browser.find_element(By.ID, "heatmap").value_of_css_property("filter") == "none"
+
+    # Reset brings back the fitted, unfiltered image.
+    browser.find_element(By.CSS_SELECTOR, "[data-action=reset]").click()
+    assert "scale(1)" in canvas.get_attribute("style") and base.value_of_css_property("filter") == "none"
+
+    # The heat layer follows the finding: on for a positive one, off for a negative one, and the
+    # button toggles it.
+    findings = {f["name"]: f["positive"] for f in Prediction.objects.get().results_json["findings"]}
+    picker = Select(browser.find_element(By.ID, "heatmap-select"))
+    toggle = browser.find_element(By.ID, "overlay-toggle")
+    for name in (next(n for n, p in findings.items() if p), next(n for n, p in findings.items() if not p)):
+        picker.select_by_value(name)
+        suffix = f"/{name}.png"
+        wait.until(lambda d, s=suffix: d.find_element(By.ID, "heatmap").get_attribute("src").endswith(s))
+        wait.until(lambda d: d.find_element(By.ID, "viewer-stage").get_attribute("aria-busy") != "true")
+        assert toggle.get_attribute("aria-pressed") == ("true" if findings[name] else "false")
+        assert browser.find_element(By.ID, "heatmap").is_displayed() == findings[name]
+    toggle.click()
+    assert browser.find_element(By.ID, "heatmap").is_displayed()
+    assert browser.find_element(By.ID, "colour-key").is_displayed()
+    browser.save_screenshot(str(tmp_path / "viewer-1440.png"))

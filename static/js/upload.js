@@ -55,6 +55,15 @@
 
   input.addEventListener("change", showChosen);
 
+  // Back from the result page may restore this page from the back/forward cache exactly as it was
+  // left: busy, with the progress bar. Make it usable again.
+  window.addEventListener("pageshow", function (event) {
+    if (!event.persisted) return;
+    setBusy(false);
+    progress.hidden = true;
+    showChosen();
+  });
+
   ["dragenter", "dragover"].forEach(function (type) {
     dropzone.addEventListener(type, function (event) {
       event.preventDefault();
@@ -81,6 +90,9 @@
 
   form.addEventListener("submit", function (event) {
     event.preventDefault();
+    // A second click (or Enter) while the first upload runs sends nothing; the server also answers
+    // a repeat of this form's nonce with the first result.
+    if (submit.disabled) return;
     var file = chosenFile();
     if (!file) {
       showError("No file chosen", "Choose a PNG, JPEG or DICOM file to upload.");

@@ -262,7 +262,7 @@ def test_it_renders_a_heatmap_on_first_fetch_and_keeps_it(starter_model, clinici
     def no_render(*args, **kwargs):
         raise AssertionError("rendered twice")
 
-    monkeypatch.setattr("inference.pipeline.heatmap_overlay_png", no_render)
+    monkeypatch.setattr("inference.heatmaps.heatmap_overlay_png", no_render)
     assert audit_services.heatmap_png(prediction=prediction, name="Cardiomegaly") == png
     with pytest.raises(LookupError):
         audit_services.heatmap_png(prediction=prediction, name="Hernia")

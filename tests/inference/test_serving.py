@@ -17,7 +17,8 @@ from torch import nn
 from inference.architectures import ARCHITECTURES, architecture_get
 from inference.decode import decode
 from inference.export import ServingModule, onnx_graph
-from inference.pipeline import NonFiniteOutput, cams_normalised, predict, preprocess
+from inference.heatmaps import cams_normalised
+from inference.pipeline import NonFiniteOutput, predict, preprocess
 from inference.serving import ServingRuntime
 from inference.weights import load_model
 from registry.models import DEFAULT_PREPROCESSING
@@ -237,7 +238,8 @@ import django
 django.setup()
 import lungsite.urls  # every view, API and admin module a worker imports
 from inference.decode import decode
-from inference.pipeline import heatmap_overlay_png, predict, preprocess
+from inference.heatmaps import heatmap_overlay_png
+from inference.pipeline import predict, preprocess
 from inference.serving import ServingRuntime
 from registry.models import DEFAULT_PREPROCESSING
 runtime = ServingRuntime.from_graph(open(sys.argv[1], "rb").read(), 224, threads=1)

@@ -20,7 +20,7 @@ def _version(name="starter-untrained", *, untrained=True, active=True) -> ModelV
     )
 
 
-def _prediction(user, version, probabilities=PROBABILITIES) -> Prediction:
+def _prediction(user, version, probabilities=PROBABILITIES, heatmaps=None) -> Prediction:
     findings = []
     for name in version.class_names:
         probability = probabilities.get(name, 0.1)
@@ -34,6 +34,7 @@ def _prediction(user, version, probabilities=PROBABILITIES) -> Prediction:
         image_url="x.png",
         image_sha256="f" * 64,
         latency_ms=812.3,
+        heatmaps=heatmaps or {},
         results_json={
             "model": {
                 "id": version.pk,
@@ -138,3 +139,63 @@ def test_it_shows_the_result_to_auditors_and_superusers(client, prediction, role
     response = client.get(_url(prediction))
     assert response.status_code == 200
     assert "by alice" in response.content.decode()
+
+
+def _with_maps(user, maps: dict) -> Prediction:
+    """A prediction whose stored maps are zero but for one value per finding named in `maps`."""
+    cams = {name: [[0.0] * 7 for _ in range(7)] for name in DEFAULT_CLASS_NAMES}
+    for name, peak in maps.items():
+        cams[name][3][3] = peak
+    return _prediction(user, _version(), heatmaps=cams)
+
+
+def test_it_shows_the_case_score_and_how_it_is_computed(client, clinician, prediction):
+    client.force_login(clinician)
+    html = client.get(_url(prediction)).content.decode()
+    # max(probability / threshold) = 0.91 / 0.5 (Effusion)
+    assert '<span class="case-score-value mono" id="case-score">1.82</span>' in html
+    assert "largest probability ÷ threshold" in html and "Effusion: 91.0 % ÷ 50.0 %" in html
+    assert "Abnormal: 2 findings at or above threshold" in html
+    assert "sorted by probability, highest first" in html
+
+
+def test_it_says_no_finding_is_positive_below_every_threshold(client, clinician):
+    prediction = _prediction(clinician, _version(), probabilities={"Effusion": 0.4})
+    client.force_login(clinician)
+    html = client.get(_url(prediction)).content.decode()
+    assert 'id="case-score">0.80<' in html and "No finding at or above its threshold" in html
+
+
+def test_it_shows_the_heat_layer_by_default_only_for_a_positive_finding(client, clinician):
+    prediction = _with_maps(clinician, {"Effusion": 2.0, "Nodule": 1.0})
+    client.force_login(clinician)
+    positive = client.get(_url(prediction)).content.decode()  # Effusion, positive
+    assert 'alt="Heat layer of Effusion over the X-ray">' in positive
+    assert 'id="overlay-toggle" data-action="overlay" aria-pressed="true"' in positive
+    negative = client.get(_url(prediction), {"heatmap": "Nodule"}).content.decode()
+    assert 'alt="Heat layer of Nodule over the X-ray" hidden>' in negative
+    assert 'aria-pressed="false" title="Heat layer on/off' in negative
+    # Asked for explicitly (the no-script toggle), it shows.
+    shown = client.get(_url(prediction), {"heatmap": "Nodule", "overlay": "1"}).content.decode()
+    assert 'alt="Heat layer of Nodule over the X-ray">' in shown
+
+
+def test_it_says_which_maps_are_empty_or_below_the_cut_off_on_one_scale(client, clinician):
+    prediction = _with_maps(clinician, {"Effusion": 2.0, "Cardiomegaly": 1.0, "Mass": 0.2})
+    client.force_login(clinician)
+    html = client.get(_url(prediction)).content.decode()
+    assert "peaks at 100 % of the case scale." in html  # Effusion, the strongest map of the case
+    assert 'value="Cardiomegaly" data-src' in html and 'data-state="shown" data-peak="50"' in html
+    assert 'data-state="faint" data-peak="10"' in html  # Mass: a tenth, below the cut-off
+    assert html.count('data-state="empty"') == 10 and html.count(">empty map</span>") == 10
+    assert "one scale for all findings of this case" in html
+    faint = client.get(_url(prediction), {"heatmap": "Mass"}).content.decode()
+    assert "below the 25 % cut-off; nothing drawn." in faint
+    empty = client.get(_url(prediction), {"heatmap": "Nodule"}).content.decode()
+    assert "empty map, the model's evidence is zero everywhere" in empty
+
+
+def test_it_keeps_the_result_out_of_the_browsers_cache(client, clinician, prediction):
+    client.force_login(clinician)
+    response = client.get(_url(prediction))
+    assert "no-store" in response["Cache-Control"] and "private" in response["Cache-Control"]

@@ -42,7 +42,10 @@ def test_it_logs_out_with_a_post_only(client, clinician):
     client.force_login(clinician)
     assert client.get(reverse("logout")).status_code == 405
     response = client.post(reverse("logout"))
-    assert response.status_code == 302 and response["Location"] == reverse("login")
+    assert response.status_code == 302 and response["Location"] == reverse("login") + "?logged_out=1"
+    # The browser drops its copies of what was seen, and the login page says so.
+    assert response["Clear-Site-Data"] == '"cache"' and "no-store" in response["Cache-Control"]
+    assert 'id="logged-out"' in client.get(response["Location"]).content.decode()
     assert client.get("/history/").status_code == 302
 
 
@@ -239,3 +242,36 @@ def test_it_needs_csrf_for_the_upload(method, clinician, starter_model):
     csrf_client.force_login(clinician)
     response = getattr(csrf_client, method)("/")
     assert response.status_code == (200 if method == "get" else 403)
+
+
+def test_it_makes_one_prediction_for_a_form_submitted_twice(client, clinician, starter_model):
+    client.force_login(clinician)
+    page = client.get("/").content.decode()
+    nonce = page.split('name="nonce" value="')[1].split('"')[0]
+    assert len(nonce) >= 16
+    path = shared_data_path("nih_reproduce_chexnet", "images", "00000211_000.png")
+    first = client.post("/", {"image": _upload(path), "nonce": nonce}, **XHR)
+    second = client.post("/", {"image": _upload(path), "nonce": nonce}, **XHR)
+    assert first.status_code == 201 and second.status_code == 201
+    assert json.loads(second.content)["id"] == json.loads(first.content)["id"]
+    assert Prediction.objects.count() == 1
+    # A new rendering of the form has a new nonce: a new upload is a new prediction.
+    other = client.get("/").content.decode().split('name="nonce" value="')[1].split('"')[0]
+    assert other != nonce
+    assert client.post("/", {"image": _upload(path), "nonce": other}, **XHR).status_code == 201
+    assert Prediction.objects.count() == 2
+
+
+def test_it_analyses_a_retry_of_a_refused_form(client, clinician, starter_model):
+    client.force_login(clinician)
+    nonce = "retry-nonce-0123456789"
+    refused = client.post("/", {"image": SimpleUploadedFile("x.png", b"not an image"), "nonce": nonce}, **XHR)
+    assert refused.status_code == 415 and Prediction.objects.count() == 0
+    path = shared_data_path("nih_reproduce_chexnet", "images", "00000211_000.png")
+    assert client.post("/", {"image": _upload(path), "nonce": nonce}, **XHR).status_code == 201
+    assert Prediction.objects.count() == 1
+
+
+def test_it_sends_no_store_on_the_upload_page(client, clinician, starter_model):
+    client.force_login(clinician)
+    assert "no-store" in client.get("/")["Cache-Control"]

@@ -130,7 +130,13 @@ def test_it_activates_exactly_one_selected_version(client, model_admin, starter_
     assert "Select exactly one version to activate." in messages_of(response)
     assert ModelVersion.objects.get(is_active=True) == starter_model
 
-    response = client.post(url, {"action": "activate_selected", "_selected_action": [other.pk]}, follow=True)
+    # One selected: first a confirmation page, nothing changed yet; then the confirmed POST.
+    response = client.post(url, {"action": "activate_selected", "_selected_action": [other.pk]})
+    assert response.status_code == 200 and 'id="activate-confirmation"' in response.content.decode()
+    assert ModelVersion.objects.get(is_active=True) == starter_model
+    response = client.post(
+        url, {"action": "activate_selected", "_selected_action": [other.pk], "confirm": "yes"}, follow=True
+    )
     assert "other is now the active version." in messages_of(response)
     assert ModelVersion.objects.get(is_active=True) == other
     event = ActivationEvent.objects.order_by("-id").first()
@@ -195,3 +201,52 @@ def test_it_lets_a_staff_auditor_view_but_not_change(client, auditor, starter_mo
     assert 'name="notes"' not in response.content.decode()
     assert client.post(change_url(starter_model), {"notes": "x"}).status_code == 403
     assert client.get(reverse("admin:registry_activationevent_changelist")).status_code == 200
+
+
+def test_it_activates_from_a_versions_page_after_confirmation(client, model_admin, starter_model, register):
+    other = register("other")
+    client.force_login(model_admin)
+    page = client.get(change_url(other)).content.decode()
+    activate = reverse("admin:registry_modelversion_activate", args=[other.pk])
+    assert f'href="{activate}"' in page
+    # The active version's page has no Activate button.
+    assert 'id="activate-button"' not in client.get(change_url(starter_model)).content.decode()
+
+    confirmation = client.get(activate)
+    assert confirmation.status_code == 200
+    body = confirmation.content.decode()
+    assert "every prediction" in body and starter_model.version_name in body
+    assert ModelVersion.objects.get(is_active=True) == starter_model
+
+    response = client.post(activate, {"confirm": "yes"})
+    assert response.status_code == 302 and response["Location"] == change_url(other)
+    assert ModelVersion.objects.get(is_active=True) == other
+
+
+def test_it_refuses_activation_to_staff_without_the_permission(client, clinician, starter_model, register):
+    other = register("other")
+    clinician.is_staff = True
+    clinician.save()
+    client.force_login(clinician)
+    activate = reverse("admin:registry_modelversion_activate", args=[other.pk])
+    assert client.post(activate, {"confirm": "yes"}).status_code == 403
+    assert ModelVersion.objects.get(is_active=True) == starter_model
+
+
+def test_it_shows_rounded_auroc_counts_and_the_lungsite_header(client, model_admin, starter_model):
+    starter_model.accuracy_auroc = 0.5815787528912306
+    starter_model.per_class_auroc = {"Edema": {"auroc": 0.61234, "positives": 12, "negatives": 88}}
+    starter_model.save()
+    client.force_login(model_admin)
+    body = client.get(change_url(starter_model)).content.decode()
+    assert "0.582" in body and "0.5815787528912306" not in body
+    assert "<td>Edema</td><td>0.612</td><td>12</td><td>88</td>" in body
+    assert "lungsite registry" in body and "Django administration" not in body
+    listing = client.get(reverse(CHANGELIST)).content.decode()
+    assert "0.582" in listing and "white-space:nowrap" in listing
+
+
+def test_it_puts_an_upload_progress_bar_on_the_add_page(client, model_admin):
+    client.force_login(model_admin)
+    body = client.get(reverse("admin:registry_modelversion_add")).content.decode()
+    assert 'id="upload-progress-bar"' in body and "admin_upload" in body and "js" in body

@@ -155,7 +155,8 @@ def test_it_registers_and_serves_a_resnet50_with_grad_cam_heatmaps(weights_file,
 
     from audit.models import Prediction
     from inference.decode import decode
-    from inference.pipeline import cams_normalised, preprocess
+    from inference.heatmaps import cams_normalised
+    from inference.pipeline import preprocess
     from inference.weights import load_model, save_state_dict
     from registry.models import DEFAULT_PREPROCESSING
     from tests.conftest import shared_data_path
