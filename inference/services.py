@@ -89,6 +89,7 @@ def prediction_create(*, upload: UploadedFile, user: AbstractBaseUser | None, so
     or PredictionUnavailable (503: no model can serve, image storage or database unavailable).
     Nothing is stored when it raises."""
     from audit.services import AuditWriteError, StorageUnavailable, prediction_log
+    from inference.dicom_checks import dicom_upload_refusal
     from inference.pipeline import DecodeError, decode_gray, predict, preprocess
     from registry.cache import NoActiveModel, get_active
     from registry.models import DEFAULT_PREPROCESSING
@@ -99,6 +100,10 @@ def prediction_create(*, upload: UploadedFile, user: AbstractBaseUser | None, so
         image = decode_gray(data, getattr(upload, "name", "") or "", max_pixels=settings.LUNGSITE_MAX_PIXELS)
     except DecodeError as exc:
         raise PredictionRefused(str(exc), code=exc.code, status=exc.status) from exc
+    refusal = dicom_upload_refusal(data)
+    if refusal is not None:
+        # A lateral, another body part or modality: the models were made for frontal chest films.
+        raise PredictionRefused(f"{refusal[:1].upper()}{refusal[1:]}.", code="not_frontal_chest", status=422)
 
     try:
         serving = get_active()
