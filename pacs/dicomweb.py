@@ -92,14 +92,15 @@ def stow(*, data: bytes, study: str) -> None:
     failed = None
     if response.content:
         try:
-            failed = (response.json() or {}).get(FAILED_SOP_SEQUENCE)
-        except ValueError:
+            # Orthanc names the sequence even when it is empty.
+            failed = ((response.json() or {}).get(FAILED_SOP_SEQUENCE) or {}).get("Value")
+        except (ValueError, AttributeError):
             failed = None
     if response.status_code == 200 and not failed:
         return
     reason = ""
     if failed:
-        values = [item.get(FAILURE_REASON, {}).get("Value", [None])[0] for item in failed.get("Value", [])]
+        values = [item.get(FAILURE_REASON, {}).get("Value", [None])[0] for item in failed]
         reason = f", failure reason {', '.join(f'0x{v:04X}' for v in values if isinstance(v, int))}"
     raise DicomwebError(
         f"The PACS answered {response.status_code} to STOW-RS{reason}.",
