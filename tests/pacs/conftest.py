@@ -23,7 +23,9 @@ def pacs_user(db, django_user_model):
     from rest_framework.authtoken.models import Token
 
     user = django_user_model.objects.create_user(username="pacs", password="pw-pacs-service")
-    user.user_permissions.add(Permission.objects.get(content_type__app_label="pacs", codename="add_receivedinstance"))
+    user.user_permissions.add(
+        Permission.objects.get(content_type__app_label="pacs", codename="add_receivedinstance")
+    )
     user.token = Token.objects.create(user=user).key
     return user
 

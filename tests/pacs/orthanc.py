@@ -25,7 +25,9 @@ def orthanc_binary() -> str:
     if binary is None:
         pytest.skip("Orthanc is not installed (apt-get install orthanc orthanc-dicomweb; .ci/run does)")
     if not PLUGIN.exists():
-        pytest.skip(f"the Orthanc DICOMweb plugin is not installed ({PLUGIN}; apt-get install orthanc-dicomweb)")
+        pytest.skip(
+            f"the Orthanc DICOMweb plugin is not installed ({PLUGIN}; apt-get install orthanc-dicomweb)"
+        )
     return binary
 
 

@@ -28,7 +28,9 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 def orthanc(tmp_path, live_server, dicom_listener, pacs_user, settings):
     settings.LUNGSITE_PACS_RETRY_SECONDS = 1
     pacs = Orthanc(
-        tmp_path / "orthanc", lungsite_dicom_port=dicom_listener[1], lungsite_url=live_server.url,
+        tmp_path / "orthanc",
+        lungsite_dicom_port=dicom_listener[1],
+        lungsite_url=live_server.url,
         token=pacs_user.token,
     )
     settings.LUNGSITE_DICOMWEB_URL = pacs.dicomweb_url
@@ -163,7 +165,12 @@ def test_it_round_trips_a_chest_radiograph_through_orthanc_by_c_store_and_stow_r
     )
 
     # No patient data at rest in lungsite: its database and its storage never saw the header.
-    phi = [str(source.PatientName), str(source.PatientName).split("^")[0], source.PatientID, source.PatientBirthDate]
+    phi = [
+        str(source.PatientName),
+        str(source.PatientName).split("^")[0],
+        source.PatientID,
+        source.PatientBirthDate,
+    ]
     assert all(phi)
     text = _database_text()
     files = _storage_bytes()

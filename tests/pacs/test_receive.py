@@ -44,10 +44,15 @@ def _stow_body(*parts: bytes) -> tuple[bytes, str]:
     body = b"".join(
         f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part + b"\r\n" for part in parts
     )
-    return body + f"--{boundary}--\r\n".encode(), f'multipart/related; type="application/dicom"; boundary={boundary}'
+    return (
+        body + f"--{boundary}--\r\n".encode(),
+        f'multipart/related; type="application/dicom"; boundary={boundary}',
+    )
 
 
-def test_it_analyses_a_chest_radiograph_and_keeps_its_results_pending_without_a_pacs(db, starter_model, settings):
+def test_it_analyses_a_chest_radiograph_and_keeps_its_results_pending_without_a_pacs(
+    db, starter_model, settings
+):
     settings.LUNGSITE_DICOMWEB_URL = ""
     received = instance_receive(dataset_bytes=_read(SMALL_CHEST), source=ReceivedInstance.SOURCE_CSTORE)
     assert received.state == ReceivedInstance.DONE
@@ -84,7 +89,9 @@ def test_it_records_other_images_as_skipped_with_the_reason(db, starter_model, d
 
 def test_it_refuses_malformed_bytes_and_records_why(db):
     with pytest.raises(InstanceRefused) as info:
-        instance_receive(dataset_bytes=b"\x00" * 128 + b"DICM" + b"\xff" * 40, source=ReceivedInstance.SOURCE_STOW)
+        instance_receive(
+            dataset_bytes=b"\x00" * 128 + b"DICM" + b"\xff" * 40, source=ReceivedInstance.SOURCE_STOW
+        )
     assert info.value.received.state == ReceivedInstance.SKIPPED
     assert info.value.received.reason.startswith("malformed DICOM")
 
@@ -120,7 +127,9 @@ def test_it_refuses_stow_rs_without_a_token_or_the_permission(api, clinician):
 def test_it_refuses_stow_rs_bodies_that_are_not_multipart_related(api, pacs_user):
     client = api(pacs_user)
     assert client.post("/dicom-web/studies", data=b"x", content_type="application/dicom").status_code == 415
-    response = client.post("/dicom-web/studies", data=b"--x--\r\n", content_type="multipart/related; boundary=x")
+    response = client.post(
+        "/dicom-web/studies", data=b"--x--\r\n", content_type="multipart/related; boundary=x"
+    )
     assert response.status_code == 400
     assert ReceivedInstance.objects.count() == 0
 
@@ -144,8 +153,12 @@ def test_it_answers_c_echo_and_c_store_and_keeps_serving(dicom_listener):
 
 def test_it_lists_the_worklist_newest_or_most_abnormal_first(client, auditor, clinician, db):
     low = ReceivedInstance.objects.create(source="c-store", state="done", top_margin=-0.2, top_finding="Mass")
-    high = ReceivedInstance.objects.create(source="c-store", state="done", top_margin=0.3, top_finding="Edema")
-    skipped = ReceivedInstance.objects.create(source="stow-rs", state="skipped", reason="modality CT: only ...")
+    high = ReceivedInstance.objects.create(
+        source="c-store", state="done", top_margin=0.3, top_finding="Edema"
+    )
+    skipped = ReceivedInstance.objects.create(
+        source="stow-rs", state="skipped", reason="modality CT: only ..."
+    )
     client.force_login(clinician)
     assert client.get("/worklist/").status_code == 403
     client.force_login(auditor)
