@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import io
+import json
 import os
 import time
 from pathlib import Path
@@ -114,7 +115,8 @@ def _check_results_in_orthanc(orthanc: Orthanc, received, source: pydicom.Datase
 
     for row in sc_rows:
         sc = _wado_instance(orthanc, study, row.series_instance_uid, row.sop_instance_uid)
-        assert sc.StudyInstanceUID == study and sc.Modality == "OT" or sc.SOPClassUID.endswith(".7")
+        assert sc.StudyInstanceUID == study and sc.SeriesInstanceUID == row.series_instance_uid
+        assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
         assert str(sc.PatientName) == str(source.PatientName)
         pixels = sc.pixel_array
         assert pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.std() > 1
@@ -216,7 +218,7 @@ def test_it_keeps_results_while_orthanc_is_down_and_delivers_them_after_it_is_ba
     time.sleep(2.2)
     out = io.StringIO()
     call_command("pacs_deliver", stdout=out)
-    assert '"sent": %d' % len(results) in out.getvalue()
+    assert json.loads(out.getvalue().splitlines()[-1])["sent"] == len(results)
     received.refresh_from_db()
     _check_results_in_orthanc(orthanc, received, source)
     assert "delivery sent" in client.get("/worklist/").content.decode()
