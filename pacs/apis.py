@@ -7,6 +7,8 @@ from __future__ import annotations
 import email.parser
 import email.policy
 
+from django.conf import settings
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import BaseParser
@@ -15,6 +17,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from lungsite.api_errors import PayloadTooLarge
 from pacs.models import ReceivedInstance
 
 # Failure reasons (PS3.18 Table 10.5.3-1 / PS3.4 Annex B): C000 cannot understand, A700 out of
@@ -30,7 +33,13 @@ class MultipartRelatedParser(BaseParser):
     media_type = "multipart/related"
 
     def parse(self, stream, media_type=None, parser_context=None) -> list[bytes]:
-        body = stream.read() if stream is not None else b""
+        # DRF reads the stream itself, past Django's DATA_UPLOAD_MAX_MEMORY_SIZE check: bound it here.
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        body = stream.read(limit + 1) if stream is not None else b""
+        if len(body) > limit:
+            raise PayloadTooLarge(
+                f"The body is larger than {limit // 1048576} MB: send the study in several requests."
+            )
         head = f"Content-Type: {media_type}\r\n\r\n".encode("latin-1")
         message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
         if not message.is_multipart():
@@ -80,6 +89,8 @@ class StudiesStoreApi(APIView):
     renderer_classes = [DicomJsonRenderer, JSONRenderer]
     permission_classes = [CanSendStudies]
 
+    # Specified by DICOM PS3.18 (STOW-RS), not part of lungsite's REST API and its OpenAPI schema.
+    @extend_schema(exclude=True)
     def post(self, request, study_uid: str | None = None):
         from pacs.services import InstanceRefused, QueueUnavailable, instance_receive
 

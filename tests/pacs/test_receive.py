@@ -167,3 +167,26 @@ def test_it_lists_the_worklist_newest_or_most_abnormal_first(client, auditor, cl
     abnormal = client.get("/worklist/?order=abnormal")
     assert [row.pk for row in abnormal.context["page"]] == [high.pk, low.pk, skipped.pk]
     assert "modality CT" in abnormal.content.decode()
+
+
+def test_it_queues_a_copy_without_the_patient_for_the_worker():
+    from pacs.services import analysis_copy
+
+    data = _read(("pydicom_data", "RG1_UNCR.dcm"))
+    source = pydicom.dcmread(io.BytesIO(data))
+    copy_bytes = analysis_copy(source)
+    copy = pydicom.dcmread(io.BytesIO(copy_bytes))
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyDate"):
+        assert keyword in source and keyword not in copy
+    for value in (str(source.PatientName), source.PatientID, source.PatientBirthDate):
+        assert value.encode() not in copy_bytes
+    assert copy.SOPInstanceUID == source.SOPInstanceUID and copy.StudyInstanceUID == source.StudyInstanceUID
+    assert (copy.pixel_array == source.pixel_array).all()
+
+
+def test_it_refuses_a_stow_rs_body_over_the_upload_limit(api, pacs_user, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+    body, content_type = _stow_body(b"\x00" * (1024 * 1024 + 10))
+    response = api(pacs_user).post("/dicom-web/studies", data=body, content_type=content_type)
+    assert response.status_code == 413
+    assert ReceivedInstance.objects.count() == 0
