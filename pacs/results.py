@@ -19,6 +19,9 @@ from audit.models import Prediction
 from pacs.models import ResultObject
 
 MANUFACTURER = "lungsite"
+# Series numbers of the results in the source study (high, so they sort after the acquisitions).
+SR_SERIES_NUMBER = 990
+SC_SERIES_NUMBER = 991
 # Concepts no standard code names are coded in a private scheme ("99" prefix, PS3.16 8.2).
 SCHEME = "99LUNGSITE"
 REPORT_TITLE = CodedConcept("18748-4", "LN", "Diagnostic imaging report")
@@ -106,7 +109,7 @@ def sr_dataset(*, result: ResultObject, header: Dataset) -> hd.sr.ComprehensiveS
         evidence=[header],
         content=root,
         series_instance_uid=result.series_instance_uid,
-        series_number=990,
+        series_number=SR_SERIES_NUMBER,
         sop_instance_uid=result.sop_instance_uid,
         instance_number=result.instance_number,
         manufacturer=MANUFACTURER,
@@ -149,7 +152,7 @@ def sc_dataset(*, result: ResultObject, header: Dataset) -> hd.sc.SCImage:
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         series_instance_uid=result.series_instance_uid,
-        series_number=991,
+        series_number=SC_SERIES_NUMBER,
         sop_instance_uid=result.sop_instance_uid,
         instance_number=result.instance_number,
         manufacturer=MANUFACTURER,

@@ -28,9 +28,6 @@ from pacs.models import ReceivedInstance, ResultObject
 
 logger = logging.getLogger(__name__)
 
-SR_SERIES_NUMBER = 990
-SC_SERIES_NUMBER = 991
-
 # What the analysis needs of a dataset: the pixel module, the VOI/modality transforms the decoder
 # applies, the tags of the frontal-chest check, and the UIDs. Everything else (the patient, study
 # descriptions, dates, accession numbers, physicians, private tags) stays behind in the receiver.
