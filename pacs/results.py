@@ -5,6 +5,7 @@ copied from `header`, which the caller holds in memory only)."""
 
 from __future__ import annotations
 
+import copy
 import io
 
 import highdicom as hd
@@ -56,10 +57,35 @@ def model_statement(prediction: Prediction) -> str:
     )
 
 
+# Type 2 attributes of the patient and study modules: present in every result, empty where the
+# source had none (older and headerless sources often leave them out).
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+
+
+def _completed(header: Dataset) -> Dataset:
+    """A shallow copy of the header (in memory) with the type 2 attributes it lacks, empty."""
+    header = copy.copy(header)
+    for keyword in _TYPE2:
+        if keyword not in header:
+            setattr(header, keyword, "")
+    return header
+
+
 def sr_dataset(*, result: ResultObject, header: Dataset) -> hd.sr.ComprehensiveSR:
     prediction = result.received.prediction
     recorded = prediction.recorded_model
     statement = model_statement(prediction)
+    header = _completed(header)
     root = hd.sr.ContainerContentItem(name=REPORT_TITLE, template_id=None)
     items = [
         hd.sr.TextContentItem(
@@ -144,6 +170,7 @@ def _overlay_pixels(prediction: Prediction, finding: str, statement: str) -> np.
 def sc_dataset(*, result: ResultObject, header: Dataset) -> hd.sc.SCImage:
     prediction = result.received.prediction
     statement = model_statement(prediction)
+    header = _completed(header)
     pixels = _overlay_pixels(prediction, result.finding, statement)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=header,
