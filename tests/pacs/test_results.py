@@ -58,3 +58,19 @@ def test_it_says_when_a_trained_version_was_never_evaluated(analysed):
     assert model_statement(prediction).startswith("NOT EVALUATED")
     prediction.model.accuracy_auroc = 0.8123
     assert "mean AUROC 0.812" in model_statement(prediction)
+
+
+def test_it_retries_due_results_from_the_command_and_keeps_them_pending(analysed):
+    import json
+
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    received, _ = analysed
+    count = received.results.count()
+    received.results.update(next_try_at=timezone.now())
+    out = io.StringIO()
+    call_command("pacs_deliver", stdout=out)
+    counts = json.loads(out.getvalue())
+    assert counts["pending"] == count and counts["sent"] == 0 and counts["pending_total"] == count
+    assert set(received.results.values_list("attempts", flat=True)) == {2}
