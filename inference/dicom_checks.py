@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import TYPE_CHECKING
 
-from pydicom.dataset import Dataset
+if TYPE_CHECKING:  # pydicom loads with the first DICOM upload, not with the module
+    from pydicom.dataset import Dataset
 
 RADIOGRAPH_MODALITIES = ("CR", "DX")
 # Empty is allowed: many DX headers leave body part and view out, and the check would otherwise

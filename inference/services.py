@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 
 from audit.models import Prediction
+from inference.dicom_checks import dicom_upload_refusal
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -89,7 +90,6 @@ def prediction_create(*, upload: UploadedFile, user: AbstractBaseUser | None, so
     or PredictionUnavailable (503: no model can serve, image storage or database unavailable).
     Nothing is stored when it raises."""
     from audit.services import AuditWriteError, StorageUnavailable, prediction_log
-    from inference.dicom_checks import dicom_upload_refusal
     from inference.pipeline import DecodeError, decode_gray, predict, preprocess
     from registry.cache import NoActiveModel, get_active
     from registry.models import DEFAULT_PREPROCESSING
