@@ -20,7 +20,8 @@ class Prediction(models.Model):
 
     SOURCE_WEB = "web"
     SOURCE_API = "api"
-    SOURCE_CHOICES = [(SOURCE_WEB, "Web page"), (SOURCE_API, "REST API")]
+    SOURCE_PACS = "pacs"
+    SOURCE_CHOICES = [(SOURCE_WEB, "Web page"), (SOURCE_API, "REST API"), (SOURCE_PACS, "PACS")]
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     model = models.ForeignKey("registry.ModelVersion", on_delete=models.PROTECT, db_column="model_id")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 
 from audit.models import Prediction
+from inference.dicom_checks import dicom_upload_refusal
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -108,6 +109,10 @@ def prediction_create(*, upload: UploadedFile, user: AbstractBaseUser | None, so
         )
     except DecodeError as exc:
         raise PredictionRefused(str(exc), code=exc.code, status=exc.status) from exc
+    refusal = dicom_upload_refusal(data)
+    if refusal is not None:
+        # A lateral, another body part or modality: the models were made for frontal chest films.
+        raise PredictionRefused(f"{refusal[:1].upper()}{refusal[1:]}.", code="not_frontal_chest", status=422)
 
     try:
         serving = get_active()

@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "registry",
     "inference",
     "audit",
+    "pacs",
 ]
 
 MIDDLEWARE = [
@@ -314,3 +315,28 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
     },
 }
+
+# Celery (lungsite/celery.py): PACS analysis and result delivery run on the workers. No broker set:
+# tasks run in the calling process (eager), which is enough for one machine at low volume.
+LUNGSITE_BROKER_URL = os.environ.get("LUNGSITE_BROKER_URL", "").strip()
+CELERY_BROKER_URL = LUNGSITE_BROKER_URL or "memory://"
+CELERY_TASK_ALWAYS_EAGER = not LUNGSITE_BROKER_URL
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BEAT_SCHEDULE = {
+    "pacs-deliver-due": {"task": "pacs.tasks.results_deliver_due", "schedule": 30.0},
+}
+
+# PACS (docs/pacs.md): the C-STORE receiver and where results go back by STOW-RS.
+LUNGSITE_DICOM_AE_TITLE = os.environ.get("LUNGSITE_DICOM_AE_TITLE", "LUNGSITE")
+LUNGSITE_DICOM_HOST = os.environ.get("LUNGSITE_DICOM_HOST", "0.0.0.0")
+LUNGSITE_DICOM_PORT = envint("LUNGSITE_DICOM_PORT", 11112)
+LUNGSITE_DICOMWEB_URL = os.environ.get("LUNGSITE_DICOMWEB_URL", "").strip().rstrip("/")
+LUNGSITE_DICOMWEB_USER = os.environ.get("LUNGSITE_DICOMWEB_USER", "")
+LUNGSITE_DICOMWEB_PASSWORD = os.environ.get("LUNGSITE_DICOMWEB_PASSWORD", "")
+LUNGSITE_DICOMWEB_TOKEN = os.environ.get("LUNGSITE_DICOMWEB_TOKEN", "")
+LUNGSITE_DICOMWEB_TIMEOUT = envint("LUNGSITE_DICOMWEB_TIMEOUT", 30)
+# Retries of a result the PACS did not take: 30 s, 1, 2, 4 ... minutes, at most an hour apart.
+LUNGSITE_PACS_RETRY_SECONDS = envint("LUNGSITE_PACS_RETRY_SECONDS", 30)
+LUNGSITE_PACS_RETRY_MAX_SECONDS = envint("LUNGSITE_PACS_RETRY_MAX_SECONDS", 3600)

@@ -12,6 +12,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("inference.urls")),
     path("", include("audit.urls")),
+    path("", include("pacs.urls")),
     path("api/v1/", include("lungsite.api_urls")),
 ]
 

@@ -1,0 +1,12 @@
+"""The Celery app (Celery's Django layout): configured from Django's CELERY_* settings, tasks found
+in each app's tasks.py. `celery -A lungsite worker` starts a worker."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lungsite.settings")
+
+app = Celery("lungsite")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
