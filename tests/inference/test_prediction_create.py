@@ -256,7 +256,7 @@ def test_it_renders_a_heatmap_on_first_fetch_and_keeps_it(starter_model, clinici
     png = audit_services.heatmap_png(prediction=prediction, name="Cardiomegaly")
     with Image.open(io.BytesIO(png)) as image:
         assert image.format == "PNG" and image.size == (512, 512)
-    assert f"heatmaps/{prediction.pk}/Cardiomegaly.png" in _stored_files(settings)
+    assert audit_services.heatmap_name(prediction=prediction, name="Cardiomegaly") in _stored_files(settings)
 
     def no_render(*args, **kwargs):
         raise AssertionError("rendered twice")
