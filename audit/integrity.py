@@ -46,17 +46,18 @@ _ADVISORY_LOCK_KEY = 0x6C756E67
 def _canonical(value):
     """JSON values as every database gives them back: jsonb rewrites 1e+16 as 10000000000000000
     and loses -0.0, so integral floats become ints before hashing, on the way in and out alike."""
-    if isinstance(value, bool) or value is None or isinstance(value, str | int):
-        return value
-    if isinstance(value, float):
+    kind = type(value)
+    if kind is float:
         if not math.isfinite(value):
             raise ValueError(f"non-finite number {value!r} in an audit row")
         return int(value) if value.is_integer() else value
-    if isinstance(value, dict):
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict:
         return {str(key): _canonical(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
+    if kind is list or kind is tuple:
         return [_canonical(item) for item in value]
-    # numpy scalars and the like: hash what JSONField would have stored.
+    # numpy scalars, subclasses and the like: hash what JSONField would have stored.
     return _canonical(json.loads(json.dumps(value, default=float)))
 
 
