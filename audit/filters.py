@@ -29,9 +29,30 @@ def findings_ranked(results: dict) -> list[dict]:
     return rows
 
 
+_ISO_DATE = {
+    "placeholder": "YYYY-MM-DD",
+    "pattern": r"\d{4}-\d{2}-\d{2}",
+    "inputmode": "numeric",
+    "autocomplete": "off",
+    "size": 10,
+}
+
+
 class AuditFilterForm(forms.Form):
-    date_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
-    date_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+    # ISO dates, typed: a native <input type="date"> shows the browser's locale format (03/12/2026),
+    # which would not match the table's YYYY-MM-DD.
+    date_from = forms.DateField(
+        required=False,
+        label="From (YYYY-MM-DD)",
+        input_formats=["%Y-%m-%d"],
+        widget=forms.DateInput(format="%Y-%m-%d", attrs=_ISO_DATE),
+    )
+    date_to = forms.DateField(
+        required=False,
+        label="To (YYYY-MM-DD)",
+        input_formats=["%Y-%m-%d"],
+        widget=forms.DateInput(format="%Y-%m-%d", attrs=_ISO_DATE),
+    )
     user = forms.CharField(
         required=False,
         label="User",

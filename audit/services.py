@@ -3,6 +3,8 @@ all or nothing. Heatmap PNGs are rendered when first fetched and then kept."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import re
 import time
@@ -17,6 +19,7 @@ from django.utils import timezone
 
 from audit.integrity import prediction_create_chained
 from audit.models import Prediction
+from inference.findings import results_json
 
 if TYPE_CHECKING:  # numpy loads with the first prediction: `manage.py check/migrate` never pay for it
     import numpy as np
@@ -44,48 +47,27 @@ def images_storage() -> Storage:
 # The row
 
 
-def results_json(*, version: ModelVersion, probabilities: np.ndarray) -> dict:
-    """The findings as returned to the caller and kept in the log (model output order)."""
-    findings = []
-    for name, probability in zip(version.class_names, probabilities, strict=True):
-        threshold = version.threshold_for(name)
-        probability = float(probability)
-        findings.append(
-            {
-                "name": name,
-                "probability": probability,
-                "threshold": threshold,
-                "positive": probability >= threshold,
-            }
-        )
-    return {
-        "model": {
-            "id": version.pk,
-            "version_name": version.version_name,
-            "sha256": version.sha256,
-            "untrained": bool(version.untrained),
-        },
-        "findings": findings,
-        "untrained": bool(version.untrained),
-    }
-
-
-def heatmaps_json(*, class_names: list[str], cams: np.ndarray) -> dict:
-    """{finding name: raw Grad-CAM map (h x w nested lists)}: 13 maps of 7x7 are ~6 KB of JSON,
-    cheaper to keep in the row than as files (no extra storage write on the request path, nothing
-    to orphan)."""
+def heatmap_data(*, cams: np.ndarray) -> bytes:
+    """The raw Grad-CAM maps (K, h, w), findings in model output order, as the row keeps them: a
+    float16 array in NumPy's .npy format (~1.4 KB for 13 maps of 7x7; float16 keeps 3 significant
+    digits, more than a display of the map can show). Refuses non-finite values and values beyond
+    float16's range (65504), which would be stored as infinities."""
     import numpy as np
 
-    from audit.integrity import encoded_maps
+    maps = np.asarray(cams, dtype=np.float32)
+    if not np.isfinite(maps).all() or (np.abs(maps) > np.finfo(np.float16).max).any():
+        raise ValueError("non-finite number in an audit row's heatmaps (or beyond float16's range)")
+    buffer = io.BytesIO()
+    np.save(buffer, maps.astype(np.float16), allow_pickle=False)
+    return buffer.getvalue()
 
-    cams = np.asarray(cams, dtype=np.float32)
-    encoded = encoded_maps(class_names, cams)  # the same values, formatted once (see there)
-    if encoded is not None:
-        return encoded
-    return {
-        name: [[float(f"{v:.6g}") for v in row] for row in cam.tolist()]
-        for name, cam in zip(class_names, cams, strict=True)
-    }
+
+def file_name_recorded(name: str | None) -> str:
+    """What the log keeps of an upload's file name: the base name only (a client's path may name
+    folders after patients), at most 255 characters. A DICOM's file name may still carry patient
+    data: it is shown only to those who may see the prediction."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    return base.strip()[:255]
 
 
 @dataclass(frozen=True)
@@ -101,7 +83,6 @@ def image_store(*, data: bytes, image: np.ndarray) -> StoredUpload:
     """Stores the analysed image as a PNG of its decoded pixels (`audit.stored_image`), never the
     uploaded bytes. Raises StorageUnavailable, leaving nothing behind. Touches no database:
     prediction_create runs it on a second thread while the model runs."""
-    import hashlib
 
     from audit import stored_image
 
@@ -134,6 +115,7 @@ def prediction_log(
     source: str = Prediction.SOURCE_WEB,
     started: float | None = None,
     stored: StoredUpload | None = None,
+    file_name: str = "",
 ) -> Prediction:
     """Stores the analysed image (unless `stored` says where `image_store` already put it) and
     writes the row. Either both exist afterwards or neither: a storage failure raises
@@ -148,11 +130,12 @@ def prediction_log(
             model=version,
             image_url=stored.name,
             results_json=results_json(version=version, probabilities=probabilities),
+            file_name=file_name_recorded(file_name),
             image_sha256=image_sha256,
             user=user if getattr(user, "pk", None) else None,
             source=source,
             latency_ms=latency_ms,
-            heatmaps=heatmaps_json(class_names=version.class_names, cams=cams),
+            heatmap_data=heatmap_data(cams=cams),
         )
     except Exception as exc:
         image_discard(stored)
@@ -189,8 +172,11 @@ def image_bytes(*, prediction: Prediction) -> tuple[bytes, str]:
 
 
 def heatmap_name(*, prediction: Prediction, name: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-    return f"heatmaps/{prediction.pk}/{slug}.png"
+    """The cache file of a finding's overlay. The slug keeps the name readable; the hash of the
+    exact name keeps `Mass Lesion` and `Mass_Lesion` (one slug) apart."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:80]
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f"heatmaps/{prediction.pk}/{slug}-{digest}.png"
 
 
 def heatmap_png(*, prediction: Prediction, name: str) -> bytes:
@@ -201,7 +187,7 @@ def heatmap_png(*, prediction: Prediction, name: str) -> bytes:
     from inference.decode import DecodeError, decode
     from inference.heatmaps import case_scale, heatmap_overlay_png
 
-    cams = prediction.heatmaps or {}
+    cams = prediction.heatmap_maps()
     if name not in cams or not isinstance(cams[name], list):
         raise LookupError(f"Prediction {prediction.pk} has no heatmap named {name!r}.")
     storage = images_storage()
@@ -229,3 +215,39 @@ def heatmap_png(*, prediction: Prediction, name: str) -> bytes:
     except Exception as exc:  # noqa: BLE001 - the PNG is still returned; it renders again next time
         logger.warning("cannot keep heatmap %s: %s", path, exc)
     return png
+
+
+THUMBNAIL_PX = 96
+
+
+def thumbnail_jpeg(*, prediction: Prediction) -> bytes:
+    """A small gray JPEG of the stored image (the lists' thumbnails): rendered on first fetch, then
+    kept in storage under thumbnails/. Raises StorageUnavailable or FileNotFoundError."""
+    from PIL import Image
+
+    storage = images_storage()
+    path = f"thumbnails/{prediction.pk}.jpg"
+    try:
+        if storage.exists(path):
+            with storage.open(path, "rb") as handle:
+                return handle.read()
+    except Exception as exc:  # noqa: BLE001 - rendered again below
+        logger.warning("cannot read cached thumbnail %s: %s", path, exc)
+    data, _ = image_bytes(prediction=prediction)
+    try:
+        with Image.open(io.BytesIO(data)) as pil:
+            pil.draft("L", (THUMBNAIL_PX * 2, THUMBNAIL_PX * 2))  # JPEG: decode at a reduced scale
+            small = pil.convert("L")
+            small.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    except Exception as exc:  # noqa: BLE001 - our own stored file: unreadable means storage trouble
+        raise StorageUnavailable(f"The stored image of prediction {prediction.pk} is unreadable.") from exc
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=80)
+    jpeg = buffer.getvalue()
+    try:
+        saved = storage.save(path, ContentFile(jpeg))
+        if saved != path:  # another request rendered it first; keep theirs
+            storage.delete(saved)
+    except Exception as exc:  # noqa: BLE001 - still returned; rendered again next time
+        logger.warning("cannot keep thumbnail %s: %s", path, exc)
+    return jpeg

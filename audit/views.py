@@ -1,9 +1,10 @@
 import csv
-from collections.abc import Iterable, Iterator
+import hashlib
+from collections.abc import Iterator
 
 from django.contrib.auth.decorators import login_required, permission_required
-from django.core.paginator import Paginator
-from django.http import StreamingHttpResponse
+from django.db import transaction
+from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
@@ -11,16 +12,22 @@ from django.views.decorators.http import require_GET
 from audit import selectors
 from audit.filters import AuditFilterForm, findings_ranked
 from audit.models import Prediction
+from audit.pagination import keyset_page
 
 HISTORY_PAGE_SIZE = 25
 AUDIT_PAGE_SIZE = 50
+CSV_CHUNK_ROWS = 2000
 
 
 def _page_with_top_findings(request, queryset, per_page: int):
-    page = Paginator(queryset, per_page).get_page(request.GET.get("page"))
+    page = keyset_page(
+        queryset.defer("heatmaps", "heatmap_data"),
+        per_page=per_page,
+        before=request.GET.get("before"),
+        after=request.GET.get("after"),
+    )
     for prediction in page:
-        ranked = findings_ranked(prediction.results_json)
-        prediction.top_findings = ranked[:3]
+        prediction.top_findings = findings_ranked(prediction.results_json)[:3]
     return page
 
 
@@ -30,7 +37,7 @@ def history(request):
     own = selectors.prediction_list_for(user=request.user)
     own = selectors.predictions_owned_by(own, user=request.user)
     page = _page_with_top_findings(request, own, HISTORY_PAGE_SIZE)
-    return render(request, "audit/history.html", {"page": page})
+    return render(request, "audit/history.html", {"page": page, "query": ""})
 
 
 @require_GET
@@ -46,8 +53,8 @@ def audit_log(request):
         return _csv_response(rows)
 
     query = request.GET.copy()
-    query.pop("page", None)
-    query.pop("format", None)
+    for key in ("page", "format", "before", "after"):
+        query.pop(key, None)
     context = {
         "form": form,
         "page": _page_with_top_findings(request, rows, AUDIT_PAGE_SIZE),
@@ -55,6 +62,25 @@ def audit_log(request):
         "filtered": any(value for key, value in query.items()),
     }
     return render(request, "audit/audit_log.html", context)
+
+
+@require_GET
+@login_required
+def thumbnail(request, pk: int):
+    """A small JPEG of the analysed image for the history and audit lists (rendered once, kept)."""
+    from audit.services import StorageUnavailable, thumbnail_jpeg
+
+    try:
+        prediction = selectors.prediction_get_for(user=request.user, pk=pk)
+    except Prediction.DoesNotExist:
+        raise Http404("No such prediction.") from None
+    try:
+        data = thumbnail_jpeg(prediction=prediction)
+    except (StorageUnavailable, FileNotFoundError):
+        return HttpResponse("The stored image is unavailable.", status=503, content_type="text/plain")
+    response = HttpResponse(data, content_type="image/jpeg")
+    response["Cache-Control"] = "private, max-age=300"
+    return response
 
 
 class _Echo:
@@ -65,48 +91,93 @@ class _Echo:
 
 
 def _cell(value) -> str | float | int:
-    # A cell starting with = + - @ is a formula to a spreadsheet; usernames may start with them.
+    # A cell starting with = + - @ (or a tab or CR) is a formula to a spreadsheet: user names,
+    # version names and finding names may start with them.
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
         return "'" + value
     return value
 
 
-def _csv_rows(rows: Iterable[Prediction], names: list[str]) -> Iterator[list]:
-    yield [
-        "id",
-        "created_at",
-        "user",
-        "source",
-        "model_version",
-        "model_sha256",
-        "latency_ms",
-        "image_sha256",
-        *names,
+_CSV_FIELDS = (
+    "id",
+    "created_at",
+    "user__username",
+    "source",
+    "model__version_name",
+    "model__sha256",
+    "latency_ms",
+    "file_name",
+    "image_sha256",
+    "results_json",
+)
+
+
+def _csv_header(names: list[str]) -> list[str]:
+    columns = ["id", "created_at", "user", "source", "model_version", "model_sha256", "untrained"]
+    columns += ["latency_ms", "file_name", "image_sha256"]
+    for name in names:
+        columns += [name, f"{name} threshold", f"{name} positive"]
+    return [_cell(column) for column in columns]
+
+
+def _csv_row(values: tuple, names: list[str]) -> list:
+    pk, created_at, username, source, version_name, model_sha256, latency_ms, file_name, sha256, results = (
+        values
+    )
+    results = results or {}
+    findings = {finding["name"]: finding for finding in results.get("findings", [])}
+    row = [
+        pk,
+        created_at.isoformat(),
+        _cell(username or ""),
+        source,
+        _cell(version_name),
+        model_sha256,
+        "yes" if results.get("untrained") or (results.get("model") or {}).get("untrained") else "no",
+        "" if latency_ms is None else round(latency_ms, 1),
+        _cell(file_name),
+        sha256,
     ]
-    for prediction in rows:
-        probabilities = {
-            finding["name"]: finding["probability"] for finding in prediction.results_json.get("findings", [])
-        }
-        yield [
-            prediction.pk,
-            prediction.created_at.isoformat(),
-            _cell(prediction.user.get_username() if prediction.user else ""),
-            prediction.source,
-            _cell(prediction.model.version_name),
-            prediction.model.sha256,
-            "" if prediction.latency_ms is None else round(prediction.latency_ms, 1),
-            prediction.image_sha256,
-            *(probabilities.get(name, "") for name in names),
-        ]
+    for name in names:
+        finding = findings.get(name)
+        if finding is None:
+            row += ["", "", ""]
+        else:
+            row += [
+                finding.get("probability", ""),
+                finding.get("threshold", ""),
+                "yes" if finding.get("positive") else "no",
+            ]
+    return row
+
+
+def _csv_lines(rows, names: list[str]) -> Iterator[str]:
+    """The CSV, line by line, ending with the trailer `# end: N rows, sha256 HEX`: N data rows and
+    the sha256 of every byte before the trailer. A file without it, or whose bytes do not hash to
+    it, was cut off (an export that failed midway). One transaction around the read: on Postgres
+    iterator() then streams through a server-side cursor (no WITH HOLD: no temp-file copy of the
+    result) in CSV_CHUNK_ROWS rows at a time."""
+    writer = csv.writer(_Echo())
+    digest = hashlib.sha256()
+    count = 0
+    line = writer.writerow(_csv_header(names))
+    digest.update(line.encode())
+    yield line
+    with transaction.atomic(using=rows.db):
+        for values in rows.values_list(*_CSV_FIELDS).iterator(chunk_size=CSV_CHUNK_ROWS):
+            line = writer.writerow(_csv_row(values, names))
+            digest.update(line.encode())
+            count += 1
+            yield line
+    yield f"# end: {count} rows, sha256 {digest.hexdigest()}\r\n"
 
 
 def _csv_response(rows) -> StreamingHttpResponse:
-    writer = csv.writer(_Echo())
     names = selectors.finding_names()
-    lines = (writer.writerow(row) for row in _csv_rows(rows.iterator(chunk_size=500), names))
+    rows = rows.order_by("-created_at", "-id")
     stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
     return StreamingHttpResponse(
-        lines,
+        _csv_lines(rows, names),
         content_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="lungsite-audit-{stamp}.csv"'},
     )

@@ -154,6 +154,7 @@ def prediction_create(*, upload: UploadedFile, user: AbstractBaseUser | None, so
             source=source,
             started=started,
             stored=stored,
+            file_name=getattr(upload, "name", "") or "",
         )
     except AuditWriteError as exc:
         raise PredictionUnavailable(_nothing_recorded(exc), code="database_unavailable") from exc

@@ -4,7 +4,7 @@ from django.db.models import OuterRef, ProtectedError, Q, Subquery
 from django.utils import timezone
 
 # One exception for "append-only" across the project: the prediction log and the activation history.
-from audit.models import AppendOnlyError
+from lungsite.append_only import AppendOnlyError
 
 # The 13 findings of the starter model, in the order of its outputs: NIH ChestX-ray14 without Hernia.
 DEFAULT_CLASS_NAMES = [

@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ('audit', '0006_prediction_source_pacs'),
+        ('audit', '0009_prediction_source_pacs'),
     ]
 
     operations = [

@@ -1,9 +1,9 @@
 """The audit log `/audit/`: auditors and superusers only; filters; CSV export of the filtered rows."""
 
 import csv
+import hashlib
 import io
 from datetime import UTC, datetime
-from unittest import mock
 
 import pytest
 from django.urls import reverse
@@ -37,10 +37,9 @@ def _prediction(user, version, probabilities=None, *, source="web", when=None) -
         latency_ms=250.0,
         results_json={"findings": findings, "untrained": False},
     )
-    if when is None:
-        return Prediction.objects.create(**fields)
-    with mock.patch("django.utils.timezone.now", return_value=when):
-        return Prediction.objects.create(**fields)
+    if when is not None:
+        fields["created_at"] = when
+    return Prediction.objects.create(**fields)
 
 
 def _ids(html: str) -> list[int]:
@@ -52,7 +51,12 @@ def _csv(response) -> list[dict]:
     assert response["Content-Type"] == "text/csv; charset=utf-8"
     assert response["Content-Disposition"].startswith('attachment; filename="lungsite-audit-')
     text = b"".join(response.streaming_content).decode()
-    return list(csv.DictReader(io.StringIO(text)))
+    body, trailer = text.rsplit("# end: ", 1)
+    count, digest = trailer.strip().split(" rows, sha256 ")
+    assert digest == hashlib.sha256(body.encode()).hexdigest()
+    rows = list(csv.DictReader(io.StringIO(body)))
+    assert len(rows) == int(count)
+    return rows
 
 
 def test_it_sends_anonymous_users_to_login(client, db):
@@ -146,17 +150,23 @@ def test_it_exports_the_filtered_rows_as_csv(client, auditor, clinician, other_c
     rows = _csv(client.get("/audit/", {"user": "alice", "format": "csv"}))
     assert len(rows) == 1
     row = rows[0]
-    assert list(row)[:8] == [
+    assert list(row)[:10] == [
         "id",
         "created_at",
         "user",
         "source",
         "model_version",
         "model_sha256",
+        "untrained",
         "latency_ms",
+        "file_name",
         "image_sha256",
     ]
-    assert list(row)[8:] == DEFAULT_CLASS_NAMES
+    assert list(row)[10:] == [
+        column for name in DEFAULT_CLASS_NAMES for column in (name, f"{name} threshold", f"{name} positive")
+    ]
+    assert row["untrained"] == "no" and row["Edema positive"] == "yes" and row["Mass positive"] == "no"
+    assert float(row["Edema threshold"]) == 0.5
     assert row["id"] == str(a.pk) and row["user"] == "alice" and row["source"] == "web"
     assert row["model_version"] == "v1" and row["model_sha256"] == version.sha256
     assert row["latency_ms"] == "250.0" and row["image_sha256"] == "e" * 64
@@ -182,5 +192,9 @@ def test_it_links_csv_export_and_pages_with_the_filters(client, auditor, clinici
     html = client.get("/audit/", {"user": "alice"}).content.decode()
 
     assert 'href="?user=alice&amp;format=csv"' in html
-    assert 'href="?user=alice&amp;page=2"' in html
+    assert 'href="?user=alice&amp;before=' in html
     assert html.count('href="/predictions/') == 50
+    older = html.split('href="?user=alice&amp;before=', 1)[1].split('"', 1)[0]
+    second = client.get("/audit/", {"user": "alice", "before": older}).content.decode()
+    assert second.count('href="/predictions/') == 1
+    assert 'href="?user=alice&amp;after=' in second

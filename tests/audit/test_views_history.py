@@ -70,18 +70,22 @@ def test_it_shows_the_top_three_findings(client, clinician):
     assert "UNTRAINED" in html
 
 
-def test_it_pages_by_25(client, clinician):
+def test_it_pages_by_25_with_keyset_links(client, clinician):
     version = _version()
     made = [_prediction(clinician, version) for _ in range(27)]
     client.force_login(clinician)
 
     page1 = client.get("/history/").content.decode()
-    page2 = client.get("/history/", {"page": 2}).content.decode()
+    older = page1.split('href="?before=', 1)[1].split('"', 1)[0]
+    page2 = client.get("/history/", {"before": older}).content.decode()
     assert page1.count('href="/predictions/') == 25
     assert page2.count('href="/predictions/') == 2
     assert f"/predictions/{made[-1].pk}/" in page1 and f"/predictions/{made[0].pk}/" in page2
-    assert "Page 1 of 2" in page1 and 'href="?page=2"' in page1
-    # Out of range falls back to the last page rather than failing.
+    assert 'href="?before=' not in page2  # the last page links to no older one
+    newer = page2.split('href="?after=', 1)[1].split('"', 1)[0]
+    assert client.get("/history/", {"after": newer}).content.decode().count('href="/predictions/') == 25
+    # A malformed cursor (or the old ?page=) gives the first page rather than failing.
+    assert client.get("/history/", {"before": "garbage!"}).content.decode().count('href="/predictions/') == 25
     assert client.get("/history/", {"page": 99}).status_code == 200
 
 

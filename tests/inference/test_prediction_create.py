@@ -75,8 +75,8 @@ def test_it_predicts_and_logs_one_row(starter_model, clinician, settings, parts)
         assert 0.0 <= finding["probability"] <= 1.0 and finding["threshold"] == 0.5
         assert finding["positive"] is (finding["probability"] >= 0.5)
     # Postgres' jsonb does not keep key order; the output order lives in results_json["findings"].
-    assert sorted(row.heatmaps) == sorted(DEFAULT_CLASS_NAMES)
-    assert np.asarray(row.heatmaps["Edema"]).shape == (7, 7)
+    assert sorted(row.heatmap_maps()) == sorted(DEFAULT_CLASS_NAMES)
+    assert np.asarray(row.heatmap_maps()["Edema"]).shape == (7, 7)
 
     # Exactly one stored file: the analysed image, and it decodes to the picture that was analysed.
     assert _stored_files(settings) == [row.image_url]
@@ -257,7 +257,7 @@ def test_it_renders_a_heatmap_on_first_fetch_and_keeps_it(starter_model, clinici
     png = audit_services.heatmap_png(prediction=prediction, name="Cardiomegaly")
     with Image.open(io.BytesIO(png)) as image:
         assert image.format == "PNG" and image.size == (512, 512)
-    assert f"heatmaps/{prediction.pk}/Cardiomegaly.png" in _stored_files(settings)
+    assert audit_services.heatmap_name(prediction=prediction, name="Cardiomegaly") in _stored_files(settings)
 
     def no_render(*args, **kwargs):
         raise AssertionError("rendered twice")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +19,9 @@ from audit.models import Prediction
 from registry.models import DEFAULT_CLASS_NAMES, ModelVersion
 
 ODD_NUMBERS = {"tiny": 1e-07, "big": 1e16, "negzero": -0.0, "one": 1.0, "third": 1 / 3, "int": 7}
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "audit" / "fixtures"
 
 
 @pytest.fixture
@@ -111,118 +116,6 @@ def test_heatmaps_of_any_json_shape_hash_as_the_database_returns_them(version, h
     assert error is None and report["ok"] is True
 
 
-def _maps_the_long_way(names, maps) -> dict:
-    return {
-        n: [[float(f"{v:.6g}") for v in row] for row in cam.tolist()]
-        for n, cam in zip(names, maps, strict=True)
-    }
-
-
-_EDGES = [
-    0.0,
-    -0.0,
-    1.0,
-    2.0,
-    0.5,
-    1e-4,
-    9.99999e-5,
-    1e-5,
-    1.5e-5,
-    1e-7,
-    123456.0,
-    123456.7,
-    999999.2,
-    1e-38,
-    1.4e-45,
-    0.1,
-    0.3,
-    99999.95,
-    9.999995,
-    1234.5678,
-]
-
-
-def test_encoded_maps_are_the_long_ways_values_and_canonical_json():
-    from audit.integrity import _canonical, encoded_maps
-
-    rng = np.random.default_rng(7)
-    names = [f"finding {i} \u00e9" for i in range(13)][::-1]  # unsorted, not ASCII
-    cases = [np.array(_EDGES * 8, dtype=np.float32)[: 13 * 12].reshape(13, 3, 4)]
-    for scale in (1e-8, 1e-3, 1.0, 1e3, 1e5):
-        cases.append(rng.random((13, 7, 7), dtype=np.float32) * np.float32(scale))
-    cases.append(np.maximum(rng.standard_normal((13, 7, 7)).astype(np.float32), 0))  # many zeros
-    for maps in cases:
-        encoded = encoded_maps(names, maps)
-        long_way = _maps_the_long_way(names, maps)
-        assert encoded == long_way  # -0.0 == 0.0: the one value that may differ is its sign
-        assert all(type(v) is float for m in encoded.values() for row in m for v in row)
-        assert encoded.canonical == json.dumps(
-            _canonical(long_way), sort_keys=True, separators=(",", ":"), ensure_ascii=True
-        )
-    # Where %.6g is not the canonical text, or JSON cannot hold the value: the long way.
-    for bad in (1e6, 999999.6, -0.5, np.nan, np.inf):
-        maps = np.full((13, 2, 2), 0.25, dtype=np.float32)
-        maps[3, 1, 0] = bad
-        assert encoded_maps(names, maps) is None
-    assert encoded_maps(names[:12], np.zeros((13, 2, 2), np.float32)) is None
-    assert encoded_maps(names, np.zeros((13, 2, 2), np.float64)) is None
-
-
-def test_rows_with_encoded_maps_hash_as_the_database_returns_them(version):
-    from audit.integrity import EncodedMaps
-    from audit.services import heatmaps_json
-
-    maps = np.array(_EDGES * 40, dtype=np.float32)[: 13 * 49].reshape(13, 7, 7)
-    rows = []
-    for n in range(3):
-        heatmaps = heatmaps_json(class_names=DEFAULT_CLASS_NAMES, cams=maps * np.float32((n + 1) / 3))
-        assert type(heatmaps) is EncodedMaps
-        rows.append(
-            prediction_create_chained(
-                stored_data=b"x",
-                model=version,
-                image_url=storages["xray_images"].save(f"images/test/enc{n}.png", ContentFile(b"x")),
-                results_json={"findings": []},
-                image_sha256="0" * 64,
-                source=Prediction.SOURCE_API,
-                heatmaps=heatmaps,
-            )
-        )
-    for row in rows:
-        stored = Prediction.objects.get(pk=row.pk)
-        assert compute_chain_hash(stored.prev_hash, stored) == row.chain_hash == stored.chain_hash
-        assert stored.heatmaps == dict(row.heatmaps)
-        with connection.cursor() as cursor:  # inserted as its canonical text, not encoded again
-            cursor.execute(f"SELECT heatmaps FROM {Prediction._meta.db_table} WHERE id = %s", [row.pk])
-            text = cursor.fetchone()[0]
-        assert (json.loads(text) if isinstance(text, str) else text) == json.loads(row.heatmaps.canonical)
-        if connection.vendor == "sqlite":
-            assert text == row.heatmaps.canonical
-    report, error = _verify()
-    assert error is None and report["ok"] is True and report["rows"] == 3
-
-
-@pytest.mark.skipif(connection.vendor != "postgresql", reason="the one-call append is Postgres's")
-def test_on_postgres_a_chained_insert_is_one_round_trip(version, clinician):
-    import importlib
-
-    from django.test.utils import CaptureQueriesContext
-
-    from audit.integrity import _ADVISORY_LOCK_KEY
-
-    first = _row(version, clinician, 0)
-    with CaptureQueriesContext(connection) as queries:
-        second = _row(version, clinician, 1)
-    appends = [q["sql"] for q in queries.captured_queries if "lungsite_chain_append" in q["sql"]]
-    assert len(appends) == 1 and len(queries.captured_queries) == 1, queries.captured_queries
-    assert second.pk > first.pk and second.prev_hash == first.chain_hash
-    stored = Prediction.objects.get(pk=second.pk)
-    assert compute_chain_hash(stored.prev_hash, stored) == stored.chain_hash == second.chain_hash
-    # The function locks the key the rest of the code documents.
-    migration = importlib.import_module("audit.migrations.0005_chain_append_function")
-    assert f"pg_advisory_xact_lock({_ADVISORY_LOCK_KEY})" in migration.CREATE
-
-
 def test_a_clean_chain_verifies(version, clinician):
     rows = [_row(version, clinician, n) for n in range(5)]
     report, error = _verify()
@@ -287,9 +180,9 @@ def test_it_finds_rows_cut_off_the_end_given_the_last_head(version):
     report, _ = _verify("--skip-images")
     head = report["head"]
     _raw("DELETE FROM predictions WHERE id = %s", [rows[2].pk])
-    plain, error = _verify("--skip-images")
+    plain, error = _verify("--skip-images", "--no-checkpoint")
     assert error is None  # the chain alone cannot see a cut tail...
-    report, error = _verify("--skip-images", "--expect-head", head)
+    report, error = _verify("--skip-images", "--no-checkpoint", "--expect-head", head)
     assert error is not None  # ...the head recorded earlier can
     assert report["first_break"]["kind"] == "truncated"
 
@@ -304,10 +197,19 @@ def test_it_finds_a_row_written_around_the_chain(version):
     assert report["first_break"]["kind"] == "unchained"
 
 
+def _record_predating_chain(through_id: int) -> None:
+    from audit.models import ChainGenesis
+
+    if not ChainGenesis.objects.exists():
+        ChainGenesis.objects.create()
+    ChainGenesis.objects.all().update(unchained_through_id=through_id)
+
+
 def test_rows_from_before_the_chain_are_accepted_before_it(version):
     legacy = Prediction.objects.create(
         model=version, image_url="images/old.png", results_json={}, image_sha256="0" * 64
     )
+    _record_predating_chain(legacy.pk)
     _row(version, None, 1)
     report, error = _verify("--skip-images")
     assert error is None, report
@@ -392,3 +294,133 @@ def test_predictions_made_through_the_api_join_the_chain(token_client, clinician
     assert rows[0].stored_sha256 != rows[0].image_sha256  # the upload's hash is kept apart
     report, error = _verify()
     assert error is None and report["rows"] == 3 and report["images_checked"] == 3, report
+
+
+@pytest.mark.parametrize("made_on", ["sqlite", "pg"])
+def test_a_chain_written_by_the_old_code_still_verifies(db, django_user_model, made_on):
+    """Rows written before chain version 2 (the plpgsql append function on Postgres, the EncodedMaps
+    text splice on SQLite), kept as the database gave them back: the plain canonical JSON of
+    today's code hashes them to the same chain hashes."""
+    from audit.integrity import chain_body
+
+    fixture = json.loads((FIXTURES / f"chain_v1_made_on_{made_on}.json").read_text())
+    old = ModelVersion.objects.create(id=1, storage_path="weights/old.pt", **fixture["version"])
+    django_user_model.objects.create_user(id=1, username="old-user", password="x")
+    storage = storages["xray_images"]
+    for fields in fixture["rows"]:
+        fields = dict(fields)
+        storage.save(fields["image_url"], ContentFile(fields.pop("image_data").encode()))
+        row = Prediction(chain_version=1, **fields)
+        row.created_at = datetime.fromisoformat(fields["created_at"])
+        assert row.model_id == old.pk
+        assert compute_chain_hash(row.prev_hash, row) == row.chain_hash  # before it is even stored
+        row.save(force_insert=True)
+    for row in Prediction.objects.order_by("id"):
+        assert row.chain_version == 1 and compute_chain_hash(row.prev_hash, row) == row.chain_hash
+        assert chain_body(row).startswith('{"created_at":')
+    report, error = _verify()
+    assert error is None and report["ok"] is True and report["rows"] == 5, report
+
+    # New rows (chain version 2) continue the old chain.
+    new = _row(old, None, 9)
+    assert new.chain_version == 2 and new.prev_hash == fixture["rows"][-1]["chain_hash"]
+    report, error = _verify("--skip-images")
+    assert error is None and report["rows"] == 6, report
+
+    _raw("UPDATE predictions SET latency_ms = 1 WHERE id = %s", [fixture["rows"][2]["id"]])
+    report, error = _verify("--skip-images")
+    assert error is not None and report["first_break"]["kind"] == "altered"
+    assert report["first_break"]["id"] == fixture["rows"][2]["id"]
+
+
+def test_rows_blanked_of_their_chain_fail_verification(version):
+    rows = [_row(version, None, n) for n in range(3)]
+    # Blanking every hash (as a superuser could) no longer passes for "written before the chain".
+    _raw("UPDATE predictions SET chain_hash = '', prev_hash = '', stored_sha256 = ''")
+    _raw("UPDATE predictions SET latency_ms = 999 WHERE id = %s", [rows[1].pk])
+    report, error = _verify("--skip-images", "--no-checkpoint")
+    assert error is not None and report["ok"] is False
+    assert report["first_break"] == {
+        "id": rows[0].pk,
+        "kind": "unchained",
+        "message": "row has no chain hash and is not recorded as written before the chain existed",
+    }
+    assert report["breaks"] == 3
+
+
+def test_heatmap_bytes_are_part_of_what_the_chain_proves(version):
+    from audit.services import heatmap_data
+
+    cams = np.linspace(0, 3, 13 * 49, dtype=np.float32).reshape(13, 7, 7)
+    row = prediction_create_chained(
+        stored_data=b"x",
+        model=version,
+        image_url=storages["xray_images"].save("images/test/bytes.png", ContentFile(b"x")),
+        results_json={"findings": [{"name": n, "probability": 0.1} for n in DEFAULT_CLASS_NAMES]},
+        image_sha256="0" * 64,
+        file_name="chest.png",
+        heatmap_data=heatmap_data(cams=cams),
+    )
+    stored = Prediction.objects.get(pk=row.pk)
+    assert stored.chain_version == 2 and stored.heatmaps == {}
+    assert len(bytes(stored.heatmap_data)) <= 128 + 13 * 49 * 2  # float16 in .npy
+    maps = stored.heatmap_maps()
+    assert list(maps) == DEFAULT_CLASS_NAMES
+    np.testing.assert_allclose(np.asarray(list(maps.values())), cams, rtol=1e-3, atol=1e-3)
+    report, error = _verify("--skip-images")
+    assert error is None, report
+
+    flipped = bytearray(bytes(stored.heatmap_data))
+    flipped[-1] ^= 0x01
+    _raw("UPDATE predictions SET heatmap_data = %s WHERE id = %s", [bytes(flipped), row.pk])
+    report, error = _verify("--skip-images", "--no-checkpoint")
+    assert error is not None and report["first_break"]["kind"] == "altered", report
+
+    with pytest.raises(ValueError, match="non-finite"):
+        heatmap_data(cams=np.full((13, 7, 7), 1e6, dtype=np.float32))
+
+
+def test_it_finds_rows_cut_from_the_end_by_the_checkpoint(version):
+    from audit.checkpoints import checkpoint_latest
+
+    rows = [_row(version, None, n) for n in range(4)]
+    report, error = _verify("--skip-images")
+    assert error is None and report["checkpoint"] is None
+    latest = checkpoint_latest()
+    assert latest["last_id"] == rows[-1].pk and latest["head"] == rows[-1].chain_hash and latest["rows"] == 4
+
+    _raw("DELETE FROM predictions WHERE id >= %s", [rows[2].pk])  # the chain that is left is intact
+    report, error = _verify("--skip-images")
+    assert error is not None and report["ok"] is False
+    assert report["first_break"]["kind"] == "truncated" and report["first_break"]["id"] == rows[-1].pk
+
+
+def test_appends_write_a_checkpoint_every_n_ids(version, settings, django_capture_on_commit_callbacks):
+    from audit.checkpoints import CHECKPOINT_DIR
+
+    settings.LUNGSITE_AUDIT_CHECKPOINT_EVERY = 2
+    with django_capture_on_commit_callbacks(execute=True):
+        rows = [_row(version, None, n) for n in range(5)]
+    _, names = storages["xray_images"].listdir(CHECKPOINT_DIR)
+    # A checkpoint at each row whose id passes a multiple of 2 since the row before it (the first
+    # row passes them all: the ids of a fresh Postgres test database need not start at 1).
+    previous = [0] + [row.pk for row in rows[:-1]]
+    passing = [row for row, before in zip(rows, previous, strict=True) if row.pk // 2 > before // 2]
+    assert len(passing) >= 2
+    assert sorted(names) == sorted(f"{row.pk:019d}-{row.chain_hash[:16]}.json" for row in passing)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the TRUNCATE trigger exists on Postgres only")
+def test_truncate_is_refused_on_postgres(version):
+    from django.db import DatabaseError
+
+    _row(version, None, 0)
+    with (
+        pytest.raises(DatabaseError, match="TRUNCATE refused"),
+        transaction.atomic(),
+        connection.cursor() as cursor,
+    ):
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # no pending foreign-key checks of this test
+        cursor.execute("SET LOCAL lungsite.enforce_truncate_guard = 'on'")
+        cursor.execute("TRUNCATE predictions CASCADE")
+    assert Prediction.objects.count() == 1

@@ -2,7 +2,7 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-    dependencies = [("audit", "0005_chain_append_function")]
+    dependencies = [("audit", "0008_postgres_truncate_guard_findings_index")]
 
     operations = [
         migrations.AlterField(
