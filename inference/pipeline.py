@@ -570,3 +570,22 @@ def heatmap_overlay_png(image: np.ndarray, cam: np.ndarray, *, size: int = 512, 
     # Level 1: ~2x faster than 3 on a 512x512 overlay (53 vs 85 ms measured), 6% larger.
     Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------------------------
+# Batches (jobs/): the same forward pass over N images at once
+
+
+def predict_batch(model: ServingRuntime | nn.Module, batch: np.ndarray) -> list[PredictionOutput]:
+    """One forward pass over a batch: (N, C, S, S) float32 (rows of `preprocess`) -> N outputs, each
+    as `predict` gives for that row alone (probabilities (K,), cams (K, h, w)). The serving graph
+    takes any batch size; a torch module (no serving graph) runs row by row."""
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    if isinstance(model, ServingRuntime):
+        from inference.serving import CAMS, INPUT, LOGITS
+
+        logits, cams = model.session.run([LOGITS, CAMS], {INPUT: batch})
+        probabilities = _sigmoid(logits)
+        cams = np.asarray(cams, dtype=np.float32)
+        return [PredictionOutput(probabilities=probabilities[i], cams=cams[i]) for i in range(len(batch))]
+    return [predict(model, batch[i : i + 1]) for i in range(len(batch))]

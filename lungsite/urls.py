@@ -11,6 +11,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("inference.urls")),
     path("", include("audit.urls")),
+    path("", include("jobs.urls")),
     path("api/v1/", include("lungsite.api_urls")),
 ]
 
