@@ -17,4 +17,9 @@ fi
 echo
 echo "lungsite: http://127.0.0.1:8000/  admin login: $LUNGSITE_ADMIN_USERNAME / $LUNGSITE_ADMIN_PASSWORD"
 echo
-exec .venv/bin/python manage.py runserver 127.0.0.1:8000
+# One Celery worker for batch jobs (jobs/, docs/jobs.md): with no LUNGSITE_BROKER_URL it reads
+# kombu's filesystem queue under the data folder; it stops with the server.
+.venv/bin/celery -A lungsite worker --pool=solo -c 1 -n "lungsite-dev@%h" -l warning &
+worker=$!
+trap 'kill "$worker" 2>/dev/null' EXIT
+.venv/bin/python manage.py runserver 127.0.0.1:8000
