@@ -90,7 +90,9 @@ def _bare_batched(files: list[tuple[str, bytes]], batch: int, repeats: int) -> f
     from registry.cache import get_active
 
     serving = get_active()
-    tensors = np.concatenate([preprocess(decode_gray(data), serving.version.preprocessing) for _, data in files])
+    tensors = np.concatenate(
+        [preprocess(decode_gray(data), serving.version.preprocessing) for _, data in files]
+    )
     predict_batch(serving.model, tensors[:batch])  # warm-up
     times = []
     for _ in range(repeats):
@@ -131,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                 process.terminate()
                 process.wait(timeout=30)
         tasks = {
-            name: len(re.findall(r"\] succeeded", log.read_text())) for (_, log), name in zip(workers, ("w1", "w2"))
+            name: len(re.findall(r"\] succeeded", log.read_text()))
+            for (_, log), name in zip(workers, ("w1", "w2"), strict=False)
         }
     n = len(files)
     bare_s = min(bare, bare_after)

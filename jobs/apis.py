@@ -46,7 +46,9 @@ def files_from_request(request) -> list[tuple[str, bytes]]:
     files = []
     for upload in request.FILES.getlist("archive") + request.FILES.getlist("images"):
         if upload.size is not None and upload.size > limit:
-            raise ApiError(f"{upload.name!r} is larger than the job limit.", code="too_large", status_code=413)
+            raise ApiError(
+                f"{upload.name!r} is larger than the job limit.", code="too_large", status_code=413
+            )
         files.append((upload.name, upload.read()))
     return files
 
@@ -82,7 +84,9 @@ class JobListCreateApi(APIView):
     def post(self, request):
         files = files_from_request(request)
         if not files:
-            raise ApiError("Send images as `images` parts or a ZIP as `archive`.", code="no_files", status_code=400)
+            raise ApiError(
+                "Send images as `images` parts or a ZIP as `archive`.", code="no_files", status_code=400
+            )
         try:
             job = services.job_create(user=request.user, source="api", files=files)
         except services.JobRefused as exc:
@@ -94,7 +98,9 @@ class JobListCreateApi(APIView):
 
 
 class JobDetailApi(APIView):
-    @extend_schema(operation_id="jobs_retrieve", responses={200: dict, **error_responses(401, 404)}, tags=["jobs"])
+    @extend_schema(
+        operation_id="jobs_retrieve", responses={200: dict, **error_responses(401, 404)}, tags=["jobs"]
+    )
     def get(self, request, pk: int):
         return Response(_progress(request, _visible_job(request, pk)))
 
@@ -115,7 +121,10 @@ def results_csv_response(job: PredictionJob) -> HttpResponse:
 
 class JobCancelApi(APIView):
     @extend_schema(
-        operation_id="jobs_cancel", request=None, responses={200: dict, **error_responses(401, 403, 404)}, tags=["jobs"]
+        operation_id="jobs_cancel",
+        request=None,
+        responses={200: dict, **error_responses(401, 403, 404)},
+        tags=["jobs"],
     )
     def post(self, request, pk: int):
         job = _visible_job(request, pk)
@@ -123,5 +132,3 @@ class JobCancelApi(APIView):
             raise exceptions.PermissionDenied("Only the job's owner can cancel it.")
         job = services.job_cancel(job=job)
         return Response(_progress(request, job))
-
-

@@ -76,13 +76,13 @@ def _check(name: str, data: bytes, budget: _Budget) -> Member:
     if not data:
         return Member(name, None, "is empty (0 bytes)")
     if is_zip(data):
-        return Member(name, None, "is an archive inside the submission; nested archives are not opened", len(data))
+        return Member(
+            name, None, "is an archive inside the submission; nested archives are not opened", len(data)
+        )
     if not looks_like_image(data):
         return Member(name, None, "is not an image this service reads (PNG, JPEG or DICOM)", len(data))
     if budget.accepted >= budget.limits.images:
-        return Member(
-            name, None, f"is past the limit of {budget.limits.images} images in one job", len(data)
-        )
+        return Member(name, None, f"is past the limit of {budget.limits.images} images in one job", len(data))
     if budget.total + len(data) > budget.limits.total_bytes:
         return Member(name, None, "is past the total size allowed for one job", len(data))
     budget.accepted += 1
@@ -158,7 +158,9 @@ def submission_members(files: list[tuple[str, bytes]], limits: Limits) -> list[M
         elif is_zip(data):
             members.extend(_zip_members(repr(name), data, budget, max_entries - len(members)))
         elif len(data) > limits.member_bytes:
-            members.append(Member(name, None, f"is larger than the {limits.member_bytes:,} bytes allowed per image"))
+            members.append(
+                Member(name, None, f"is larger than the {limits.member_bytes:,} bytes allowed per image")
+            )
         else:
             members.append(_check(name, data, budget))
         if len(members) > max_entries:

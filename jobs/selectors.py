@@ -62,9 +62,7 @@ def job_progress(*, job: PredictionJob) -> dict:
         "done": job.done,
         "refused": job.refused,
         "failed": job.failed,
-        "pending": max(0, job.total - job.finished)
-        if job.state != PredictionJob.STATE_CANCELLED
-        else 0,
+        "pending": max(0, job.total - job.finished) if job.state != PredictionJob.STATE_CANCELLED else 0,
         "model_at_start": (
             {"id": job.model_at_start.pk, "version_name": job.model_at_start.version_name}
             if job.model_at_start
@@ -110,7 +108,12 @@ def job_results_rows(*, job: PredictionJob) -> Iterator[list]:
         by_name = {}
         if image.prediction_id:
             recorded = image.prediction.recorded_model
-            row += [image.prediction_id, recorded["version_name"], recorded["sha256"], int(bool(recorded["untrained"]))]
+            row += [
+                image.prediction_id,
+                recorded["version_name"],
+                recorded["sha256"],
+                int(bool(recorded["untrained"])),
+            ]
             by_name = {f["name"]: f for f in image.prediction.results_json.get("findings", [])}
         else:
             row += ["", "", "", ""]

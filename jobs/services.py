@@ -80,7 +80,9 @@ def _limits() -> Limits:
     )
 
 
-def job_create(*, user: AbstractBaseUser | None, source: str, files: list[tuple[str, bytes]]) -> PredictionJob:
+def job_create(
+    *, user: AbstractBaseUser | None, source: str, files: list[tuple[str, bytes]]
+) -> PredictionJob:
     """A job over `files` ((name, bytes): images, or ZIPs of images), queued for the workers.
 
     Members that cannot be analysed (unsafe names, nested archives, empty, not an image, past the
@@ -114,7 +116,9 @@ def job_create(*, user: AbstractBaseUser | None, source: str, files: list[tuple[
                     row.state, row.reason = JobImage.STATE_REFUSED, f"{member.name!r} {member.reason}."
                 else:
                     row.sha256 = member.sha256
-                    row.staged_name = _staging().save(f"jobs/{job.pk}/{position}.bin", ContentFile(member.data))
+                    row.staged_name = _staging().save(
+                        f"jobs/{job.pk}/{position}.bin", ContentFile(member.data)
+                    )
                     staged.append(row.staged_name)
                 rows.append(row)
             JobImage.objects.bulk_create(rows)
@@ -204,7 +208,9 @@ def _read_and_decode(item: JobImage):
     except FileNotFoundError:
         return None, "its staged bytes are missing from the image store"
     except Exception as exc:  # noqa: BLE001 - any backend failure means "storage unavailable"
-        raise JobUnavailable(f"The image store is unavailable ({type(exc).__name__}).", code="storage") from exc
+        raise JobUnavailable(
+            f"The image store is unavailable ({type(exc).__name__}).", code="storage"
+        ) from exc
     try:
         return data, _decode(data, item.name)
     except _decode_error() as exc:
@@ -286,7 +292,9 @@ def _item_log(job, item, version, data, image, output, storing, started) -> None
 
 
 def _item_finish(item: JobImage, *, state: str, reason: str) -> None:
-    updated = JobImage.objects.filter(pk=item.pk, state=JobImage.STATE_PENDING).update(state=state, reason=reason)
+    updated = JobImage.objects.filter(pk=item.pk, state=JobImage.STATE_PENDING).update(
+        state=state, reason=reason
+    )
     if updated:
         _delete_quietly(item.staged_name)
 

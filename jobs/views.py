@@ -51,7 +51,11 @@ def _visible(request, pk: int) -> PredictionJob:
 @login_required
 def job_detail(request, pk: int):
     job = _visible(request, pk)
-    context = {"job": job, "progress": selectors.job_progress(job=job), "problems": selectors.job_problems(job=job)}
+    context = {
+        "job": job,
+        "progress": selectors.job_progress(job=job),
+        "problems": selectors.job_problems(job=job),
+    }
     return render(request, "jobs/detail.html", context)
 
 

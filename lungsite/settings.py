@@ -302,7 +302,9 @@ if LUNGSITE_BROKER_URL:
     CELERY_BROKER_URL = LUNGSITE_BROKER_URL
     # A task taken by a worker that dies unacknowledged goes back to the queue after this many
     # seconds (Redis and SQS; RabbitMQ redelivers when the connection drops). Longer than a batch.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": envint("LUNGSITE_BROKER_VISIBILITY_TIMEOUT", 3600)}
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": envint("LUNGSITE_BROKER_VISIBILITY_TIMEOUT", 3600),
+    }
 else:
     _broker_dir = DATA_DIR / "broker"
     for _folder in ("out", "processed"):

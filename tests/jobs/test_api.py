@@ -15,7 +15,9 @@ def _parts(files):
     return {"images": [SimpleUploadedFile(name, data, content_type="image/png") for name, data in files]}
 
 
-def test_it_analyses_every_image_and_logs_one_batch_row_each(api, clinician, starter_model, eager_jobs, nih_pngs, settings):
+def test_it_analyses_every_image_and_logs_one_batch_row_each(
+    api, clinician, starter_model, eager_jobs, nih_pngs, settings
+):
     settings.LUNGSITE_BATCH_SIZE = 2
     files = nih_pngs(3)
     with eager_jobs():
@@ -33,12 +35,19 @@ def test_it_analyses_every_image_and_logs_one_batch_row_each(api, clinician, sta
     progress = api(clinician).get(f"/api/v1/jobs/{job.pk}/").json()
     assert progress["state"] == "done" and progress["done"] == 3
     assert progress["versions"] == [
-        {"id": starter_model.pk, "version_name": starter_model.version_name, "sha256": starter_model.sha256, "images": 3}
+        {
+            "id": starter_model.pk,
+            "version_name": starter_model.version_name,
+            "sha256": starter_model.sha256,
+            "images": 3,
+        }
     ]
     assert progress["untrained"] is True and "UNTRAINED" in progress["warning"]
 
 
-def test_it_gives_the_same_probabilities_as_single_uploads(api, clinician, starter_model, eager_jobs, nih_pngs):
+def test_it_gives_the_same_probabilities_as_single_uploads(
+    api, clinician, starter_model, eager_jobs, nih_pngs
+):
     files = nih_pngs(2)
     with eager_jobs():
         job_id = api(clinician).post("/api/v1/jobs/", _parts(files), format="multipart").json()["id"]
@@ -49,18 +58,24 @@ def test_it_gives_the_same_probabilities_as_single_uploads(api, clinician, start
     assert [row["file_name"] for row in table] == [name for name, _ in files]
 
     for (name, data), row in zip(files, table, strict=True):
-        single = api(clinician).post("/api/v1/predictions/", {"image": SimpleUploadedFile(name, data)}, format="multipart")
+        single = api(clinician).post(
+            "/api/v1/predictions/", {"image": SimpleUploadedFile(name, data)}, format="multipart"
+        )
         assert single.status_code == 201
         body = single.json()
         assert row["image_sha256"] == body["image_sha256"]
         assert row["model_version"] == body["model"]["version_name"]
         assert row["state"] == "done" and row["untrained"] == "1"
         for finding in body["findings"]:
-            assert float(row[f"{finding['name']}_probability"]) == pytest.approx(finding["probability"], abs=2e-5)
+            assert float(row[f"{finding['name']}_probability"]) == pytest.approx(
+                finding["probability"], abs=2e-5
+            )
             assert row[f"{finding['name']}_positive"] == str(int(finding["positive"]))
 
 
-def test_it_shows_a_job_to_its_owner_and_auditors_only(api, clinician, other_clinician, auditor, starter_model, eager_jobs, nih_pngs):
+def test_it_shows_a_job_to_its_owner_and_auditors_only(
+    api, clinician, other_clinician, auditor, starter_model, eager_jobs, nih_pngs
+):
     with eager_jobs():
         job_id = api(clinician).post("/api/v1/jobs/", _parts(nih_pngs(1)), format="multipart").json()["id"]
     assert api(clinician).get(f"/api/v1/jobs/{job_id}/").status_code == 200
@@ -81,7 +96,9 @@ def test_it_refuses_a_request_without_files(api, clinician, starter_model):
     assert PredictionJob.objects.count() == 0
 
 
-def test_it_cancels_a_queued_job_and_logs_nothing_for_it(api, clinician, other_clinician, starter_model, nih_pngs, django_capture_on_commit_callbacks):
+def test_it_cancels_a_queued_job_and_logs_nothing_for_it(
+    api, clinician, other_clinician, starter_model, nih_pngs, django_capture_on_commit_callbacks
+):
     # Not eager: the tasks stay queued (the on-commit callbacks that would queue them are dropped).
     with django_capture_on_commit_callbacks(execute=False):
         job_id = api(clinician).post("/api/v1/jobs/", _parts(nih_pngs(2)), format="multipart").json()["id"]
@@ -93,7 +110,9 @@ def test_it_cancels_a_queued_job_and_logs_nothing_for_it(api, clinician, other_c
 
     from jobs.services import job_images_analyse
 
-    job_images_analyse(job_id=job_id, image_ids=list(JobImage.objects.filter(job_id=job_id).values_list("pk", flat=True)))
+    job_images_analyse(
+        job_id=job_id, image_ids=list(JobImage.objects.filter(job_id=job_id).values_list("pk", flat=True))
+    )
     assert Prediction.objects.count() == 0
 
 

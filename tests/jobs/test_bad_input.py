@@ -22,7 +22,9 @@ def _stored_files(root) -> list:
     return [p for p in root.rglob("*") if p.is_file()]
 
 
-def test_it_refuses_hostile_members_and_analyses_the_rest(clinician, starter_model, eager_jobs, nih_pngs, settings, tmp_path):
+def test_it_refuses_hostile_members_and_analyses_the_rest(
+    clinician, starter_model, eager_jobs, nih_pngs, settings, tmp_path
+):
     settings.LUNGSITE_MAX_UPLOAD_MB = 2  # one image inflated; the bomb inflates to 50 MB
     (good_name, good), (second_name, second) = nih_pngs(2)
     bomb = _zip([("bomb.png", b"\x89PNG\r\n\x1a\n" + b"\0" * (50 * 1024 * 1024))])
@@ -76,7 +78,9 @@ def test_it_refuses_a_member_whose_header_lies_about_its_size(clinician, starter
     assert "cannot be extracted" in image.reason or "allowed per image" in image.reason
 
 
-def test_it_counts_images_past_the_job_limit_as_refused(clinician, starter_model, eager_jobs, nih_pngs, settings):
+def test_it_counts_images_past_the_job_limit_as_refused(
+    clinician, starter_model, eager_jobs, nih_pngs, settings
+):
     settings.LUNGSITE_MAX_JOB_IMAGES = 2
     with eager_jobs():
         job = job_create(user=clinician, source="api", files=nih_pngs(3))

@@ -10,7 +10,8 @@ from jobs.models import JobImage, PredictionJob
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("one_torch_thread")]
 
 
-def test_it_writes_the_results_csv_of_a_folder(starter_model, nih_pngs, tmp_path, capsys, django_capture_on_commit_callbacks):
+@pytest.mark.django_db(transaction=True)  # the command's job is queued on commit, as in production
+def test_it_writes_the_results_csv_of_a_folder(starter_model, nih_pngs, tmp_path, capsys):
     folder = tmp_path / "in"
     (folder / "sub").mkdir(parents=True)
     files = nih_pngs(2)
@@ -18,8 +19,7 @@ def test_it_writes_the_results_csv_of_a_folder(starter_model, nih_pngs, tmp_path
     (folder / "sub" / files[1][0]).write_bytes(files[1][1])
     (folder / "readme.txt").write_text("not an image")
     out = tmp_path / "results.csv"
-    with django_capture_on_commit_callbacks(execute=True):
-        call_command("predict_folder", str(folder), "--here", "--out", str(out))
+    call_command("predict_folder", str(folder), "--here", "--out", str(out), "--timeout", "300")
     printed = json.loads(capsys.readouterr().out)
     assert (printed["state"], printed["total"], printed["done"], printed["refused"]) == ("done", 3, 2, 1)
     table = list(csv.DictReader(out.open()))
@@ -29,7 +29,9 @@ def test_it_writes_the_results_csv_of_a_folder(starter_model, nih_pngs, tmp_path
     assert PredictionJob.objects.get().source == "command"
 
 
-def test_it_picks_up_an_activation_between_batches(clinician, starter_model, nih_pngs, settings, django_capture_on_commit_callbacks):
+def test_it_picks_up_an_activation_between_batches(
+    clinician, starter_model, nih_pngs, settings, django_capture_on_commit_callbacks
+):
     """A job records the version of every image: an activation during the job applies from the
     next batch on."""
     from jobs.services import job_create, job_images_analyse
@@ -42,7 +44,10 @@ def test_it_picks_up_an_activation_between_batches(clinician, starter_model, nih
     first, second = JobImage.objects.filter(job=job).order_by("position")
     job_images_analyse(job_id=job.pk, image_ids=[first.pk])
     other = model_version_register(
-        data=starter_weights_bytes(), version_name="second-version", class_names=starter_model.class_names, untrained=True
+        data=starter_weights_bytes(),
+        version_name="second-version",
+        class_names=starter_model.class_names,
+        untrained=True,
     )
     model_version_activate(version=other, via="test")
     job_images_analyse(job_id=job.pk, image_ids=[second.pk])
@@ -54,7 +59,10 @@ def test_it_picks_up_an_activation_between_batches(clinician, starter_model, nih
     assert job.state == "done" and job.model_at_start_id == starter_model.pk
     from jobs.selectors import job_versions
 
-    assert [v["version_name"] for v in job_versions(job=job)] == [starter_model.version_name, "second-version"]
+    assert [v["version_name"] for v in job_versions(job=job)] == [
+        starter_model.version_name,
+        "second-version",
+    ]
 
 
 def test_it_gives_batch_outputs_equal_to_single_forward_passes(starter_model, nih_pngs):

@@ -47,7 +47,9 @@ def postgres_url():
 
     parts = dj_database_url.parse(os.environ["DATABASE_URL"])
     name = connection.settings_dict["NAME"]  # the test database pytest-django created
-    return f"postgres://{parts['USER']}:{parts['PASSWORD'] or ''}@{parts['HOST']}:{parts['PORT'] or 5432}/{name}"
+    return (
+        f"postgres://{parts['USER']}:{parts['PASSWORD'] or ''}@{parts['HOST']}:{parts['PORT'] or 5432}/{name}"
+    )
 
 
 @pytest.fixture
@@ -80,9 +82,10 @@ def workers(redis_broker, postgres_url, tmp_path):
     started: dict[str, tuple[subprocess.Popen, object]] = {}
 
     def start(name: str) -> subprocess.Popen:
-        log = open(tmp_path / f"{name}.log", "w+")
+        log = open(tmp_path / f"{name}.log", "w+")  # noqa: SIM115 - open while the worker runs
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "lungsite", "worker", "--pool=solo", "-n", f"{name}@%h", "-c", "1", "--prefetch-multiplier", "1",
+            [sys.executable, "-m", "celery", "-A", "lungsite", "worker", "--pool=solo", "-n", f"{name}@%h",
+             "-c", "1", "--prefetch-multiplier", "1",
              "-Q", queue, "-l", "info", "--without-gossip", "--without-mingle", "--without-heartbeat"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -115,7 +118,9 @@ def _wait(condition, timeout: float, what: str) -> None:
         time.sleep(0.3)
 
 
-def test_it_logs_every_image_exactly_once_when_a_worker_is_killed(workers, clinician, starter_model, nih_pngs):
+def test_it_logs_every_image_exactly_once_when_a_worker_is_killed(
+    workers, clinician, starter_model, nih_pngs
+):
     from jobs.services import job_create
 
     first, second = workers("w1"), workers("w2")

@@ -11,14 +11,18 @@ from jobs.models import PredictionJob
 
 
 class Command(BaseCommand):
-    help = "Submit every file under DIR as one batch job; print the job as JSON (with --wait, when it has finished)."
+    help = "Submit every file under DIR as one batch job and print it as JSON (with --wait, once finished)."
 
     def add_arguments(self, parser):
         parser.add_argument("directory")
         parser.add_argument("--out", help="Write the results CSV here (implies --wait).")
-        parser.add_argument("--wait", action="store_true", help="Wait until the workers have finished the job.")
         parser.add_argument(
-            "--here", action="store_true", help="Analyse the images in this process instead of on the workers."
+            "--wait", action="store_true", help="Wait until the workers have finished the job."
+        )
+        parser.add_argument(
+            "--here",
+            action="store_true",
+            help="Analyse the images in this process instead of on the workers.",
         )
         parser.add_argument("--timeout", type=float, default=3600.0, help="Seconds --wait waits at most.")
 
@@ -29,15 +33,17 @@ class Command(BaseCommand):
         paths = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
         if not paths:
             raise CommandError(f"{directory} holds no files.")
-        if here:
-            from lungsite.celery import app
+        from lungsite.celery import app
 
-            app.conf.task_always_eager = True
         files = [(str(p.relative_to(root)), p.read_bytes()) for p in paths]
+        eager = app.conf.task_always_eager
+        app.conf.task_always_eager = eager or here
         try:
             job = services.job_create(user=None, source="command", files=files)
         except (services.JobRefused, services.JobUnavailable) as exc:
             raise CommandError(str(exc)) from exc
+        finally:
+            app.conf.task_always_eager = eager
         if wait or out:
             deadline = time.monotonic() + timeout
             while job.state in (PredictionJob.STATE_QUEUED, PredictionJob.STATE_RUNNING):
