@@ -23,8 +23,8 @@ def test_it_writes_the_results_csv_of_a_folder(starter_model, nih_pngs, tmp_path
     printed = json.loads(capsys.readouterr().out)
     assert (printed["state"], printed["total"], printed["done"], printed["refused"]) == ("done", 3, 2, 1)
     table = list(csv.DictReader(out.open()))
-    assert [row["file_name"] for row in table] == ["readme.txt", files[0][0], f"sub/{files[1][0]}"]
-    assert [row["state"] for row in table] == ["refused", "done", "done"]
+    assert [row["file_name"] for row in table] == [files[0][0], "readme.txt", f"sub/{files[1][0]}"]
+    assert [row["state"] for row in table] == ["done", "refused", "done"]
     assert Prediction.objects.filter(source="batch").count() == 2
     assert PredictionJob.objects.get().source == "command"
 
@@ -49,7 +49,7 @@ def test_it_picks_up_an_activation_between_batches(
         class_names=starter_model.class_names,
         untrained=True,
     )
-    model_version_activate(version=other, via="test")
+    model_version_activate(version=other, via="command")
     job_images_analyse(job_id=job.pk, image_ids=[second.pk])
     first.refresh_from_db()
     second.refresh_from_db()
