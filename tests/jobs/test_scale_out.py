@@ -129,7 +129,11 @@ def test_it_logs_every_image_exactly_once_when_a_worker_is_killed(
 
     files = nih_pngs(16)
     job = job_create(user=clinician, source="api", files=files)  # 8 tasks of 2 images
-    _wait(lambda: JobImage.objects.filter(job=job, state="done").count() >= 4, 180, "the first images")
+    try:
+        _wait(lambda: JobImage.objects.filter(job=job, state="done").count() >= 4, 300, "the first images")
+    except AssertionError as exc:  # say what the workers said
+        logs = workers.log_of("w1")[-2000:] + "\n" + workers.log_of("w2")[-2000:]
+        raise AssertionError(f"{exc}\n{logs}") from None
     assert first.poll() is None
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
