@@ -22,7 +22,13 @@ class Prediction(models.Model):
     SOURCE_WEB = "web"
     SOURCE_API = "api"
     SOURCE_PACS = "pacs"
-    SOURCE_CHOICES = [(SOURCE_WEB, "Web page"), (SOURCE_API, "REST API"), (SOURCE_PACS, "PACS")]
+    SOURCE_BATCH = "batch"
+    SOURCE_CHOICES = [
+        (SOURCE_WEB, "Web page"),
+        (SOURCE_API, "REST API"),
+        (SOURCE_PACS, "PACS"),
+        (SOURCE_BATCH, "Batch job"),
+    ]
 
     # Indexed together with id in Meta.indexes (keyset pagination orders by both).
     # default, not auto_now_add: the chain hashes created_at before the insert, and save() must

@@ -67,3 +67,18 @@ def predict(model: ServingRuntime, tensor: np.ndarray) -> PredictionOutput:
     if not (np.isfinite(logits).all() and np.isfinite(cams).all()):
         raise NonFiniteOutput("The model gave scores or heatmaps that are not finite (NaN or infinity).")
     return PredictionOutput(probabilities=_sigmoid(logits), cams=np.asarray(cams, dtype=np.float32))
+
+
+def predict_batch(model: ServingRuntime, batch: np.ndarray) -> list[PredictionOutput]:
+    """One forward pass over a batch (jobs/): (N, C, S, S) float32 (rows of `preprocess`) -> N
+    outputs, each what `predict` gives for that row alone (probabilities (K,), cams (K, h, w)); the
+    serving graph takes any batch size. Raises NonFiniteOutput when any output is not finite."""
+    from inference.serving import CAMS, INPUT, LOGITS
+
+    batch = np.ascontiguousarray(batch, dtype=np.float32)
+    logits, cams = model.session.run([LOGITS, CAMS], {INPUT: batch})
+    if not (np.isfinite(logits).all() and np.isfinite(cams).all()):
+        raise NonFiniteOutput("The model gave scores or heatmaps that are not finite (NaN or infinity).")
+    probabilities = _sigmoid(logits)
+    cams = np.asarray(cams, dtype=np.float32)
+    return [PredictionOutput(probabilities=probabilities[i], cams=cams[i]) for i in range(len(batch))]

@@ -1,5 +1,6 @@
 """The Celery app (Celery's Django layout): configured from Django's CELERY_* settings, tasks found
-in each app's tasks.py. `celery -A lungsite worker` starts a worker."""
+in each app's tasks.py (jobs, pacs, registry). Start a worker with
+`celery -A lungsite worker --pool=solo -n NAME@%h` (docs/jobs.md)."""
 
 import os
 

@@ -66,6 +66,7 @@ INSTALLED_APPS = [
     "registry",
     "inference",
     "audit",
+    "jobs",
     "pacs",
 ]
 
@@ -316,14 +317,45 @@ LOGGING = {
     },
 }
 
-# Celery (lungsite/celery.py): PACS analysis and result delivery run on the workers. No broker set:
-# tasks run in the calling process (eager), which is enough for one machine at low volume.
+# Celery (lungsite/celery.py): batch jobs, PACS analysis and delivery, training runs.
+# LUNGSITE_BROKER_URL names the Celery broker: Redis
+# (redis://127.0.0.1:6379/1) or RabbitMQ (amqp://...), shared by every web and worker host. Unset:
+# kombu's filesystem transport under the data folder, which needs no service and which the workers
+# that `make run` starts on this machine read; it cannot reach workers on other hosts.
 LUNGSITE_BROKER_URL = os.environ.get("LUNGSITE_BROKER_URL", "").strip()
-CELERY_BROKER_URL = LUNGSITE_BROKER_URL or "memory://"
-CELERY_TASK_ALWAYS_EAGER = not LUNGSITE_BROKER_URL
+LUNGSITE_BATCH_SIZE = envint("LUNGSITE_BATCH_SIZE", 8)
+# Batches per task: a task decodes its next batch while the model runs on the current one.
+LUNGSITE_JOB_BATCHES_PER_TASK = envint("LUNGSITE_JOB_BATCHES_PER_TASK", 4)
+LUNGSITE_MAX_JOB_IMAGES = envint("LUNGSITE_MAX_JOB_IMAGES", 1000)
+# A ZIP's members inflated together may not exceed this (each member also LUNGSITE_MAX_UPLOAD_MB).
+LUNGSITE_MAX_JOB_MB = envint("LUNGSITE_MAX_JOB_MB", 2048)
+if LUNGSITE_BROKER_URL:
+    CELERY_BROKER_URL = LUNGSITE_BROKER_URL
+    # A task taken by a worker that dies unacknowledged goes back to the queue after this many
+    # seconds (Redis and SQS; RabbitMQ redelivers when the connection drops). Longer than a batch.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "visibility_timeout": envint("LUNGSITE_BROKER_VISIBILITY_TIMEOUT", 3600),
+    }
+else:
+    _broker_dir = DATA_DIR / "broker"
+    for _folder in ("out", "processed"):
+        (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_URL = "filesystem://"
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_broker_dir / "out"),
+        "data_folder_out": str(_broker_dir / "out"),
+        "processed_folder": str(_broker_dir / "processed"),
+        "store_processed": False,
+    }
+# Progress and results live in the database (jobs.models): no result backend.
+CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("LUNGSITE_JOBS_QUEUE", "lungsite-jobs")
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_ALWAYS_EAGER = envbool("LUNGSITE_JOBS_EAGER", False)
+# Results the PACS did not take yet are sent again by Celery beat (or `manage.py pacs_deliver`).
 CELERY_BEAT_SCHEDULE = {
     "pacs-deliver-due": {"task": "pacs.tasks.results_deliver_due", "schedule": 30.0},
 }

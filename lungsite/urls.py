@@ -13,6 +13,7 @@ urlpatterns = [
     path("", include("inference.urls")),
     path("", include("audit.urls")),
     path("", include("pacs.urls")),
+    path("", include("jobs.urls")),
     path("api/v1/", include("lungsite.api_urls")),
 ]
 

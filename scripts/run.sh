@@ -22,4 +22,11 @@ fi
 echo
 echo "lungsite: http://127.0.0.1:$port/  admin login: $LUNGSITE_ADMIN_USERNAME / $LUNGSITE_ADMIN_PASSWORD"
 echo
-exec env GUNICORN_BIND="${GUNICORN_BIND:-127.0.0.1:$port}" .venv/bin/gunicorn -c gunicorn.conf.py
+# One Celery worker (batch jobs, PACS analysis and delivery, training runs; docs/jobs.md), with
+# beat for the PACS delivery retries. With no LUNGSITE_BROKER_URL it reads kombu's filesystem queue
+# under the data folder. It stops with the server.
+.venv/bin/celery -A lungsite worker --pool=solo -c 1 -n "lungsite-dev@%h" -l warning \
+  -B -s "$data_dir/celerybeat-schedule" &
+worker=$!
+trap 'kill "$worker" 2>/dev/null' EXIT
+env GUNICORN_BIND="${GUNICORN_BIND:-127.0.0.1:$port}" .venv/bin/gunicorn -c gunicorn.conf.py

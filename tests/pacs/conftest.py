@@ -39,3 +39,16 @@ def dicom_listener(settings):
     server = listener_start(host="127.0.0.1", port=port, block=False)
     yield settings.LUNGSITE_DICOM_AE_TITLE, port
     server.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _analysis_in_the_test_process(settings):
+    """Received instances are analysed in the test process (Celery's eager mode), as if a worker
+    took each task at once; test_celery_worker.py runs a real worker instead."""
+    from lungsite.celery import app
+
+    previous = app.conf.task_always_eager
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = previous

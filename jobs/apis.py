@@ -1,0 +1,134 @@
+"""REST API of the batch jobs: thin views over jobs.services and jobs.selectors. A job the caller
+may not see is a 404."""
+
+import csv
+import io
+
+from django.conf import settings
+from django.http import HttpResponse
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions, serializers, status
+from rest_framework.parsers import MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from jobs import selectors, services
+from jobs.models import PredictionJob
+from lungsite.api_errors import ApiError, error_responses
+from lungsite.api_permissions import has_perm
+
+CanCreateJobs = has_perm(selectors.CREATE)
+
+UNTRAINED_WARNING = (
+    "At least one image of this job was analysed by an UNTRAINED model: its scores mean nothing."
+)
+
+
+def _visible_job(request, pk: int) -> PredictionJob:
+    try:
+        return selectors.job_get_for(user=request.user, pk=pk)
+    except PredictionJob.DoesNotExist:
+        raise exceptions.NotFound(f"Job {pk} not found.") from None
+
+
+def _progress(request, job: PredictionJob) -> dict:
+    data = selectors.job_progress(job=job)
+    data["results_csv"] = request.build_absolute_uri(f"/api/v1/jobs/{job.pk}/results.csv")
+    data["problems"] = selectors.job_problems(job=job)
+    if data["untrained"]:
+        data["warning"] = UNTRAINED_WARNING
+    return data
+
+
+def files_from_request(request) -> list[tuple[str, bytes]]:
+    """The uploaded parts: every `images` part and an optional `archive` (ZIP) part."""
+    limit = settings.LUNGSITE_MAX_JOB_MB * 1024 * 1024
+    files = []
+    for upload in request.FILES.getlist("archive") + request.FILES.getlist("images"):
+        if upload.size is not None and upload.size > limit:
+            raise ApiError(
+                f"{upload.name!r} is larger than the job limit.", code="too_large", status_code=413
+            )
+        files.append((upload.name, upload.read()))
+    return files
+
+
+class JobUploadSerializer(serializers.Serializer):
+    images = serializers.ListField(child=serializers.FileField(), required=False)
+    archive = serializers.FileField(required=False, help_text="A ZIP of images.")
+
+
+class JobListCreateApi(APIView):
+    parser_classes = [MultiPartParser]
+
+    def get_permissions(self):
+        return [CanCreateJobs()] if self.request.method == "POST" else super().get_permissions()
+
+    @extend_schema(operation_id="jobs_list", responses={200: dict}, tags=["jobs"])
+    def get(self, request):
+        jobs = selectors.jobs_visible_to(user=request.user)[:100]
+        return Response({"results": [selectors.job_progress(job=job) for job in jobs]})
+
+    @extend_schema(
+        operation_id="jobs_create",
+        summary="Analyse many images as one batch job",
+        description=(
+            "Several `images` parts and/or one `archive` part (a ZIP of PNG, JPEG or DICOM files). "
+            "Members that cannot be analysed are counted as refused with a reason; the rest are "
+            "queued for the Celery workers. Returns 202 with the job's progress."
+        ),
+        request={"multipart/form-data": JobUploadSerializer},
+        responses={202: dict, **error_responses(400, 401, 403, 413, 503)},
+        tags=["jobs"],
+    )
+    def post(self, request):
+        files = files_from_request(request)
+        if not files:
+            raise ApiError(
+                "Send images as `images` parts or a ZIP as `archive`.", code="no_files", status_code=400
+            )
+        try:
+            job = services.job_create(user=request.user, source="api", files=files)
+        except services.JobRefused as exc:
+            raise ApiError(str(exc), code=exc.code, status_code=exc.status) from exc
+        except services.JobUnavailable as exc:
+            raise ApiError(str(exc), code=exc.code, status_code=503) from exc
+        job.refresh_from_db()
+        return Response(_progress(request, job), status=status.HTTP_202_ACCEPTED)
+
+
+class JobDetailApi(APIView):
+    @extend_schema(
+        operation_id="jobs_retrieve", responses={200: dict, **error_responses(401, 404)}, tags=["jobs"]
+    )
+    def get(self, request, pk: int):
+        return Response(_progress(request, _visible_job(request, pk)))
+
+
+class JobResultsCsvApi(APIView):
+    @extend_schema(operation_id="jobs_results_csv", responses={(200, "text/csv"): str}, tags=["jobs"])
+    def get(self, request, pk: int):
+        return results_csv_response(_visible_job(request, pk))
+
+
+def results_csv_response(job: PredictionJob) -> HttpResponse:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows(selectors.job_results_rows(job=job))
+    response = HttpResponse(buffer.getvalue(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="job-{job.pk}-results.csv"'
+    return response
+
+
+class JobCancelApi(APIView):
+    @extend_schema(
+        operation_id="jobs_cancel",
+        request=None,
+        responses={200: dict, **error_responses(401, 403, 404)},
+        tags=["jobs"],
+    )
+    def post(self, request, pk: int):
+        job = _visible_job(request, pk)
+        if job.user_id != request.user.pk and not request.user.has_perm("jobs.change_predictionjob"):
+            raise exceptions.PermissionDenied("Only the job's owner can cancel it.")
+        job = services.job_cancel(job=job)
+        return Response(_progress(request, job))

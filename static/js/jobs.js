@@ -1,0 +1,64 @@
+// Batch jobs: the submit form sends a folder's files with their relative paths (webkitdirectory)
+// to the API, and the job page polls the API for progress until the job has finished.
+(function () {
+  "use strict";
+
+  function csrfToken() {
+    var input = document.querySelector("input[name=csrfmiddlewaretoken]");
+    return input ? input.value : "";
+  }
+
+  var form = document.getElementById("job-form");
+  if (form && window.fetch && window.FormData) {
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var data = new FormData();
+      var folder = document.getElementById("job-folder").files;
+      for (var i = 0; i < folder.length; i++) {
+        data.append("images", folder[i], folder[i].webkitRelativePath || folder[i].name);
+      }
+      var archive = document.getElementById("job-archive").files;
+      if (archive.length) { data.append("archive", archive[0], archive[0].name); }
+      fetch("/api/v1/jobs/", {
+        method: "POST", body: data, credentials: "same-origin",
+        headers: { "X-CSRFToken": csrfToken() }
+      }).then(function (response) {
+        return response.json().then(function (body) { return { ok: response.ok, body: body }; });
+      }).then(function (result) {
+        if (result.ok) { window.location = "/jobs/" + result.body.id + "/"; return; }
+        var box = document.getElementById("job-error");
+        document.getElementById("job-error-message").textContent =
+          (result.body.error && result.body.error.message) || "The submission was refused.";
+        box.hidden = false;
+      });
+    });
+  }
+
+  var panel = document.getElementById("job-progress");
+  if (!panel || !window.fetch) { return; }
+  function render(job) {
+    var bar = document.getElementById("job-bar");
+    bar.max = job.total;
+    bar.value = job.done + job.refused + job.failed;
+    document.getElementById("job-state").textContent = job.state;
+    document.getElementById("job-counts").textContent = job.done + " logged · " + job.refused +
+      " refused · " + job.failed + " failed of " + job.total;
+    document.getElementById("job-untrained").hidden = !job.untrained;
+    var list = document.getElementById("job-versions");
+    list.textContent = "";
+    job.versions.forEach(function (v) {
+      var item = document.createElement("li");
+      item.textContent = v.version_name + " (" + v.sha256.slice(0, 12) + "): " + v.images + " images";
+      list.appendChild(item);
+    });
+  }
+  function poll() {
+    fetch(panel.dataset.url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (response) { return response.json(); })
+      .then(function (job) {
+        render(job);
+        if (job.state === "queued" || job.state === "running") { setTimeout(poll, 1500); }
+      });
+  }
+  if (panel.dataset.state === "queued" || panel.dataset.state === "running") { poll(); }
+})();
