@@ -3,7 +3,6 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from inference.serializers import UNTRAINED_WARNING
 from registry.models import ModelVersion
 
 
@@ -66,8 +65,8 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         {
             "type": "string",
             "nullable": True,
-            "description": "Set when the version is untrained: its scores have no medical meaning.",
+            "description": "Set when the version is untrained or not evaluated: do not rely on its scores.",
         }
     )
     def get_warning(self, version: ModelVersion) -> str | None:
-        return UNTRAINED_WARNING if version.untrained else None
+        return version.honesty_warning()
