@@ -10,6 +10,7 @@ from audit import label_services, selectors
 from audit.label_selectors import finding_labels_latest
 from audit.models import Prediction
 
+
 @require_POST
 @login_required
 def prediction_labels_post(request, pk: int):
@@ -35,4 +36,3 @@ def prediction_labels_post(request, pk: int):
         return HttpResponseBadRequest(str(exc))
     messages.success(request, f"Feedback saved for {len(marks)} finding{'s' if len(marks) != 1 else ''}.")
     return redirect("prediction-detail", pk=prediction.pk)
-

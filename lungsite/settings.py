@@ -181,6 +181,10 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = LUNGSITE_MAX_UPLOAD_MB * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = FILE_UPLOAD_MAX_MEMORY_SIZE + 1024 * 1024
 # Decoded pixels allowed in one upload (a 1024x1024 X-ray is ~1 Mpx; large CR/DR plates ~20 Mpx).
 LUNGSITE_MAX_PIXELS = envint("LUNGSITE_MAX_PIXELS", 60_000_000)
+# Issue 23: activation needs a measured evaluation (or a written override); the shadow version scores
+# at most this fraction of live predictions (0 to 1), off the request path.
+LUNGSITE_ACTIVATION_GATE = envbool("LUNGSITE_ACTIVATION_GATE", True)
+LUNGSITE_SHADOW_RATE = float(os.environ.get("LUNGSITE_SHADOW_RATE", "1.0") or 1.0)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

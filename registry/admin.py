@@ -14,6 +14,7 @@ from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
 from inference.weights import ARCHITECTURES
+from registry.admin_evaluation import EvaluationAdminMixin
 from registry.models import DEFAULT_CLASS_NAMES, ActivationEvent, ModelVersion
 from registry.services import (
     ActivationError,
@@ -122,7 +123,7 @@ class ModelVersionAddForm(forms.ModelForm):
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(admin.ModelAdmin):
+class ModelVersionAdmin(EvaluationAdminMixin, admin.ModelAdmin):
     list_display = (
         "version_name",
         "is_active",

@@ -12,7 +12,11 @@ register = template.Library()
 def feedback_form(context, prediction):
     latest = {mark.finding: mark for mark in finding_labels_latest(prediction=prediction)}
     rows = [
-        {"name": finding["name"], "label": finding["name"].replace("_", " "), "mark": latest.get(finding["name"])}
+        {
+            "name": finding["name"],
+            "label": finding["name"].replace("_", " "),
+            "mark": latest.get(finding["name"]),
+        }
         for finding in (prediction.results_json or {}).get("findings", [])
     ]
     return {
