@@ -325,11 +325,10 @@ def model_version_activate(
     if via not in VIA_VALUES:
         raise ValueError(f"via must be one of {sorted(VIA_VALUES)}, not {via!r}")
     override_reason = (override_reason or "").strip()
-    gate = (
-        None
-        if via in (ActivationEvent.VIA_BOOTSTRAP, ActivationEvent.VIA_MIGRATION)
-        else activation_gate(version)
-    )
+    # Exempt: bootstrap's starter (it says "untrained" everywhere) and a rollback to the version
+    # that served just before.
+    exempt = via in (ActivationEvent.VIA_BOOTSTRAP, ActivationEvent.VIA_MIGRATION) or reason == "rollback"
+    gate = None if exempt else activation_gate(version)
     if gate is not None and not override_reason:
         raise ActivationGateRefused(
             f"Refused: {gate} A model-admin may activate it anyway with a written reason."
