@@ -240,7 +240,7 @@ def train(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(index)
+            total += float(loss.detach()) * len(index)
             seen += len(index)
             if bar is not None:
                 bar.update(1)
@@ -473,6 +473,7 @@ def training_run_execute(*, run_id: int):
                     class_names,
                     label_format=options.get("label_format", "auto"),
                     uncertain=options.get("uncertain", "ignore"),
+                    limit=options.get("limit"),
                 )
             )
         if options.get("feedback"):
