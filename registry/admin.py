@@ -14,7 +14,7 @@ from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
 from inference.weights import ARCHITECTURES
-from registry.admin_evaluation import EvaluationAdminMixin
+from registry.admin_evaluation import EVALUATION_FIELDS, EvaluationAdminMixin
 from registry.models import DEFAULT_CLASS_NAMES, ActivationEvent, ModelVersion
 from registry.services import (
     ActivationError,
@@ -158,6 +158,7 @@ class ModelVersionAdmin(EvaluationAdminMixin, admin.ModelAdmin):
         "activation_history",
         "notes",
     )
+    change_fields += EVALUATION_FIELDS  # issue 23's blocks (registry/admin_evaluation.py)
     add_fieldsets = (
         (None, {"fields": ("weights", "version_name", "class_names_text", "architecture")}),
         (

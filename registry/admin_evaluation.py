@@ -191,16 +191,6 @@ class EvaluationAdminMixin:
             ),
         )
 
-    def get_fieldsets(self, request, obj=None):
-        fieldsets = super().get_fieldsets(request, obj)
-        if obj is None:
-            return fieldsets
-        return (*fieldsets, ("Evaluation, training and shadow", {"fields": EVALUATION_FIELDS}))
-
-    def get_readonly_fields(self, request, obj=None):
-        fields = super().get_readonly_fields(request, obj)
-        return fields if obj is None else (*fields, *EVALUATION_FIELDS)
-
     # ---- actions ----
 
     def get_actions(self, request):
