@@ -110,3 +110,40 @@ def test_the_api_answers_409_with_the_reason_and_accepts_an_override(starter_mod
     assert accepted.status_code == 200, accepted.content
     assert json.loads(accepted.content)["is_active"] is True
     assert ActivationEvent.objects.get(version=candidate).override_reason == "Approved by the safety board."
+
+
+def test_the_admin_asks_for_a_reason_and_keeps_it(starter_model, model_admin, client):
+    from registry.models import TrainingRun
+
+    candidate = _register(8, "admin-candidate")
+    client.force_login(model_admin)
+    changelist = "/admin/registry/modelversion/"
+    refused = client.post(changelist, {"action": "activate_selected", "_selected_action": [candidate.pk]}, follow=True)
+    assert b"has no evaluation" in refused.content
+    candidate.refresh_from_db()
+    assert not candidate.is_active
+    form = client.post(changelist, {"action": "activate_with_reason", "_selected_action": [candidate.pk]})
+    assert form.status_code == 200 and b"evaluation gate refuses" in form.content
+    done = client.post(
+        changelist,
+        {"action": "activate_with_reason", "_selected_action": [candidate.pk], "reason": "Board approval 2026-12-01."},
+    )
+    assert done.status_code == 302
+    assert ActivationEvent.objects.get(version=candidate).override_reason == "Board approval 2026-12-01."
+
+    queued = client.post(
+        changelist,
+        {
+            "action": "train_from_version",
+            "_selected_action": [candidate.pk],
+            "version_name": "from-the-admin",
+            "feedback": "on",
+            "epochs": 2,
+            "batch_size": 8,
+            "lr": 0.0001,
+            "max_minutes": 5,
+        },
+    )
+    assert queued.status_code == 302
+    run = TrainingRun.objects.get()
+    assert (run.base_version, run.status, run.options["epochs"]) == (candidate, TrainingRun.QUEUED, 2)
