@@ -113,7 +113,8 @@ class ReasonForm(forms.Form):
     reason = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 4, "cols": 80}),
         min_length=10,
-        help_text="Why this version should serve although the evaluation gate refused it (kept in the history).",
+        help_text="Why this version should serve although the evaluation gate refused it "
+        "(kept in the history).",
     )
 
 

@@ -95,6 +95,7 @@ def activation_gate(version: ModelVersion) -> str | None:
         if other is not None and evaluation.mean_auroc < other.mean_auroc:
             return (
                 f"On {evaluation.evaluation_set} {version.version_name} has a mean AUROC of "
-                f"{evaluation.mean_auroc:.3f}, below the active {active.version_name}'s {other.mean_auroc:.3f}."
+                f"{evaluation.mean_auroc:.3f}, below the active {active.version_name}'s "
+                f"{other.mean_auroc:.3f}."
             )
     return None

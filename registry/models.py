@@ -282,3 +282,6 @@ class ShadowPrediction(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["prediction", "version"], name="shadow_one_per_prediction")
         ]
+
+    def __str__(self) -> str:
+        return f"{self.version} on prediction {self.prediction_id}"

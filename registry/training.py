@@ -338,8 +338,8 @@ def train(
             "patience": config.patience,
             "target_sensitivity": config.target_sensitivity,
             "architecture": architecture,
-            "augmentation": "random affine (rotation 7 deg, shift 5 %, scale 0.9-1.1), brightness/contrast 0.1; "
-            "no horizontal flip",
+            "augmentation": "random affine (rotation 7 deg, shift 5 %, scale 0.9-1.1), "
+            "brightness/contrast 0.1; no horizontal flip",
             "loss": "BCE with logits, pos_weight = negatives/positives per class on the training side",
         },
     )
@@ -376,6 +376,7 @@ def model_card(result: TrainResult, *, base: str, data_source: str, label_report
 
 
 def model_card_markdown(card: dict) -> str:
+    training = card.get("training", {})
     lines = [
         "# Model card",
         "",
@@ -385,8 +386,8 @@ def model_card_markdown(card: dict) -> str:
         f"- Training data: {card.get('training_data')}",
         f"- Split: {card.get('split', {}).get('train_images')} training / "
         f"{card.get('split', {}).get('val_images')} validation images, by {card.get('split', {}).get('by')}",
-        f"- Epochs run: {card.get('training', {}).get('epochs_run')} (best {card.get('training', {}).get('best_epoch')}; "
-        f"{card.get('training', {}).get('stopped_because')})",
+        f"- Epochs run: {training.get('epochs_run')} (best {training.get('best_epoch')}; "
+        f"{training.get('stopped_because')})",
         f"- Evaluation set: {card.get('evaluation_set')}",
         f"- Thresholds: {card.get('thresholds_rule')}",
         "",

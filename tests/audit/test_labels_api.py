@@ -11,15 +11,24 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def prediction(clinician):
     model = ModelVersion.objects.create(
-        version_name="rows-only-v1", storage_path="weights/none.pt", class_names=DEFAULT_CLASS_NAMES, sha256="c" * 64
+        version_name="rows-only-v1",
+        storage_path="weights/none.pt",
+        class_names=DEFAULT_CLASS_NAMES,
+        sha256="c" * 64,
     )
     return Prediction.objects.create(
         model=model,
         image_url="images/none.png",
         results_json={
-            "model": {"id": model.pk, "version_name": model.version_name, "sha256": model.sha256, "untrained": False},
+            "model": {
+                "id": model.pk,
+                "version_name": model.version_name,
+                "sha256": model.sha256,
+                "untrained": False,
+            },
             "findings": [
-                {"name": n, "probability": 0.25, "threshold": 0.5, "positive": False} for n in DEFAULT_CLASS_NAMES
+                {"name": n, "probability": 0.25, "threshold": 0.5, "positive": False}
+                for n in DEFAULT_CLASS_NAMES
             ],
         },
         image_sha256="0" * 64,
@@ -40,7 +49,9 @@ def test_it_appends_marks_and_the_latest_is_the_label(api, clinician, auditor, p
         format="json",
     )
     assert response.status_code == 201, response.content
-    response = api(auditor).post(url(prediction), {"labels": [{"finding": "Edema", "value": "absent"}]}, format="json")
+    response = api(auditor).post(
+        url(prediction), {"labels": [{"finding": "Edema", "value": "absent"}]}, format="json"
+    )
     assert response.status_code == 201
     assert FindingLabel.objects.filter(prediction=prediction).count() == 3
     body = api(clinician).get(url(prediction)).json()
@@ -49,13 +60,17 @@ def test_it_appends_marks_and_the_latest_is_the_label(api, clinician, auditor, p
         ("Mass", "unsure", clinician.username),
     }
     assert [m["value"] for m in body["history"]] == ["absent", "unsure", "present"]
-    assert finding_labels_by_prediction([prediction.pk]) == {prediction.pk: {"Edema": "absent", "Mass": "unsure"}}
+    assert finding_labels_by_prediction([prediction.pk]) == {
+        prediction.pk: {"Edema": "absent", "Mass": "unsure"}
+    }
     assert feedback_csv_cell({"Mass": "unsure", "Edema": "absent"}) == "Edema=absent; Mass=unsure"
 
 
 def test_it_refuses_unknown_findings_and_values_writing_nothing(api, clinician, prediction):
     client = api(clinician)
-    unknown = client.post(url(prediction), {"labels": [{"finding": "Fracture", "value": "present"}]}, format="json")
+    unknown = client.post(
+        url(prediction), {"labels": [{"finding": "Fracture", "value": "present"}]}, format="json"
+    )
     assert unknown.status_code == 400
     assert "Fracture" in unknown.json()["error"]["message"]
     bad = client.post(
@@ -70,14 +85,18 @@ def test_it_refuses_unknown_findings_and_values_writing_nothing(api, clinician, 
 
 def test_it_hides_other_peoples_predictions(api, other_clinician, prediction):
     assert api(other_clinician).get(url(prediction)).status_code == 404
-    response = api(other_clinician).post(url(prediction), {"labels": [{"finding": "Edema", "value": "present"}]})
+    response = api(other_clinician).post(
+        url(prediction), {"labels": [{"finding": "Edema", "value": "present"}]}
+    )
     assert response.status_code == 404
     assert api().get(url(prediction)).status_code in (401, 403)
     assert FindingLabel.objects.count() == 0
 
 
 def test_it_keeps_marks_append_only(clinician, prediction):
-    mark = FindingLabel.objects.create(prediction=prediction, finding="Edema", value="present", user=clinician)
+    mark = FindingLabel.objects.create(
+        prediction=prediction, finding="Edema", value="present", user=clinician
+    )
     mark.value = "absent"
     with pytest.raises(AppendOnlyError):
         mark.save()
@@ -92,9 +111,13 @@ def test_it_takes_feedback_from_the_result_page_form(clinician, prediction):
     assert page.status_code == 200
     assert b'name="label-Edema"' in page.content
     assert b"NOT EVALUATED model" in page.content
-    response = client.post(f"/predictions/{prediction.pk}/labels/", {"label-Edema": "present", "label-Mass": ""})
+    response = client.post(
+        f"/predictions/{prediction.pk}/labels/", {"label-Edema": "present", "label-Mass": ""}
+    )
     assert response.status_code == 302
-    assert list(FindingLabel.objects.values_list("finding", "value", "user")) == [("Edema", "present", clinician.pk)]
+    assert list(FindingLabel.objects.values_list("finding", "value", "user")) == [
+        ("Edema", "present", clinician.pk)
+    ]
     # Saving the same form again appends nothing: only changed marks are written.
     client.post(f"/predictions/{prediction.pk}/labels/", {"label-Edema": "present"})
     assert FindingLabel.objects.count() == 1

@@ -41,13 +41,17 @@ def _evaluate(version, table, *, quality: float):
     """Scores that separate the labels as well as `quality` says (1: perfectly, 0: not at all)."""
     noise = np.random.default_rng(2).random(table.labels.shape)
     scores = quality * table.labels + (1 - quality) * noise
-    return model_version_evaluation_record(version=version, table=table, scores=scores, evaluation_set="set A")
+    return model_version_evaluation_record(
+        version=version, table=table, scores=scores, evaluation_set="set A"
+    )
 
 
 def _register(seed: int, name: str):
     from registry.models import DEFAULT_CLASS_NAMES
 
-    return model_version_register(data=variant_weights_bytes(seed), version_name=name, class_names=DEFAULT_CLASS_NAMES)
+    return model_version_register(
+        data=variant_weights_bytes(seed), version_name=name, class_names=DEFAULT_CLASS_NAMES
+    )
 
 
 def test_it_refuses_a_never_evaluated_version_unless_a_reason_is_written(starter_model, model_admin):
@@ -105,7 +109,9 @@ def test_the_api_answers_409_with_the_reason_and_accepts_an_override(starter_mod
     assert refused.status_code == 409, refused.content
     assert "no evaluation" in refused.json()["error"]["message"]
     accepted = client.post(
-        f"/api/v1/models/{candidate.pk}/activate/", {"override_reason": "Approved by the safety board."}, format="json"
+        f"/api/v1/models/{candidate.pk}/activate/",
+        {"override_reason": "Approved by the safety board."},
+        format="json",
     )
     assert accepted.status_code == 200, accepted.content
     assert json.loads(accepted.content)["is_active"] is True
@@ -118,7 +124,9 @@ def test_the_admin_asks_for_a_reason_and_keeps_it(starter_model, model_admin, cl
     candidate = _register(8, "admin-candidate")
     client.force_login(model_admin)
     changelist = "/admin/registry/modelversion/"
-    refused = client.post(changelist, {"action": "activate_selected", "_selected_action": [candidate.pk]}, follow=True)
+    refused = client.post(
+        changelist, {"action": "activate_selected", "_selected_action": [candidate.pk]}, follow=True
+    )
     assert b"has no evaluation" in refused.content
     candidate.refresh_from_db()
     assert not candidate.is_active
@@ -126,7 +134,11 @@ def test_the_admin_asks_for_a_reason_and_keeps_it(starter_model, model_admin, cl
     assert form.status_code == 200 and b"evaluation gate refuses" in form.content
     done = client.post(
         changelist,
-        {"action": "activate_with_reason", "_selected_action": [candidate.pk], "reason": "Board approval 2026-12-01."},
+        {
+            "action": "activate_with_reason",
+            "_selected_action": [candidate.pk],
+            "reason": "Board approval 2026-12-01.",
+        },
     )
     assert done.status_code == 302
     assert ActivationEvent.objects.get(version=candidate).override_reason == "Board approval 2026-12-01."

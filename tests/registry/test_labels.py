@@ -17,7 +17,9 @@ def _images(folder, *names):
 
 def test_it_maps_names_across_spellings():
     assert normalise("Pleural Effusion") == normalise("Effusion")
-    assert normalise("Pleural_Thickening") == normalise("pleural thickening") == normalise("Pleural-Thickening")
+    assert (
+        normalise("Pleural_Thickening") == normalise("pleural thickening") == normalise("Pleural-Thickening")
+    )
 
 
 def test_it_reads_nihs_data_entry_table_and_reports_what_did_not_map(tmp_path):

@@ -26,7 +26,9 @@ def _wait_for_shadow():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_scores_live_predictions_off_the_record_and_compares(api, clinician, starter_model, model_admin, settings):
+def test_it_scores_live_predictions_off_the_record_and_compares(
+    api, clinician, starter_model, model_admin, settings
+):
     settings.LUNGSITE_SHADOW_RATE = 1.0
     candidate = model_version_register(
         data=variant_weights_bytes(11), version_name="shadow-candidate", class_names=DEFAULT_CLASS_NAMES
@@ -59,7 +61,9 @@ def test_it_scores_live_predictions_off_the_record_and_compares(api, clinician, 
     assert edema["compared"] == 2 and edema["agreement"] in (0.0, 0.5, 1.0)
     assert (edema["positives"], edema["negatives"]) == (1, 1)
     live_edema = [b["findings"][DEFAULT_CLASS_NAMES.index("Edema")]["probability"] for b in bodies]
-    assert edema["live_auroc"] == (1.0 if live_edema[0] > live_edema[1] else 0.0 if live_edema[0] < live_edema[1] else 0.5)
+    assert edema["live_auroc"] == (
+        1.0 if live_edema[0] > live_edema[1] else 0.0 if live_edema[0] < live_edema[1] else 0.5
+    )
     shadow_edema = [r.probabilities["Edema"] for r in rows]
     assert edema["shadow_auroc"] == (1.0 if shadow_edema[0] > shadow_edema[1] else 0.0)
 

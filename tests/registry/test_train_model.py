@@ -24,7 +24,11 @@ def test_it_splits_by_patient_with_no_patient_on_both_sides():
     patients = [str(i // 3) for i in range(30)]  # 10 patients, 3 images each
     labels = np.tile(np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]), (10, 1))
     table = LabelTable(
-        paths=[None] * 30, labels=labels, class_names=["A", "B"], patients=patients, report=MappingReport("x", "ignore")
+        paths=[None] * 30,
+        labels=labels,
+        class_names=["A", "B"],
+        patients=patients,
+        report=MappingReport("x", "ignore"),
     )
     train, val = patient_split(table, val_fraction=0.2, seed=0)
     assert sorted(train + val) == list(range(30))
@@ -40,7 +44,9 @@ def test_it_picks_thresholds_that_reach_the_target_sensitivity():
 
 
 @pytest.mark.django_db
-def test_it_trains_a_registered_version_and_registers_an_evaluated_inactive_one(starter_model, shared_data, tmp_path):
+def test_it_trains_a_registered_version_and_registers_an_evaluated_inactive_one(
+    starter_model, shared_data, tmp_path
+):
     result = run(
         starter_model.version_name,
         "--version-name",
@@ -71,7 +77,15 @@ def test_it_trains_a_registered_version_and_registers_an_evaluated_inactive_one(
     assert set(version.thresholds) <= set(version.class_names)
     assert all(0.0 <= t <= 1.0 for t in version.thresholds.values())
     card = version.model_card
-    assert {"intended_use", "training_data", "split", "training", "evaluation_set", "auroc", "thresholds"} <= set(card)
+    assert {
+        "intended_use",
+        "training_data",
+        "split",
+        "training",
+        "evaluation_set",
+        "auroc",
+        "thresholds",
+    } <= set(card)
     assert card["training"]["epochs_run"] == 1
 
     # The stored outputs give back the stored AUROC table, class by class.

@@ -36,7 +36,9 @@ class Command(BaseCommand):
                         one_line(f"No model version with id or name {options['ref']!r}.")
                     ) from exc
                 version = model_version_activate(
-                    version=version, via=ActivationEvent.VIA_COMMAND, override_reason=options["override_reason"]
+                    version=version,
+                    via=ActivationEvent.VIA_COMMAND,
+                    override_reason=options["override_reason"],
                 )
         except ActivationError as exc:
             raise CommandError(one_line(refused(exc))) from exc

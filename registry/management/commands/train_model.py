@@ -61,7 +61,9 @@ def label_tables(options, class_names: list[str]) -> LabelTable:
 
 
 class Command(BaseCommand):
-    help = "Fine-tunes a version (or a fresh network) on labelled images; registers an inactive, evaluated version (JSON)."
+    help = (
+        "Fine-tunes a version (or fresh network) on labelled images; registers it inactive, evaluated (JSON)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument(
@@ -193,7 +195,8 @@ class Command(BaseCommand):
             )
         except (WeightsIntegrityError, WeightsError) as exc:
             raise CommandError(one_line(f"Cannot load {version.version_name}: {exc}")) from exc
-        base = f"{version.version_name} (id {version.pk}, sha256 {version.short_sha256}{', untrained' if version.untrained else ''})"
+        untrained = ", untrained" if version.untrained else ""
+        base = f"{version.version_name} (id {version.pk}, sha256 {version.short_sha256}{untrained})"
         return (
             model,
             version.architecture,
