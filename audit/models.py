@@ -142,3 +142,44 @@ class ChainGenesis(models.Model):
 
     def __str__(self) -> str:
         return f"chain begins after prediction {self.unchained_through_id}"
+
+
+class FindingLabelQuerySet(models.QuerySet):
+    def update(self, **kwargs):
+        raise AppendOnlyError("Feedback labels are append-only: rows cannot be updated.")
+
+    def delete(self):
+        raise AppendOnlyError("Feedback labels are append-only: rows cannot be deleted.")
+
+
+class FindingLabel(models.Model):
+    """A clinician's or auditor's mark on one finding of one prediction. Append-only: a new mark
+    supersedes the old one, and the latest mark per (prediction, finding) is the label
+    (audit.label_selectors)."""
+
+    PRESENT, ABSENT, UNSURE = "present", "absent", "unsure"
+    VALUE_CHOICES = [(PRESENT, "Present"), (ABSENT, "Absent"), (UNSURE, "Unsure")]
+
+    prediction = models.ForeignKey(Prediction, on_delete=models.PROTECT, related_name="finding_labels")
+    finding = models.CharField(max_length=100)
+    value = models.CharField(max_length=8, choices=VALUE_CHOICES)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    objects = FindingLabelQuerySet.as_manager()
+
+    class Meta:
+        db_table = "prediction_labels"
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["prediction", "finding", "-id"], name="prediction_labels_latest")]
+
+    def __str__(self) -> str:
+        return f"{self.finding}: {self.value} on prediction {self.prediction_id}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AppendOnlyError("Feedback labels are append-only: rows cannot be updated.")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise AppendOnlyError("Feedback labels are append-only: rows cannot be deleted.")

@@ -45,6 +45,8 @@ def environment(data_dir: Path, *, database_url: str | None, threads: int) -> di
         "LUNGSITE_LOG_LEVEL": "WARNING",
         "LUNGSITE_TORCH_THREADS": str(threads),
         "OMP_NUM_THREADS": str(threads),
+        "LUNGSITE_ACTIVATION_GATE": "0",  # the swapped versions are throwaway, never evaluated
+        "LUNGSITE_SHADOW_RATE": "0",  # no shadow version: nothing to measure there
     }
     if database_url:
         values["DATABASE_URL"] = database_url

@@ -95,13 +95,16 @@ class PredictionSerializer(serializers.Serializer):
         {
             "type": "string",
             "nullable": True,
-            "description": "Set when the model is untrained: the result has no medical meaning.",
+            "description": "Set when the model is untrained or was not evaluated: do not rely on the result.",
         }
     )
     def get_warning(self, prediction) -> str | None:
         recorded = _recorded_model(prediction)
         untrained = recorded["untrained"] if recorded else prediction.model.untrained
-        return UNTRAINED_WARNING if untrained else None
+        if untrained:
+            return UNTRAINED_WARNING
+        # A version with no measured evaluation when this result was made says so (issue 23).
+        return prediction.model.honesty_warning(at=prediction.created_at)
 
     def _absolute(self, path: str) -> str:
         request = self.context.get("request")

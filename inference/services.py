@@ -95,6 +95,7 @@ def prediction_create(*, upload: UploadedFile, user: AbstractBaseUser | None, so
     from inference.pipeline import NonFiniteOutput, predict, preprocess
     from registry.cache import NoActiveModel, get_active, model_withdraw
     from registry.models import DEFAULT_PREPROCESSING
+    from registry.shadow import shadow_submit
 
     started = time.perf_counter()
     data = _read_upload(upload, settings.LUNGSITE_MAX_UPLOAD_MB * 1024 * 1024)
@@ -143,7 +144,7 @@ def prediction_create(*, upload: UploadedFile, user: AbstractBaseUser | None, so
     except StorageUnavailable as exc:
         raise PredictionUnavailable(_nothing_recorded(exc), code="storage_unavailable") from exc
     try:
-        return prediction_log(
+        prediction = prediction_log(
             version=version,
             data=data,
             image=image,
@@ -158,6 +159,9 @@ def prediction_create(*, upload: UploadedFile, user: AbstractBaseUser | None, so
         )
     except AuditWriteError as exc:
         raise PredictionUnavailable(_nothing_recorded(exc), code="database_unavailable") from exc
+    # Issue 23: the shadow version (if any) scores it on its own thread, after the result is logged.
+    shadow_submit(prediction=prediction, image=image)
+    return prediction
 
 
 def _discard_when_stored(storing) -> None:

@@ -212,6 +212,10 @@ LUNGSITE_DECODE_TIMEOUT_S = envint("LUNGSITE_DECODE_TIMEOUT_S", 20)
 LUNGSITE_DECODE_MAX_MB = envint("LUNGSITE_DECODE_MAX_MB", 2048)
 # A DICOM that says BurnedInAnnotation YES has text (names, dates) in its pixels: refused unless on.
 LUNGSITE_ALLOW_BURNED_IN_ANNOTATION = envbool("LUNGSITE_ALLOW_BURNED_IN_ANNOTATION", False)
+# Activation needs a measured evaluation (or a written override); the shadow version scores
+# at most this fraction of live predictions (0 to 1), off the request path.
+LUNGSITE_ACTIVATION_GATE = envbool("LUNGSITE_ACTIVATION_GATE", True)
+LUNGSITE_SHADOW_RATE = float(os.environ.get("LUNGSITE_SHADOW_RATE", "1.0") or 1.0)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -15,6 +15,7 @@ from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
 from inference.architectures import ARCHITECTURES
+from registry.admin_evaluation import EVALUATION_FIELDS, EvaluationAdminMixin
 from registry.models import DEFAULT_CLASS_NAMES, ActivationEvent, ModelVersion
 from registry.services import (
     ActivationError,
@@ -147,7 +148,7 @@ class ModelVersionAddForm(forms.ModelForm):
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(admin.ModelAdmin):
+class ModelVersionAdmin(EvaluationAdminMixin, admin.ModelAdmin):
     list_display = (
         "version_name",
         "is_active",
@@ -182,6 +183,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "activation_history",
         "notes",
     )
+    change_fields += EVALUATION_FIELDS  # issue 23's blocks (registry/admin_evaluation.py)
     add_fieldsets = (
         (None, {"fields": ("weights", "version_name", "class_names_text", "architecture")}),
         (

@@ -104,7 +104,14 @@ class ModelActivateApi(APIView):
     def post(self, request, pk: int):
         version = _version(pk)
         try:
-            version = services.model_version_activate(version=version, user=request.user, via="api")
+            version = services.model_version_activate(
+                version=version,
+                user=request.user,
+                via="api",
+                override_reason=str(request.data.get("override_reason") or "")[:5000],
+            )
+        except services.ActivationGateRefused as exc:
+            raise ApiError(str(exc), code="evaluation_required", status_code=409) from exc
         except services.ActivationUnavailable as exc:
             raise ApiError(str(exc), code="storage_unavailable", status_code=503) from exc
         except services.ActivationError as exc:

@@ -37,6 +37,16 @@ DEFAULT_PREPROCESSING = {
 }
 
 
+UNTRAINED_WARNING = (
+    "UNTRAINED model: this result comes from a network with random weights. Its scores carry no "
+    "medical meaning and must not be used for any clinical decision."
+)
+NOT_EVALUATED_WARNING = (
+    "NOT EVALUATED model: this version has no measured evaluation on a labelled set, so how well its "
+    "scores separate findings is unknown. Do not use them for any clinical decision."
+)
+
+
 class ModelVersion(models.Model):
     """One weights file and what is known about it. The seed columns keep the original app's names."""
 
@@ -67,6 +77,17 @@ class ModelVersion(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The latest measured evaluation (registry.evaluation_services); the full record of each one is
+    # an Evaluation row. A version with no evaluated_at says "not evaluated" wherever it serves.
+    evaluation_set = models.CharField(max_length=300, blank=True, default="")
+    evaluated_at = models.DateTimeField(null=True, blank=True)
+    per_class_counts = models.JSONField(
+        default=dict, blank=True, help_text="Class name to {positives, negatives} behind its AUROC."
+    )
+    model_card = models.JSONField(default=dict, blank=True, help_text="Training data, split, results.")
+    is_shadow = models.BooleanField(
+        default=False, help_text="Scores live predictions off the record; never shown to clinicians."
+    )
 
     class Meta:
         db_table = "models"
@@ -75,6 +96,9 @@ class ModelVersion(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["is_active"], condition=Q(is_active=True), name="models_one_active"
+            ),
+            models.UniqueConstraint(
+                fields=["is_shadow"], condition=Q(is_shadow=True), name="models_one_shadow"
             ),
         ]
         permissions = [("activate_modelversion", "Can activate a model version")]
@@ -88,6 +112,16 @@ class ModelVersion(models.Model):
 
     def threshold_for(self, name: str) -> float:
         return float((self.thresholds or {}).get(name, 0.5))
+
+    def honesty_warning(self, *, at=None) -> str | None:
+        """What every screen and response made with this version must say, or None: "untrained" for
+        random weights, "not evaluated" when no measured evaluation existed (at `at`, e.g. when a
+        prediction was made; now by default)."""
+        if self.untrained:
+            return UNTRAINED_WARNING
+        if self.evaluated_at is None or (at is not None and self.evaluated_at > at):
+            return NOT_EVALUATED_WARNING
+        return None
 
     def was_ever_active(self) -> bool:
         """True once the version has served: its row then explains audit rows and history, so it stays."""
@@ -153,6 +187,11 @@ class ActivationEvent(models.Model):
     )
     via = models.CharField(max_length=16, choices=VIA_CHOICES)
     reason = models.CharField(max_length=200, blank=True, help_text='e.g. "rollback".')
+    override_reason = models.TextField(
+        blank=True,
+        default="",
+        help_text="Why a model-admin activated a version the evaluation gate refused (written by them).",
+    )
 
     objects = ActivationEventQuerySet.as_manager()
 
@@ -171,3 +210,84 @@ class ActivationEvent(models.Model):
 
     def delete(self, *args, **kwargs):
         raise AppendOnlyError("The activation history is append-only: rows cannot be deleted.")
+
+
+class Evaluation(models.Model):
+    """One measured evaluation of a version on a labelled set: per-class AUROC with the positives and
+    negatives behind each, and the outputs themselves, so the table can be recomputed from the row."""
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="evaluations")
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    evaluation_set = models.CharField(max_length=300, help_text="What was scored, in words.")
+    set_sha256 = models.CharField(
+        max_length=64, db_index=True, help_text="sha256 of the image ids and labels: same set, same hash."
+    )
+    n_images = models.PositiveIntegerField()
+    per_class = models.JSONField(help_text="Class name to {auroc, positives, negatives}.")
+    mean_auroc = models.FloatField(null=True, blank=True)
+    outputs = models.JSONField(
+        default=dict, help_text="{images: [...], class_names: [...], labels: [[...]], scores: [[...]]}."
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        db_table = "model_evaluations"
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.version} on {self.evaluation_set}"
+
+
+class TrainingRun(models.Model):
+    """One `train_model` run started from the admin (a Celery task) or the command: its settings,
+    progress and outcome."""
+
+    QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+    STATUS_CHOICES = [(QUEUED, "Queued"), (RUNNING, "Running"), (DONE, "Done"), (FAILED, "Failed")]
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    base_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="training_runs"
+    )
+    result_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    options = models.JSONField(default=dict, help_text="labels, images, epochs, batch_size, lr, ...")
+    status = models.CharField(max_length=10, choices=STATUS_CHOICES, default=QUEUED)
+    progress = models.JSONField(default=dict, blank=True, help_text="epoch, step, loss, val AUROC.")
+    message = models.TextField(blank=True, default="")
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        db_table = "model_training_runs"
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"training run {self.pk} ({self.status})"
+
+
+class ShadowPrediction(models.Model):
+    """The shadow version's output for one live prediction: kept apart from the audit row and never
+    shown to clinicians (registry.shadow)."""
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    prediction = models.ForeignKey("audit.Prediction", on_delete=models.CASCADE, related_name="+")
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="shadow_predictions")
+    probabilities = models.JSONField(help_text="Class name to probability.")
+    latency_ms = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        db_table = "model_shadow_predictions"
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(fields=["prediction", "version"], name="shadow_one_per_prediction")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.version} on prediction {self.prediction_id}"

@@ -4,7 +4,7 @@ API (the summary), /healthz and the registry commands."""
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from registry.models import UNTRAINED_WARNING, ModelVersion
+from registry.models import ModelVersion
 
 
 class PreprocessingSerializer(serializers.Serializer):
@@ -66,11 +66,11 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         {
             "type": "string",
             "nullable": True,
-            "description": "Set when the version is untrained: its scores have no medical meaning.",
+            "description": "Set when the version is untrained or not evaluated: do not rely on its scores.",
         }
     )
     def get_warning(self, version: ModelVersion) -> str | None:
-        return UNTRAINED_WARNING if version.untrained else None
+        return version.honesty_warning()
 
 
 class ModelVersionSummarySerializer(serializers.Serializer):

@@ -56,6 +56,11 @@ class ActivationUnavailable(ActivationError):
     that checks and exports the weights crashed): nothing changed; try again later."""
 
 
+class ActivationGateRefused(ActivationError):
+    """The evaluation gate refused the version (no evaluation, or worse than the active one on the
+    same set); activating it needs a written override reason."""
+
+
 def _read_weights(file) -> bytes:
     """Bytes from bytes, or from a Django File / UploadedFile / binary file object."""
     if isinstance(file, bytes | bytearray | memoryview):
@@ -325,13 +330,28 @@ def model_version_activate(
     user: AbstractBaseUser | None = None,
     via: str = ActivationEvent.VIA_API,
     reason: str = "",
+    override_reason: str = "",
 ) -> ModelVersion:
     """Makes `version` the one active version and records who did it, when, through which door
     (`via`: admin, command, api or bootstrap) and which version it replaced, in one transaction with
     the rows locked. Refuses weights that do not load or whose stored bytes no longer match the
-    recorded sha256. Activating the version that is already active changes and records nothing."""
+    recorded sha256. Activating the version that is already active changes and records nothing.
+    The evaluation gate (registry.evaluation_services.activation_gate) refuses a version never
+    evaluated or worse than the active one on the same set, with ActivationGateRefused, unless
+    `override_reason` says why (kept in the history); bootstrap's untrained starter is exempt."""
+    from registry.evaluation_services import activation_gate
+
     if via not in VIA_VALUES:
         raise ValueError(f"via must be one of {sorted(VIA_VALUES)}, not {via!r}")
+    override_reason = (override_reason or "").strip()
+    # Exempt: bootstrap's starter (it says "untrained" everywhere) and a rollback to the version
+    # that served just before.
+    exempt = via in (ActivationEvent.VIA_BOOTSTRAP, ActivationEvent.VIA_MIGRATION) or reason == "rollback"
+    gate = None if exempt else activation_gate(version)
+    if gate is not None and not override_reason:
+        raise ActivationGateRefused(
+            f"Refused: {gate} A model-admin may activate it anyway with a written reason."
+        )
     # The slow part (read, hash, load) runs before the transaction so the locks are held briefly.
     _check_loadable(version)
 
@@ -356,7 +376,8 @@ def model_version_activate(
             activated_at=now,
             activated_by=user if getattr(user, "pk", None) else None,
             via=via,
-            reason=reason[:200],
+            reason=reason[:200] or ("evaluation gate overridden" if gate and override_reason else ""),
+            override_reason=override_reason if gate else "",
         )
     logger.info(
         "activated model version %s (%s) via %s, replacing %s",

@@ -422,4 +422,5 @@ def test_heatmap_urls_are_those_reverse_gives_for_any_finding_name(api, clinicia
     assert body["heatmaps"] == expected
     recorded = {"id": model.pk, "version_name": "odd-names-v1", "sha256": "b" * 64, "untrained": False}
     assert body["model"] == recorded
-    assert body["warning"] is None
+    # Issue 23: a version with no measured evaluation says so, as the untrained one does.
+    assert body["warning"].startswith("NOT EVALUATED model")

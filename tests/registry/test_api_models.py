@@ -94,12 +94,9 @@ def test_it_shows_a_version_with_its_thresholds_and_auroc(api, clinician, second
     assert body["sha256"] == second_version.sha256
     assert len(body["serving_graph_sha256"]) == 64
     assert body["serving_graph_sha256"] == second_version.serving_graph_sha256
-    assert (body["is_active"], body["activated_at"], body["untrained"], body["warning"]) == (
-        False,
-        None,
-        False,
-        None,
-    )
+    assert (body["is_active"], body["activated_at"], body["untrained"]) == (False, None, False)
+    # Issue 23: registered with a claimed AUROC but never evaluated here, so it says so.
+    assert body["warning"].startswith("NOT EVALUATED model")
     assert body["preprocessing"]["input_size"] == 224
 
 

@@ -100,3 +100,59 @@ def test_it_reports_unreadable_images_and_fails_when_none_is_read(starter_model,
     table.write_text("path,Edema\na.png,1\nmissing.png,0\n")
     with pytest.raises(CommandError, match="None of the 2 images could be read"):
         run(str(starter_model.pk), "--labels", str(table), "--images", str(tmp_path))
+
+
+@pytest.mark.django_db
+def test_it_evaluates_on_nihs_own_table_and_shows_it_in_the_admin(starter_model, shared_data, superuser):
+    from django.test import Client
+
+    from registry.models import Evaluation
+
+    folder = shared_data / "nih_reproduce_chexnet"
+    result = run(
+        starter_model.version_name,
+        "--labels",
+        str(folder / "all621_labels.csv"),
+        "--images",
+        str(folder / "images"),
+        "--limit",
+        "16",
+    )
+    assert result["n_images"] == 16
+    assert result["labels"]["label_format"] == "nih"
+    assert result["labels"]["unmapped"] == {"Hernia": 1} or "Hernia" in result["labels"]["unmapped"]
+    evaluation = Evaluation.objects.get(version=starter_model)
+    assert evaluation.n_images == 16 and len(evaluation.outputs["scores"]) == 16
+    starter_model.refresh_from_db()
+    assert starter_model.evaluated_at is not None
+    assert "all621_labels.csv" in starter_model.evaluation_set
+    assert starter_model.honesty_warning().startswith("UNTRAINED")  # evaluated, still untrained
+
+    client = Client()
+    client.force_login(superuser)
+    page = client.get(f"/admin/registry/modelversion/{starter_model.pk}/change/")
+    assert page.status_code == 200
+    assert b"positives" in page.content and b"roc.png" in page.content
+    png = client.get(f"/admin/registry/modelversion/evaluations/{evaluation.pk}/roc.png")
+    assert png.status_code == 200 and png["Content-Type"] == "image/png"
+    assert png.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.django_db
+def test_it_evaluates_on_a_chexpert_table(starter_model, shared_data, tmp_path):
+    images = shared_data / "nih_reproduce_chexnet" / "images"
+    names = sorted(p.name for p in images.iterdir())[:6]
+    table = tmp_path / "valid.csv"
+    lines = ["Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Pleural Effusion,Edema,Fracture"]
+    values = [("1.0", "0.0"), ("0.0", "-1.0"), ("", "1.0"), ("1.0", "0.0"), ("0.0", "1.0"), ("-1.0", "0.0")]
+    for name, (effusion, edema) in zip(names, values, strict=True):
+        lines.append(f"{name},F,50,Frontal,PA,,{effusion},{edema},0.0")
+    table.write_text("\n".join(lines) + "\n")
+    result = run(starter_model.version_name, "--labels", str(table), "--images", str(images))
+    assert result["labels"]["label_format"] == "chexpert"
+    assert result["labels"]["mapped"]["Pleural Effusion"] == "Effusion"
+    assert "Fracture" in result["labels"]["unmapped"]
+    # Uncertain (-1) ignored by default: 5 of 6 images count for each of the two classes.
+    assert result["per_class"]["Effusion"]["positives"] + result["per_class"]["Effusion"]["negatives"] == 5
+    assert result["per_class"]["Edema"] == {**result["per_class"]["Edema"], "positives": 2, "negatives": 3}
+    assert result["per_class"]["Mass"] == {"auroc": None, "positives": 0, "negatives": 0}

@@ -86,6 +86,7 @@ def test_registering_and_activating_in_a_worker_never_imports_torch(tmp_path):
     (tmp_path / "misshapen.pt").write_bytes(_save(state))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "SUPABASE_"))}
     env.update(DJANGO_SETTINGS_MODULE="lungsite.settings", LUNGSITE_DATA_DIR=str(tmp_path / "data"))
+    env["LUNGSITE_ACTIVATION_GATE"] = "0"  # its versions are unevaluated (the gate: test_activation_gate.py)
     done = subprocess.run(
         [sys.executable, "-c", WORKER, str(tmp_path / "weights.pt"), str(tmp_path / "misshapen.pt")],
         cwd=ROOT,

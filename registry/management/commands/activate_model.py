@@ -17,6 +17,11 @@ class Command(BaseCommand):
             action="store_true",
             help="activate the version that was active before the current one",
         )
+        parser.add_argument(
+            "--override-reason",
+            default="",
+            help="why to activate a version the evaluation gate refuses (kept in the history)",
+        )
 
     def handle(self, *args, **options):
         previous = model_version_get_active()
@@ -30,7 +35,11 @@ class Command(BaseCommand):
                     raise CommandError(
                         one_line(f"No model version with id or name {options['ref']!r}.")
                     ) from exc
-                version = model_version_activate(version=version, via=ActivationEvent.VIA_COMMAND)
+                version = model_version_activate(
+                    version=version,
+                    via=ActivationEvent.VIA_COMMAND,
+                    override_reason=options["override_reason"],
+                )
         except ActivationError as exc:
             raise CommandError(one_line(refused(exc))) from exc
         changed = previous is None or previous.pk != version.pk

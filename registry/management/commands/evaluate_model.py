@@ -4,18 +4,12 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from registry.evaluation import (
-    EvaluationError,
-    mean_auroc,
-    per_class_auroc,
-    read_labels,
-    score_images,
-    youden_thresholds,
-)
+from registry.evaluation import mean_auroc, per_class_auroc, score_images, youden_thresholds
+from registry.evaluation_services import model_version_evaluation_record
 from registry.management.commands._output import dumps, one_line
+from registry.management.commands.train_model import add_training_arguments, label_tables
 from registry.models import ModelVersion
 from registry.selectors import model_version_get_by_ref
-from registry.services import model_version_evaluation_save
 from registry.storage import WeightsIntegrityError, weights_read
 
 
@@ -24,11 +18,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("ref", help="version id or version name")
-        parser.add_argument(
-            "--labels", required=True, help="CSV like nih_labels.csv: path (or file) + 0/1 columns"
-        )
-        parser.add_argument("--images", required=True, help="folder the CSV's paths are relative to")
-        parser.add_argument("--limit", type=int, help="use only the first N rows of the CSV")
+        add_training_arguments(parser)
         parser.add_argument("--batch-size", type=int, default=16)
         parser.add_argument(
             "--set-thresholds", action="store_true", help="store per-class thresholds maximising Youden's J"
@@ -45,14 +35,8 @@ class Command(BaseCommand):
             raise CommandError(one_line(f"No model version with id or name {options['ref']!r}.")) from exc
         if options["limit"] is not None and options["limit"] < 1:
             raise CommandError("--limit must be at least 1.")
-        images_dir = Path(options["images"])
-        if not images_dir.is_dir():
-            raise CommandError(one_line(f"--images {images_dir} is not a folder."))
         class_names = list(version.class_names)
-        try:
-            labelled = read_labels(Path(options["labels"]), images_dir, class_names, limit=options["limit"])
-        except EvaluationError as exc:
-            raise CommandError(one_line(exc)) from exc
+        labelled = label_tables(options, class_names)
         try:
             model = load_model(
                 weights_read(version), architecture=version.architecture, num_classes=len(class_names)
@@ -73,19 +57,20 @@ class Command(BaseCommand):
         )
         seconds = time.perf_counter() - started
         if not scored:
-            raise CommandError(one_line(f"None of the {len(labelled.paths)} images could be read."))
-        labels = labelled.labels[scored]
+            raise CommandError(one_line(f"None of the {labelled.report.rows} images could be read."))
+        scored_set = labelled.subset(scored)
+        labels = scored_set.labels
         per_class = per_class_auroc(labels, scores, class_names)
         mean = mean_auroc(per_class)
 
         thresholds = youden_thresholds(labels, scores, class_names) if options["set_thresholds"] else None
-        version = model_version_evaluation_save(
+        model_version_evaluation_record(
             version=version,
-            per_class_auroc={name: entry["auroc"] for name, entry in per_class.items()},
-            mean_auroc=mean,
+            table=scored_set,
+            scores=scores,
+            evaluation_set=f"{labelled.source}: {len(scored)} images",
             thresholds=thresholds,
         )
-
         self.stdout.write(
             dumps(
                 {
@@ -98,8 +83,10 @@ class Command(BaseCommand):
                     "skipped": skipped,
                     "per_class": per_class,
                     "unlabelled_classes": [
-                        n for n, ok in zip(class_names, labelled.labelled, strict=True) if not ok
+                        n for n, ok in zip(class_names, scored_set.labelled, strict=True) if not ok
                     ],
+                    "labels": labelled.report.as_dict(),
+                    "evaluation_set": version.evaluation_set,
                     "mean_auroc": mean,
                     "classes_in_mean": sum(entry["auroc"] is not None for entry in per_class.values()),
                     "thresholds_set": thresholds,

@@ -1,0 +1,79 @@
+"""REST API of clinician feedback: `GET/POST /api/v1/predictions/<id>/labels/`.
+
+Whoever may see a prediction (its owner, auditors, superusers) may mark its findings; anything not
+visible is a 404, as for the prediction itself."""
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import exceptions, serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from audit import label_selectors, label_services
+from audit import selectors as audit_selectors
+from audit.models import FindingLabel, Prediction
+from lungsite.api_errors import ApiError, error_responses
+from lungsite.api_permissions import has_perm
+
+CanViewPredictions = has_perm("audit.view_prediction")
+
+
+class MarkSerializer(serializers.Serializer):
+    finding = serializers.CharField(max_length=100)
+    value = serializers.ChoiceField(choices=[value for value, _ in FindingLabel.VALUE_CHOICES])
+
+
+class LabelOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    finding = serializers.CharField()
+    value = serializers.CharField()
+    user = serializers.CharField(source="user.get_username")
+    created_at = serializers.DateTimeField()
+
+
+class LabelsOutputSerializer(serializers.Serializer):
+    prediction = serializers.IntegerField()
+    labels = LabelOutputSerializer(many=True, help_text="The latest mark per finding: the labels.")
+    history = LabelOutputSerializer(many=True, help_text="Every mark, newest first (append-only).")
+
+
+class PredictionLabelsApi(APIView):
+    permission_classes = [CanViewPredictions]
+
+    class InputSerializer(serializers.Serializer):
+        labels = MarkSerializer(many=True, allow_empty=False)
+
+    def _prediction(self, request, pk: int) -> Prediction:
+        try:
+            return audit_selectors.prediction_get_for(user=request.user, pk=pk)
+        except Prediction.DoesNotExist:
+            raise exceptions.NotFound(f"Prediction {pk} not found.") from None
+
+    def _body(self, prediction: Prediction) -> dict:
+        return LabelsOutputSerializer(
+            {
+                "prediction": prediction.pk,
+                "labels": label_selectors.finding_labels_latest(prediction=prediction),
+                "history": label_selectors.finding_labels_history(prediction=prediction),
+            }
+        ).data
+
+    @extend_schema(responses={200: LabelsOutputSerializer, **error_responses(401, 403, 404)})
+    def get(self, request, pk: int):
+        """The clinician feedback on a prediction: current labels and every mark behind them."""
+        return Response(self._body(self._prediction(request, pk)))
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: LabelsOutputSerializer, **error_responses(400, 401, 403, 404)},
+    )
+    def post(self, request, pk: int):
+        """Marks findings present, absent or unsure; appended, the latest mark is the label."""
+        prediction = self._prediction(request, pk)
+        given = self.InputSerializer(data=request.data)
+        given.is_valid(raise_exception=True)
+        marks = {mark["finding"]: mark["value"] for mark in given.validated_data["labels"]}
+        try:
+            label_services.finding_labels_add(prediction=prediction, marks=marks, user=request.user)
+        except label_services.LabelRefused as exc:
+            raise ApiError(str(exc), code="invalid", status_code=status.HTTP_400_BAD_REQUEST) from exc
+        return Response(self._body(prediction), status=status.HTTP_201_CREATED)
