@@ -44,9 +44,10 @@ def model_statement(prediction: Prediction) -> str:
             "meaning. Not for diagnosis."
         )
     version = prediction.model
-    if version.accuracy_auroc is None and not version.per_class_auroc:
+    # The registry's own rule (ModelVersion.honesty_warning): no measured evaluation when it ran.
+    if version.honesty_warning(at=prediction.created_at) is not None:
         return (
-            f"NOT EVALUATED: version {name} has no measured accuracy (AUROC) on record. "
+            f"NOT EVALUATED: version {name} had no measured evaluation (AUROC) when it made this result. "
             "For research; not for diagnosis."
         )
     return (
