@@ -214,6 +214,8 @@ LUNGSITE_DECODE_MAX_MB = envint("LUNGSITE_DECODE_MAX_MB", 2048)
 LUNGSITE_ALLOW_BURNED_IN_ANNOTATION = envbool("LUNGSITE_ALLOW_BURNED_IN_ANNOTATION", False)
 # Activation needs a measured evaluation (or a written override); the shadow version scores
 # at most this fraction of live predictions (0 to 1), off the request path.
+# The audit chain's head (row count, last hash) is checkpointed outside the database every N rows.
+LUNGSITE_AUDIT_CHECKPOINT_EVERY = envint("LUNGSITE_AUDIT_CHECKPOINT_EVERY", 1000)
 LUNGSITE_ACTIVATION_GATE = envbool("LUNGSITE_ACTIVATION_GATE", True)
 LUNGSITE_SHADOW_RATE = float(os.environ.get("LUNGSITE_SHADOW_RATE", "1.0") or 1.0)
 
