@@ -1,7 +1,7 @@
 """lungsite benchmark: prints ONE JSON object with the ratios of DESIGN.md "Performance".
 
-    .venv/bin/python bench/run.py            # full run (~6-8 min on 2 cores)
-    .venv/bin/python bench/run.py --quick    # under 3 min on 2 cores (`make bench`)
+    .venv/bin/python bench/run.py            # full run
+    .venv/bin/python bench/run.py --quick    # fewer images and requests (`make bench`)
 
 It installs a throwaway lungsite (temp LUNGSITE_DATA_DIR: SQLite + local storage, removed at the end
 unless --keep), then measures on the real images of ../shared/data:
@@ -10,7 +10,8 @@ unless --keep), then measures on the real images of ../shared/data:
   through Django's test client, and each stage of a request (decode, preprocess, audit write, ...);
 - on a real gunicorn server on 127.0.0.1 (gunicorn.conf.py): one client, 4 concurrent clients
   against the bare-forward loop, 20 activations under load, and the workers' peak RSS.
-Progress goes to stderr; only the JSON goes to stdout.
+Progress goes to stderr; only the JSON goes to stdout. The batch-job target is measured by
+bench/jobs.py (Celery workers). What each figure means: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -36,14 +37,16 @@ from bench.timing import median, ratio, spread, timed_ms  # noqa: E402
 
 logger = logging.getLogger("bench")
 
+# DESIGN.md "Performance": at most these, except throughput (at least) and failures (exactly).
 TARGETS = {
     "heatmaps_over_forward": 1.15,
     "api_p50_over_forward": 1.5,
     "forward_over_onnxruntime": 1.1,
-    "throughput_c4_over_loop": 0.85,  # a minimum
+    "throughput_c4_over_loop": 0.80,  # a minimum
     "swap_failed_requests": 0,
     "swap_back_ms": 5.0,
 }
+WORKER_PEAK_RSS_MB = 500  # one version loaded, after the single-model phases
 
 
 def log(message: str, *args) -> None:
@@ -438,20 +441,18 @@ def main(argv=None) -> int:
         )
         reference, reference_graph, export_ms = inprocess.reference_session(torch_model, size, threads)
         ort_options = reference.get_session_options()
-        session = getattr(serving.model, "session", None)
+        session = serving.model.session
         result["threads"] = {
             "torch_intra_op": torch.get_num_threads(),
             "torch_inter_op": torch.get_num_interop_threads(),
             "ort_reference_intra_op": ort_options.intra_op_num_threads,
             "ort_reference_inter_op": ort_options.inter_op_num_threads,
-            "ort_serving_intra_op": session.get_session_options().intra_op_num_threads if session else None,
-            "ort_serving_inter_op": session.get_session_options().inter_op_num_threads if session else None,
+            "ort_serving_intra_op": session.get_session_options().intra_op_num_threads,
+            "ort_serving_inter_op": session.get_session_options().inter_op_num_threads,
             "LUNGSITE_TORCH_THREADS": os.environ.get("LUNGSITE_TORCH_THREADS"),
             "gunicorn_workers": workers,
         }
-        result["serving_backend"] = getattr(
-            serving.model, "backend", "torch (no ServingRuntime in the cache)"
-        )
+        result["serving_backend"] = serving.model.backend
         result["images"] = {"count": len(paths), "folder": str(paths[0].parent), "first": paths[0].name}
         result["reference_export_ms"] = round(export_ms, 1)
         log(
@@ -468,6 +469,7 @@ def main(argv=None) -> int:
             tensors=tensors,
             reps=reps,
             log=log,
+            architecture=serving.version.architecture,
         )
         result.update(inprocess.forward_ratios(forward))
         s = forward["samples"]
@@ -510,7 +512,7 @@ def main(argv=None) -> int:
             log=log,
         )
         for key in (
-            "decode_png_1024_ms",
+            "decode_png_1024_in_child_ms",
             "preprocess_ms",
             "heatmap_png_render_ms",
             "audit_write_ms",
@@ -519,10 +521,10 @@ def main(argv=None) -> int:
             result[key] = stages.pop(key)
         api_p50 = median(api["api"])
         parts = {
-            "decode": result["decode_png_1024_ms"],
+            "decode_in_child": result["decode_png_1024_in_child_ms"],
             "preprocess": result["preprocess_ms"],
             "get_active": stages.get("get_active_ms"),
-            "sha256_upload": stages.get("sha256_upload_ms"),
+            # The upload's sha256 and the image store run on the storage thread, beside the forward.
             "forward_and_heatmaps": median(s["heatmaps"]),
             "audit_write_on_request_path": result["audit_write_on_request_path_ms"],
         }
@@ -625,7 +627,9 @@ def targets_met(result: dict) -> dict:
 
     out = {}
     peak = (result.get("memory_mb") or {}).get("worker_peak_rss_one_model")
-    out["worker_peak_rss_one_model_under_700_mb"] = None if peak is None else peak < 700
+    out[f"worker_peak_rss_one_model_under_{WORKER_PEAK_RSS_MB}_mb"] = (
+        None if peak is None else peak < WORKER_PEAK_RSS_MB
+    )
     for key, target in TARGETS.items():
         v = value(key)
         if v is None:

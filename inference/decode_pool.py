@@ -11,7 +11,8 @@ worker with its model and thread pools, so a new child is ready in milliseconds.
 kept for the next upload; one that was killed or ran out of memory is replaced.
 
 What it costs: the upload's bytes go to the child and the decoded pixels come back through a pipe
-(about 1 MB for a 1024x1024 8-bit X-ray; `bench/decode_pool.py` measures the added time).
+(about 1 MB for a 1024x1024 8-bit X-ray; bench/run.py reports the added time as
+`decode_child_overhead_ms`).
 """
 
 from __future__ import annotations

@@ -69,8 +69,9 @@ class ModelVersion(models.Model):
     serving_graph_path = models.TextField(
         blank=True,
         default="",
-        help_text="Name of the ONNX serving graph written from the weights, in the 'models' storage "
-        "(empty: served by torch).",
+        help_text="Name of the ONNX serving graph exported from the weights at registration, in the "
+        "'models' storage. Empty only for a version registered before graphs were stored, until "
+        "`manage.py bootstrap` or its activation writes one.",
     )
     serving_graph_sha256 = models.CharField(max_length=64, blank=True, default="")
     activated_at = models.DateTimeField(null=True, blank=True)

@@ -26,8 +26,9 @@ class ModelVersionSerializer(serializers.ModelSerializer):
     )
     warning = serializers.SerializerMethodField()
     serving_graph_sha256 = serializers.CharField(
-        help_text="sha256 of the ONNX serving graph written from the weights at registration: what the "
-        "workers run. Empty for a network the graph writer cannot describe (served by torch)."
+        help_text="sha256 of the ONNX serving graph exported from the weights at registration: what the "
+        "workers run in ONNX Runtime. Empty only for a version registered before graphs were stored, "
+        "until `manage.py bootstrap` or its activation writes one."
     )
 
     class Meta:
