@@ -78,7 +78,7 @@ class JobListCreateApi(APIView):
             "queued for the Celery workers. Returns 202 with the job's progress."
         ),
         request={"multipart/form-data": JobUploadSerializer},
-        responses={202: dict, **error_responses(400, 401, 403, 413, 503)},
+        responses={202: dict, **error_responses(400, 401, 403, 413, 415, 503)},
         tags=["jobs"],
     )
     def post(self, request):
@@ -106,7 +106,11 @@ class JobDetailApi(APIView):
 
 
 class JobResultsCsvApi(APIView):
-    @extend_schema(operation_id="jobs_results_csv", responses={(200, "text/csv"): str}, tags=["jobs"])
+    @extend_schema(
+        operation_id="jobs_results_csv",
+        responses={(200, "text/csv"): str, **error_responses(401, 404)},
+        tags=["jobs"],
+    )
     def get(self, request, pk: int):
         return results_csv_response(_visible_job(request, pk))
 

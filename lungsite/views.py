@@ -6,6 +6,8 @@ from django.http import JsonResponse
 from django.urls import Resolver404, resolve, reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
@@ -85,6 +87,13 @@ _API_ENDPOINTS = [
     ("prediction", "GET", "api-prediction-detail", _ID, "One prediction: findings, model, heatmap URLs."),
     ("heatmap", "GET", "api-prediction-heatmap", _FINDING, "A finding's heat layer (RGBA PNG)."),
     ("image", "GET", "api-prediction-image", _ID, "The analysed image as stored."),
+    ("labels", "GET", "api-prediction-labels", _ID, "Clinician feedback on a prediction's findings."),
+    ("labels", "POST", "api-prediction-labels", _ID, "Mark findings present / absent / unsure."),
+    ("jobs", "POST", "api-jobs", {}, "A batch job: a ZIP (`archive`) or several `images` parts."),
+    ("jobs", "GET", "api-jobs", {}, "Your batch jobs, newest first."),
+    ("job", "GET", "api-job-detail", _ID, "A job's progress and the versions that ran."),
+    ("job results", "GET", "api-job-results", _ID, "A job's results as CSV."),
+    ("job cancel", "POST", "api-job-cancel", _ID, "Cancel a job's images not analysed yet."),
     ("models", "GET", "api-models", {}, "The registered model versions."),
     ("model", "GET", "api-model-detail", _ID, "One model version."),
     ("activate", "POST", "api-model-activate", _ID, "Make a version active (model admins)."),
@@ -97,6 +106,7 @@ def _url_template(name: str, kwargs: dict) -> str:
     return reverse(name, kwargs=kwargs).replace("999999999", "{id}").replace("FINDING", "{finding}")
 
 
+@extend_schema(responses=OpenApiTypes.OBJECT, summary="The endpoints of the API")
 @api_view(["GET"])
 def api_index(request):
     """`GET /api/v1/`: the endpoints of the API, so that a client starting at the root finds its

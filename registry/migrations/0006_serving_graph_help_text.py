@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('registry', '0004_serving_graph'),
+        ('registry', '0005_evaluation_training_shadow'),
     ]
 
     operations = [
