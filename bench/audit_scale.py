@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/lungsite_audit_scale"
 USERS = 40
 VERSIONS = 3
-HEATMAP_POOL = 500  # distinct float16 map sets reused across rows (each row's bytes are hashed)
+HEATMAP_POOL = 500  # distinct heatmap byte sets reused across rows (each row's bytes are hashed)
 COPY_BATCH = 20_000
 
 
