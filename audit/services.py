@@ -85,8 +85,10 @@ def image_store(*, data: bytes, image: np.ndarray) -> StoredUpload:
     try:
         name = storage.save(name, ContentFile(png))
     except Exception as exc:  # noqa: BLE001 - any backend failure means "storage unavailable"
-        logger.error("cannot store the analysed image: %s", exc)
-        _delete_quietly(storage, name)
+        # Nothing was written under a name the backend never returned, so there is nothing to
+        # remove (and asking a backend that is down would only log a second failure). One line,
+        # no traceback: an outage repeats this for every upload.
+        logger.error("cannot store the analysed image (%s: %s)", type(exc).__name__, exc)
         raise StorageUnavailable(f"The image store is unavailable ({type(exc).__name__}).") from exc
     return StoredUpload(name=name, data=png, sha256=hashlib.sha256(png).hexdigest())
 
@@ -141,8 +143,10 @@ def _delete_quietly(storage: Storage, name: str) -> None:
     try:
         if storage.exists(name):
             storage.delete(name)
-    except Exception:  # noqa: BLE001 - best effort; the original error is what matters
-        logger.exception("could not remove %s after a failed prediction write", name)
+    except Exception as exc:  # noqa: BLE001 - best effort; the original error is what matters
+        logger.error(
+            "could not remove %s after a failed prediction write (%s: %s)", name, type(exc).__name__, exc
+        )
 
 
 # --------------------------------------------------------------------------------------------
