@@ -58,9 +58,9 @@ class Prediction(models.Model):
         help_text="Chain version 1 rows: finding name to its raw Grad-CAM map (e.g. 7x7 lists of floats). "
         "Version 2 rows keep the maps in heatmap_data and leave this empty.",
     )
-    # Chain version 2: the maps as one float16 array (findings in results_json order, each h x w),
-    # in NumPy's .npy format: ~1.4 KB for 13 maps of 7x7 instead of ~6 KB of JSON. The chain
-    # hashes these bytes.
+    # Chain version 2: the maps as uint8 levels with one float32 scale per map (findings in
+    # results_json order, each h x w; audit.heatmap_codec): 698 bytes for 13 maps of 7x7 instead
+    # of ~6 KB of JSON, small enough to stay inline (no TOAST). The chain hashes these bytes.
     heatmap_data = models.BinaryField(blank=True, default=b"", editable=False)
     # Which canonical form the chain hashes for this row (audit.integrity); rows written before
     # version 2 existed are version 1.
@@ -100,13 +100,11 @@ class Prediction(models.Model):
         """{finding name: its raw map (h x w nested lists of floats)}, whichever form the row has."""
         if not self.heatmap_data:
             return dict(self.heatmaps or {})
-        import io
+        from audit.heatmap_codec import heatmaps_decode
 
-        import numpy as np
-
-        maps = np.load(io.BytesIO(bytes(self.heatmap_data)), allow_pickle=False)
+        maps = heatmaps_decode(self.heatmap_data)
         names = [finding["name"] for finding in (self.results_json or {}).get("findings", [])]
-        return {name: cam.astype(np.float32).tolist() for name, cam in zip(names, maps, strict=True)}
+        return {name: cam.tolist() for name, cam in zip(names, maps, strict=True)}
 
     @property
     def recorded_model(self) -> dict:

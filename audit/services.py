@@ -17,6 +17,7 @@ from django.core.files.storage import storages
 from django.db import DatabaseError
 from django.utils import timezone
 
+from audit.heatmap_codec import heatmaps_encode
 from audit.integrity import prediction_create_chained
 from audit.models import Prediction
 from inference.findings import results_json
@@ -48,18 +49,10 @@ def images_storage() -> Storage:
 
 
 def heatmap_data(*, cams: np.ndarray) -> bytes:
-    """The raw Grad-CAM maps (K, h, w), findings in model output order, as the row keeps them: a
-    float16 array in NumPy's .npy format (~1.4 KB for 13 maps of 7x7; float16 keeps 3 significant
-    digits, more than a display of the map can show). Refuses non-finite values and values beyond
-    float16's range (65504), which would be stored as infinities."""
-    import numpy as np
-
-    maps = np.asarray(cams, dtype=np.float32)
-    if not np.isfinite(maps).all() or (np.abs(maps) > np.finfo(np.float16).max).any():
-        raise ValueError("non-finite number in an audit row's heatmaps (or beyond float16's range)")
-    buffer = io.BytesIO()
-    np.save(buffer, maps.astype(np.float16), allow_pickle=False)
-    return buffer.getvalue()
+    """The raw Grad-CAM maps (K, h, w), findings in model output order, as the row keeps them:
+    uint8 levels with one float32 scale per map (audit.heatmap_codec; 698 bytes for 13 maps of
+    7x7). Refuses non-finite values (ValueError)."""
+    return heatmaps_encode(cams)
 
 
 def file_name_recorded(name: str | None) -> str:
@@ -92,8 +85,10 @@ def image_store(*, data: bytes, image: np.ndarray) -> StoredUpload:
     try:
         name = storage.save(name, ContentFile(png))
     except Exception as exc:  # noqa: BLE001 - any backend failure means "storage unavailable"
-        logger.error("cannot store the analysed image: %s", exc)
-        _delete_quietly(storage, name)
+        # Nothing was written under a name the backend never returned, so there is nothing to
+        # remove (and asking a backend that is down would only log a second failure). One line,
+        # no traceback: an outage repeats this for every upload.
+        logger.error("cannot store the analysed image (%s: %s)", type(exc).__name__, exc)
         raise StorageUnavailable(f"The image store is unavailable ({type(exc).__name__}).") from exc
     return StoredUpload(name=name, data=png, sha256=hashlib.sha256(png).hexdigest())
 
@@ -148,8 +143,10 @@ def _delete_quietly(storage: Storage, name: str) -> None:
     try:
         if storage.exists(name):
             storage.delete(name)
-    except Exception:  # noqa: BLE001 - best effort; the original error is what matters
-        logger.exception("could not remove %s after a failed prediction write", name)
+    except Exception as exc:  # noqa: BLE001 - best effort; the original error is what matters
+        logger.error(
+            "could not remove %s after a failed prediction write (%s: %s)", name, type(exc).__name__, exc
+        )
 
 
 # --------------------------------------------------------------------------------------------

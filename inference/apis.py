@@ -10,7 +10,7 @@ from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, status
-from rest_framework.pagination import PageNumberPagination
+from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -134,9 +134,17 @@ class PredictionCreateApi(APIView):
         return Response(data, status=status.HTTP_201_CREATED, headers={"Location": location})
 
 
+class PredictionCursorPagination(CursorPagination):
+    """Newest first; `next`/`previous` are opaque cursors at a (created_at, id) position, read
+    from the index, so a page deep in a million-row log costs what the first one does. No total
+    count: counting grows with the table."""
+
+    ordering = ("-created_at", "-id")
+
+
 class PredictionListApi(APIView):
     permission_classes = [CanViewPredictions]
-    pagination_class = PageNumberPagination
+    pagination_class = PredictionCursorPagination
     FilterSerializer = PredictionFilterSerializer
     OutputSerializer = PredictionSerializer
 
@@ -144,8 +152,9 @@ class PredictionListApi(APIView):
         operation_id="predictions_list",
         summary="List predictions",
         description=(
-            "The caller's own predictions, newest first, 50 per page; auditors and superusers see "
-            "everyone's. Filters: `model` (version id or name), `created_after`, `created_before`."
+            "The caller's own predictions, newest first, 50 per page (follow `next`, a cursor; "
+            "no total count); auditors and superusers see everyone's. "
+            "Filters: `model` (version id or name), `created_after`, `created_before`."
         ),
         parameters=[PredictionFilterSerializer],
         responses={200: PredictionSerializer(many=True), **error_responses(400, 401, 403, 404)},

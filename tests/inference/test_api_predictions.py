@@ -8,10 +8,10 @@ import pytest
 from django.core.cache import cache
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.utils import timezone
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.test import APIClient
 
 from audit.models import Prediction
+from inference.apis import PredictionCursorPagination
 from registry.models import DEFAULT_CLASS_NAMES, ModelVersion
 from tests.conftest import shared_data_path
 
@@ -304,7 +304,7 @@ def test_it_hides_a_prediction_from_another_clinician(api, clinician, other_clin
     for url in (f"{URL}{row.pk}/", f"{URL}{row.pk}/heatmaps/Atelectasis.png", f"{URL}{row.pk}/image"):
         error = assert_error(bob.get(url), 404, "not_found")
         assert error["message"] == f"Prediction {row.pk} not found."
-    assert bob.get(URL).json()["count"] == 0
+    assert bob.get(URL).json()["results"] == []
 
 
 def test_it_shows_every_prediction_to_auditors_and_superusers(
@@ -315,7 +315,7 @@ def test_it_shows_every_prediction_to_auditors_and_superusers(
 
     for user in (auditor, superuser):
         client = api(user)
-        assert client.get(URL).json()["count"] == 2
+        assert len(client.get(URL).json()["results"]) == 2
         assert client.get(f"{URL}{mine.pk}/").json()["id"] == mine.pk
 
 
@@ -353,23 +353,26 @@ def test_it_lists_only_the_callers_predictions_newest_first(api, clinician, othe
 
     body = api(clinician).get(URL).json()
 
-    assert set(body) == {"count", "next", "previous", "results"}
-    assert body["count"] == 2
+    assert set(body) == {"next", "previous", "results"}  # cursor pages: no total count
+    assert len(body["results"]) == 2
     assert [item["id"] for item in body["results"]] == [second.pk, first.pk]
     assert set(body["results"][0]) == RESPONSE_KEYS
 
 
 def test_it_paginates_the_list(api, clinician, version_row, monkeypatch):
-    monkeypatch.setattr(PageNumberPagination, "page_size", 2)  # DRF reads PAGE_SIZE once, at import
-    for _ in range(3):
-        logged_row(clinician, version_row)
+    monkeypatch.setattr(PredictionCursorPagination, "page_size", 2)  # DRF reads PAGE_SIZE at import
+    rows = [logged_row(clinician, version_row) for _ in range(3)]
     client = api(clinician)
 
     page1 = client.get(URL).json()
     page2 = client.get(page1["next"]).json()
+    back = client.get(page2["previous"]).json()
 
-    assert (page1["count"], len(page1["results"]), len(page2["results"])) == (3, 2, 1)
-    assert_error(client.get(URL, {"page": 9}), 404, "not_found")
+    assert [item["id"] for item in page1["results"]] == [rows[2].pk, rows[1].pk]
+    assert [item["id"] for item in page2["results"]] == [rows[0].pk]
+    assert "cursor=" in page1["next"] and page1["previous"] is None and page2["next"] is None
+    assert [item["id"] for item in back["results"]] == [rows[2].pk, rows[1].pk]
+    assert_error(client.get(URL, {"cursor": "not-a-cursor"}), 404, "not_found")
 
 
 def test_it_filters_the_list_by_model_version(api, auditor, clinician, version_row):
@@ -383,10 +386,10 @@ def test_it_filters_the_list_by_model_version(api, auditor, clinician, version_r
     by_id = client.get(URL, {"model": other.pk}).json()
     by_name = client.get(URL, {"model": "other-v2"}).json()
 
-    assert by_id["count"] == by_name["count"] == 1
+    assert len(by_id["results"]) == len(by_name["results"]) == 1
     assert by_id["results"][0]["model"]["version_name"] == "other-v2"
-    assert client.get(URL, {"model": "no-such-version"}).json()["count"] == 0
-    assert client.get(URL, {"model": str(2**70)}).json()["count"] == 0
+    assert len(client.get(URL, {"model": "no-such-version"}).json()["results"]) == 0
+    assert len(client.get(URL, {"model": str(2**70)}).json()["results"]) == 0
 
 
 def test_it_filters_the_list_by_date(api, clinician, version_row):
@@ -395,10 +398,11 @@ def test_it_filters_the_list_by_date(api, clinician, version_row):
     today = timezone.now().date()
     tomorrow = today + timedelta(days=1)
 
-    assert client.get(URL, {"created_after": today.isoformat()}).json()["count"] == 1
-    assert client.get(URL, {"created_after": tomorrow.isoformat()}).json()["count"] == 0
-    assert client.get(URL, {"created_before": today.isoformat()}).json()["count"] == 0
-    assert client.get(URL, {"created_before": f"{tomorrow.isoformat()}T00:00:00Z"}).json()["count"] == 1
+    assert len(client.get(URL, {"created_after": today.isoformat()}).json()["results"]) == 1
+    assert len(client.get(URL, {"created_after": tomorrow.isoformat()}).json()["results"]) == 0
+    assert len(client.get(URL, {"created_before": today.isoformat()}).json()["results"]) == 0
+    end_of_today = f"{tomorrow.isoformat()}T00:00:00Z"
+    assert len(client.get(URL, {"created_before": end_of_today}).json()["results"]) == 1
     error = assert_error(client.get(URL, {"created_after": "yesterday"}), 400, "invalid")
     assert error["message"].startswith("created_after:")
     assert_error(
