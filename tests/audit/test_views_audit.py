@@ -198,3 +198,19 @@ def test_it_links_csv_export_and_pages_with_the_filters(client, auditor, clinici
     second = client.get("/audit/", {"user": "alice", "before": older}).content.decode()
     assert second.count('href="/predictions/') == 1
     assert 'href="?user=alice&amp;after=' in second
+
+
+def test_it_gives_auditors_worklist_and_audit_links_but_no_history(client, auditor):
+    client.force_login(auditor)
+    nav = client.get("/audit/").content.decode().split('aria-label="Main"')[1].split("</nav>")[0]
+    assert 'href="/audit/"' in nav
+    assert 'href="/worklist/"' in nav
+    assert 'href="/history/"' not in nav
+    assert 'href="/"' not in nav  # auditors cannot upload
+
+
+def test_it_gives_clinicians_history_but_no_worklist_link(client, clinician):
+    client.force_login(clinician)
+    nav = client.get("/history/").content.decode().split('aria-label="Main"')[1].split("</nav>")[0]
+    assert 'href="/history/"' in nav
+    assert 'href="/worklist/"' not in nav
