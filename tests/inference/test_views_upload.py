@@ -106,6 +106,28 @@ def test_it_shows_no_untrained_warning_for_a_trained_model(client, clinician):
     html = client.get("/").content.decode()
     assert "chexnet-real" in html
     assert "meaningless" not in html and "UNTRAINED" not in html
+    # Never evaluated: the page says so instead.
+    assert "NOT EVALUATED model" in html
+
+
+def test_it_shows_no_warning_for_a_trained_evaluated_model(client, clinician):
+    from django.utils import timezone
+
+    from registry.models import DEFAULT_CLASS_NAMES, ModelVersion
+
+    ModelVersion.objects.create(
+        version_name="chexnet-evaluated",
+        storage_path="w.pt",
+        class_names=DEFAULT_CLASS_NAMES,
+        sha256="e" * 64,
+        is_active=True,
+        untrained=False,
+        evaluated_at=timezone.now(),
+    )
+    client.force_login(clinician)
+    html = client.get("/").content.decode()
+    assert "chexnet-evaluated" in html
+    assert "UNTRAINED" not in html and "NOT EVALUATED" not in html
 
 
 def test_it_warns_when_no_model_is_active(client, clinician):
