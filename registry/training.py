@@ -134,7 +134,8 @@ def build_network(architecture: str, num_classes: int):
 def _load_inputs(table: LabelTable, spec: dict, decode_max_pixels: int) -> tuple[np.ndarray, list[int], list]:
     """Decodes and resizes every image once: (N, 1, S, S) float32 in [0, 1], the indexes kept and
     the skipped images. Normalisation and augmentation happen per batch."""
-    from inference.pipeline import decode_gray, preprocess
+    from inference.decode import decode_gray
+    from inference.pipeline import preprocess
 
     plain = {**spec, "channels": 1, "mean": [0.0], "std": [1.0]}
     arrays, kept, skipped = [], [], []
