@@ -4,6 +4,7 @@ identification, the statement for untrained and not-evaluated versions, the heat
 from __future__ import annotations
 
 import io
+from datetime import timedelta
 
 import pydicom
 import pytest
@@ -56,7 +57,9 @@ def test_it_says_when_a_trained_version_was_never_evaluated(analysed):
     prediction.results_json["untrained"] = False  # in memory only: the row is append-only
     prediction.model.untrained = False
     assert model_statement(prediction).startswith("NOT EVALUATED")
-    prediction.model.accuracy_auroc = 0.8123
+    prediction.model.accuracy_auroc = 0.8123  # a number typed in at registration is not an evaluation
+    assert model_statement(prediction).startswith("NOT EVALUATED")
+    prediction.model.evaluated_at = prediction.created_at - timedelta(days=1)
     assert "mean AUROC 0.812" in model_statement(prediction)
 
 

@@ -125,7 +125,9 @@ def test_the_admin_asks_for_a_reason_and_keeps_it(starter_model, model_admin, cl
     client.force_login(model_admin)
     changelist = "/admin/registry/modelversion/"
     refused = client.post(
-        changelist, {"action": "activate_selected", "_selected_action": [candidate.pk]}, follow=True
+        changelist,
+        {"action": "activate_selected", "_selected_action": [candidate.pk], "confirm": "yes"},
+        follow=True,
     )
     assert b"has no evaluation" in refused.content
     candidate.refresh_from_db()
