@@ -103,7 +103,7 @@ def test_it_refuses_a_duplicate_name_and_stores_nothing_more(settings, register)
         ({"version_name": "  "}, "version name is required"),
         ({"class_names": DEFAULT_CLASS_NAMES[:-1] + ["Edema"]}, "must not repeat: Edema"),
         ({"class_names": DEFAULT_CLASS_NAMES[:-1] + ["a/b"]}, "Invalid class name"),
-        ({"architecture": "resnet50"}, "Unknown architecture"),
+        ({"architecture": "vgg16"}, "Unknown architecture"),
     ],
 )
 def test_it_refuses_bad_metadata_before_storing(settings, kwargs, message):
