@@ -30,10 +30,15 @@ class ServiceUnavailableMiddleware:
         # is one too, and it also means "try again later". IntegrityError and the like stay 500s.
         if not isinstance(exception, (OperationalError, InterfaceError)):
             return None
-        logger.error("database unavailable: %s", exception)
-        if request.path.startswith("/api/") or request.path == "/healthz":
-            return JsonResponse(error_body("database_unavailable", UNAVAILABLE_MESSAGE), status=503)
-        return HttpResponse(UNAVAILABLE_MESSAGE, status=503, content_type="text/plain")
+        return database_unavailable(request, exception)
+
+
+def database_unavailable(request, exception: Exception) -> HttpResponse:
+    """The 503 for a request the database cannot serve: JSON for the API, plain text for pages."""
+    logger.error("database unavailable: %s", exception)
+    if request.path.startswith("/api/") or request.path == "/healthz":
+        return JsonResponse(error_body("database_unavailable", UNAVAILABLE_MESSAGE), status=503)
+    return HttpResponse(UNAVAILABLE_MESSAGE, status=503, content_type="text/plain")
 
 
 class PrivateResponsesMiddleware:
@@ -52,7 +57,13 @@ class PrivateResponsesMiddleware:
 
     def __call__(self, request):
         # Read before the view runs: the logout view replaces request.user with an anonymous one.
-        authenticated = request.user.is_authenticated
+        # Reading it loads the session's user, which is the first query of a page: outside the
+        # views, so a database that is down is answered here (ServiceUnavailableMiddleware only
+        # sees the views' exceptions).
+        try:
+            authenticated = request.user.is_authenticated
+        except (OperationalError, InterfaceError) as exc:
+            return database_unavailable(request, exc)
         response = self.get_response(request)
         if (authenticated or request.path.startswith("/api/")) and not response.has_header("Cache-Control"):
             add_never_cache_headers(response)
