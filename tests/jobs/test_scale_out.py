@@ -119,9 +119,13 @@ def _wait(condition, timeout: float, what: str) -> None:
 
 
 def test_it_logs_every_image_exactly_once_when_a_worker_is_killed(
-    workers, clinician, starter_model, nih_pngs
+    workers, clinician, starter_model, nih_pngs, settings
 ):
     from jobs.services import job_create
+
+    # The submitting process splits the job into tasks: 2 images each, as the workers' batches.
+    settings.LUNGSITE_BATCH_SIZE = 2
+    settings.LUNGSITE_JOB_BATCHES_PER_TASK = 1
 
     first, second = workers("w1"), workers("w2")
     for name in ("w1", "w2"):
