@@ -145,6 +145,9 @@ def _warm_model(worker):
     """Loads the active version and runs one forward pass on a blank picture, so the first upload
     after a start (or a worker restart) is as fast as the others instead of paying the load (about
     10 s on 2 cores). A failure only logs: the first request then loads the model as it always could."""
+    import logging
+
+    log = worker.log if worker is not None else logging.getLogger("gunicorn.error")
     try:
         import numpy as np
         from django.urls import resolve
@@ -160,6 +163,6 @@ def _warm_model(worker):
         serving = get_active()
         spec = serving.version.preprocessing or DEFAULT_PREPROCESSING
         predict(serving.model, preprocess(np.zeros((512, 512), np.float32), spec))
-        worker.log.info("lungsite: warmed model %s", serving.version.version_name)
+        log.info("lungsite: warmed model %s", serving.version.version_name)
     except Exception as exc:  # noqa: BLE001 - no model yet, database not reachable, ...
-        worker.log.warning("lungsite: model not warmed (%s); the first request loads it", exc)
+        log.warning("lungsite: model not warmed (%s); the first request loads it", exc)
