@@ -66,6 +66,7 @@ def workers(redis_broker, postgres_url, tmp_path):
         task_always_eager=False,
     )
     app.close()  # drop connections made for another broker
+    app.amqp._producer_pool = None  # and the producers an earlier test kept for it
     env = dict(
         os.environ,
         DATABASE_URL=postgres_url,
@@ -108,6 +109,7 @@ def workers(redis_broker, postgres_url, tmp_path):
         log.close()
     app.conf.update(saved)
     app.close()
+    app.amqp._producer_pool = None
 
 
 def _wait(condition, timeout: float, what: str) -> None:
