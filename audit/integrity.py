@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.files.storage import storages
 from django.db import connections, router, transaction
+from django.db.models import TextField
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from audit.models import ChainGenesis, Prediction
@@ -65,9 +67,29 @@ def _iso(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
 
 
-def chain_payload(row: Prediction) -> dict:
-    """The fields the chain covers (everything a reader of the log relies on, minus the id), in
-    the row's chain version."""
+def _float_canonical(text: str) -> float | int:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"non-finite number {text!r} in an audit row")
+    return int(value) if value.is_integer() else value
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"non-finite number {name!r} in an audit row")
+
+
+def json_canonical(text: str | None):
+    """JSON text as the database stores it -> the value `_canonical(json.loads(text))` gives, in
+    one pass of the C parser (integral floats become ints as they are parsed). verify_audit reads
+    every row's JSON this way instead of decoding it and walking it again."""
+    if text is None:
+        return None
+    return json.loads(text, parse_float=_float_canonical, parse_constant=_refuse_constant)
+
+
+def _payload(row, results_json, heatmaps) -> dict:
+    """The fields the chain covers, from `row` (a Prediction or anything with its field names as
+    attributes) and its JSON fields already in canonical form."""
     payload = {
         "v": row.chain_version,
         "created_at": _iso(row.created_at),
@@ -78,8 +100,8 @@ def chain_payload(row: Prediction) -> dict:
         "user_id": row.user_id,
         "source": row.source,
         "latency_ms": _canonical(row.latency_ms),
-        "results_json": _canonical(row.results_json),
-        "heatmaps": _canonical(row.heatmaps),
+        "results_json": results_json,
+        "heatmaps": heatmaps,
     }
     if row.chain_version == 1:
         return payload
@@ -90,14 +112,28 @@ def chain_payload(row: Prediction) -> dict:
     return payload
 
 
+def chain_payload(row: Prediction) -> dict:
+    """The fields the chain covers (everything a reader of the log relies on, minus the id), in
+    the row's chain version."""
+    return _payload(row, _canonical(row.results_json), _canonical(row.heatmaps))
+
+
+def _body(payload: dict) -> str:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def chain_body(row: Prediction) -> str:
     """The row's canonical JSON (sorted keys, no spaces, ASCII only): what the chain hashes after
     the previous row's hash."""
-    return json.dumps(chain_payload(row), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return _body(chain_payload(row))
 
 
 def compute_chain_hash(prev_hash: str, row: Prediction) -> str:
-    return hashlib.sha256((prev_hash + chain_body(row)).encode()).hexdigest()
+    return _hash(prev_hash, chain_body(row))
+
+
+def _hash(prev_hash: str, body: str) -> str:
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
 def _stored_sha256(name: str, data: bytes | None) -> str:
@@ -172,40 +208,75 @@ def unchained_through_id(using: str = "default") -> int:
     return max(genesis.first() or 0, 0)
 
 
+# What the walk reads of each row: the chain's fields, with the JSON fields as their stored text.
+_WALK_FIELDS = (
+    "id",
+    "prev_hash",
+    "chain_hash",
+    "chain_version",
+    "created_at",
+    "model_id",
+    "image_url",
+    "image_sha256",
+    "stored_sha256",
+    "user_id",
+    "source",
+    "latency_ms",
+    "heatmap_data",
+    "file_name",
+    "results_text",
+    "heatmaps_text",
+)
+
+
 def chain_walk(
-    *, using: str = "default", chunk_size: int = 2000
-) -> Iterator[tuple[Prediction, ChainBreak | None]]:
-    """Each row in id order with the chain break found at it (or None). A row without a chain
-    hash is a break unless ChainGenesis records it as written before the chain existed.
+    *, using: str = "default", after_id: int = 0, through_id: int | None = None, chunk_size: int = 2000
+) -> Iterator[tuple[tuple, ChainBreak | None]]:
+    """Each row with id in (after_id, through_id], in id order, with the chain break found at it
+    (or None). The rows are named tuples of _WALK_FIELDS (`row.id`, `row.chain_hash`,
+    `row.image_url`, ...). A row without a chain hash is a break unless ChainGenesis records it as
+    written before the chain existed. A walk that starts after row `after_id` links its first row
+    to that row's stored hash, so walks over consecutive ranges together check the whole chain.
 
     One transaction around the walk: on Postgres, iterator() then reads through a server-side
-    cursor without WITH HOLD, so nothing is materialised in temp files and memory stays constant."""
+    cursor without WITH HOLD, so nothing is materialised in temp files and memory stays constant.
+    The JSON fields are read as text and parsed once into canonical form (json_canonical)."""
     legacy_through = unchained_through_id(using)
+    rows = Prediction.objects.using(using).order_by("id")
     expected_prev = ""
-    queryset = Prediction.objects.using(using).order_by("id")
+    if after_id:
+        previous = rows.filter(id__lte=after_id).order_by("-id").values_list("chain_hash", flat=True).first()
+        expected_prev = previous or ""
+        rows = rows.filter(id__gt=after_id)
+    if through_id is not None:
+        rows = rows.filter(id__lte=through_id)
+    rows = rows.annotate(
+        results_text=Cast("results_json", TextField()), heatmaps_text=Cast("heatmaps", TextField())
+    ).values_list(*_WALK_FIELDS, named=True)
     with transaction.atomic(using=using):
-        for row in queryset.iterator(chunk_size=chunk_size):
+        for row in rows.iterator(chunk_size=chunk_size):
             problem = None
             if not row.chain_hash:
-                if row.pk > legacy_through or expected_prev:
+                if row.id > legacy_through or expected_prev:
                     problem = ChainBreak(
-                        row.pk,
+                        row.id,
                         "unchained",
                         "row has no chain hash and is not recorded as written before the chain existed",
                     )
             elif row.prev_hash != expected_prev:
                 problem = ChainBreak(
-                    row.pk,
+                    row.id,
                     "link",
                     "prev_hash does not match the chain hash of the row before it "
                     f"(expected {expected_prev[:12] or 'empty'}, found {row.prev_hash[:12] or 'empty'}): "
                     "a row before it was removed, inserted or altered",
                 )
             else:
-                recomputed = compute_chain_hash(row.prev_hash, row)
+                payload = _payload(row, json_canonical(row.results_text), json_canonical(row.heatmaps_text))
+                recomputed = _hash(row.prev_hash, _body(payload))
                 if recomputed != row.chain_hash:
                     problem = ChainBreak(
-                        row.pk,
+                        row.id,
                         "altered",
                         f"the row's fields no longer match its chain hash (stored {row.chain_hash[:12]}, "
                         f"recomputed {recomputed[:12]})",
