@@ -176,6 +176,27 @@ def test_it_exports_the_filtered_rows_as_csv(client, auditor, clinician, other_c
     assert len(_csv(client.get("/audit/", {"format": "csv"}))) == 2
 
 
+def test_a_long_export_streams_in_pieces_with_every_row_and_number_as_stored(client, auditor, clinician):
+    from audit.views import CSV_LINES_PER_CHUNK
+
+    version = _version("v1")
+    count = CSV_LINES_PER_CHUNK * 2 + 7
+    stored = [0.12345670163631439 + n / 10_000 for n in range(count)]
+    for probability in stored:
+        _prediction(clinician, version, {"Edema": probability})
+    client.force_login(auditor)
+
+    response = client.get("/audit/", {"format": "csv"})
+    pieces = list(response.streaming_content)
+    assert len(pieces) >= 4  # the header, two full pieces, the rest and the trailer
+    response.streaming_content = iter(pieces)
+    rows = _csv(response)
+    assert len(rows) == count
+    # Newest first; each probability is the stored number, digit for digit.
+    assert [float(row["Edema"]) for row in rows] == stored[::-1]
+    assert len({row["id"] for row in rows}) == count
+
+
 def test_it_keeps_spreadsheet_formulas_out_of_the_csv(client, auditor, django_user_model):
     evil = django_user_model.objects.create_user(username="=HYPERLINK(1)", password="x")
     _prediction(evil, _version())
