@@ -26,7 +26,9 @@ import hashlib
 import json
 import logging
 import math
+from collections import namedtuple
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -37,6 +39,7 @@ from django.db.models.functions import Cast
 from django.utils import timezone
 
 from audit.models import ChainGenesis, Prediction
+from audit.streaming import rows_streamed
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +72,11 @@ def _iso(value: dt.datetime) -> str:
 
 def _float_canonical(text: str) -> float | int:
     value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"non-finite number {text!r} in an audit row")
-    return int(value) if value.is_integer() else value
+    if value.is_integer():
+        return int(value)
+    if math.isfinite(value):
+        return value
+    raise ValueError(f"non-finite number {text!r} in an audit row")
 
 
 def _refuse_constant(name: str):
@@ -84,7 +89,12 @@ def json_canonical(text: str | None):
     every row's JSON this way instead of decoding it and walking it again."""
     if text is None:
         return None
-    return json.loads(text, parse_float=_float_canonical, parse_constant=_refuse_constant)
+    return _canonical_decode(text)
+
+
+# One decoder and one encoder for every row: json.loads/dumps with options build a new one per call.
+_canonical_decode = json.JSONDecoder(parse_float=_float_canonical, parse_constant=_refuse_constant).decode
+_canonical_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode
 
 
 def _payload(row, results_json, heatmaps) -> dict:
@@ -119,7 +129,7 @@ def chain_payload(row: Prediction) -> dict:
 
 
 def _body(payload: dict) -> str:
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return _canonical_encode(payload)
 
 
 def chain_body(row: Prediction) -> str:
@@ -209,38 +219,41 @@ def unchained_through_id(using: str = "default") -> int:
 
 
 # What the walk reads of each row: the chain's fields, with the JSON fields as their stored text.
-_WALK_FIELDS = (
-    "id",
-    "prev_hash",
-    "chain_hash",
-    "chain_version",
-    "created_at",
-    "model_id",
-    "image_url",
-    "image_sha256",
-    "stored_sha256",
-    "user_id",
-    "source",
-    "latency_ms",
-    "heatmap_data",
-    "file_name",
-    "results_text",
-    "heatmaps_text",
+WalkedRow = namedtuple(
+    "WalkedRow",
+    [
+        "id",
+        "prev_hash",
+        "chain_hash",
+        "chain_version",
+        "created_at",
+        "model_id",
+        "image_url",
+        "image_sha256",
+        "stored_sha256",
+        "user_id",
+        "source",
+        "latency_ms",
+        "heatmap_data",
+        "file_name",
+        "results_text",
+        "heatmaps_text",
+    ],
 )
+_WALK_FIELDS = WalkedRow._fields
 
 
 def chain_walk(
-    *, using: str = "default", after_id: int = 0, through_id: int | None = None, chunk_size: int = 2000
-) -> Iterator[tuple[tuple, ChainBreak | None]]:
+    *, using: str = "default", after_id: int = 0, through_id: int | None = None, chunk_size: int = 1000
+) -> Iterator[tuple[WalkedRow, ChainBreak | None]]:
     """Each row with id in (after_id, through_id], in id order, with the chain break found at it
-    (or None). The rows are named tuples of _WALK_FIELDS (`row.id`, `row.chain_hash`,
+    (or None). The rows are WalkedRow named tuples (`row.id`, `row.chain_hash`,
     `row.image_url`, ...). A row without a chain hash is a break unless ChainGenesis records it as
     written before the chain existed. A walk that starts after row `after_id` links its first row
     to that row's stored hash, so walks over consecutive ranges together check the whole chain.
 
-    One transaction around the walk: on Postgres, iterator() then reads through a server-side
-    cursor without WITH HOLD, so nothing is materialised in temp files and memory stays constant.
-    The JSON fields are read as text and parsed once into canonical form (json_canonical)."""
+    The rows are read in constant memory, without temp files (audit.streaming); the JSON fields
+    as text, parsed once into canonical form (json_canonical)."""
     legacy_through = unchained_through_id(using)
     rows = Prediction.objects.using(using).order_by("id")
     expected_prev = ""
@@ -252,35 +265,42 @@ def chain_walk(
         rows = rows.filter(id__lte=through_id)
     rows = rows.annotate(
         results_text=Cast("results_json", TextField()), heatmaps_text=Cast("heatmaps", TextField())
-    ).values_list(*_WALK_FIELDS, named=True)
-    with transaction.atomic(using=using):
-        for row in rows.iterator(chunk_size=chunk_size):
-            problem = None
-            if not row.chain_hash:
-                if row.id > legacy_through or expected_prev:
-                    problem = ChainBreak(
-                        row.id,
-                        "unchained",
-                        "row has no chain hash and is not recorded as written before the chain existed",
-                    )
-            elif row.prev_hash != expected_prev:
+    ).values_list(*_WALK_FIELDS)
+    with closing(rows_streamed(rows, chunk_size=chunk_size)) as streamed:
+        yield from _walked(streamed, legacy_through, expected_prev)
+
+
+def _walked(
+    streamed, legacy_through: int, expected_prev: str
+) -> Iterator[tuple[WalkedRow, ChainBreak | None]]:
+    for values in streamed:
+        row = WalkedRow._make(values)
+        problem = None
+        if not row.chain_hash:
+            if row.id > legacy_through or expected_prev:
                 problem = ChainBreak(
                     row.id,
-                    "link",
-                    "prev_hash does not match the chain hash of the row before it "
-                    f"(expected {expected_prev[:12] or 'empty'}, found {row.prev_hash[:12] or 'empty'}): "
-                    "a row before it was removed, inserted or altered",
+                    "unchained",
+                    "row has no chain hash and is not recorded as written before the chain existed",
                 )
-            else:
-                payload = _payload(row, json_canonical(row.results_text), json_canonical(row.heatmaps_text))
-                recomputed = _hash(row.prev_hash, _body(payload))
-                if recomputed != row.chain_hash:
-                    problem = ChainBreak(
-                        row.id,
-                        "altered",
-                        f"the row's fields no longer match its chain hash (stored {row.chain_hash[:12]}, "
-                        f"recomputed {recomputed[:12]})",
-                    )
-            # Follow the stored hashes so one break is reported once, not at every row after it.
-            expected_prev = row.chain_hash
-            yield row, problem
+        elif row.prev_hash != expected_prev:
+            problem = ChainBreak(
+                row.id,
+                "link",
+                "prev_hash does not match the chain hash of the row before it "
+                f"(expected {expected_prev[:12] or 'empty'}, found {row.prev_hash[:12] or 'empty'}): "
+                "a row before it was removed, inserted or altered",
+            )
+        else:
+            payload = _payload(row, json_canonical(row.results_text), json_canonical(row.heatmaps_text))
+            recomputed = _hash(row.prev_hash, _body(payload))
+            if recomputed != row.chain_hash:
+                problem = ChainBreak(
+                    row.id,
+                    "altered",
+                    f"the row's fields no longer match its chain hash (stored {row.chain_hash[:12]}, "
+                    f"recomputed {recomputed[:12]})",
+                )
+        # Follow the stored hashes so one break is reported once, not at every row after it.
+        expected_prev = row.chain_hash
+        yield row, problem

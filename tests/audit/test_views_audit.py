@@ -197,6 +197,38 @@ def test_a_long_export_streams_in_pieces_with_every_row_and_number_as_stored(cli
     assert len({row["id"] for row in rows}) == count
 
 
+def test_findings_in_another_order_or_of_odd_values_land_in_their_columns(client, auditor, clinician):
+    # A version listing its findings in another order than the columns, and results whose values
+    # need quoting or are not numbers (not what the engine writes, but the CSV must stay right).
+    _version("v1")
+    reordered = _version("v2", class_names=list(reversed(DEFAULT_CLASS_NAMES)))
+    _prediction(clinician, reordered, {"Edema": 0.75})
+    odd = _version("v3", class_names=["Edema", "Mass"])
+    Prediction.objects.create(
+        model=odd,
+        user=clinician,
+        image_url="x.png",
+        image_sha256="f" * 64,
+        results_json={
+            "findings": [
+                {"name": "Edema", "probability": 'a,"b"', "threshold": None, "positive": True},
+                {"name": "Mass", "probability": 1, "threshold": 0.5, "positive": False},
+            ]
+        },
+    )
+    client.force_login(auditor)
+    odd_row, reordered_row = _csv(client.get("/audit/", {"format": "csv"}))
+    assert float(reordered_row["Edema"]) == 0.75 and reordered_row["Edema positive"] == "yes"
+    assert float(reordered_row["Mass"]) == 0.1 and reordered_row["Mass positive"] == "no"
+    assert (
+        odd_row["Edema"] == 'a,"b"'
+        and odd_row["Edema threshold"] == ""
+        and odd_row["Edema positive"] == "yes"
+    )
+    assert odd_row["Mass"] == "1" and odd_row["Mass threshold"] == "0.5" and odd_row["Mass positive"] == "no"
+    assert odd_row["Atelectasis"] == "" and odd_row["Atelectasis positive"] == ""
+
+
 def test_it_keeps_spreadsheet_formulas_out_of_the_csv(client, auditor, django_user_model):
     evil = django_user_model.objects.create_user(username="=HYPERLINK(1)", password="x")
     _prediction(evil, _version())
