@@ -184,9 +184,14 @@ def _fill(rows: int) -> dict:
 
 
 def _temp_bytes() -> int:
+    """Bytes Postgres has written to temp files in this database so far. Each backend reports its
+    counts when idle or at exit (at most once a second): this one is made to now, and the others
+    get a moment."""
     from django.db import connection
 
+    time.sleep(1.5)
     with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_force_next_flush()")
         cursor.execute("SELECT temp_bytes FROM pg_stat_database WHERE datname = current_database()")
         return int(cursor.fetchone()[0])
 
@@ -298,22 +303,33 @@ def _measure(rows: int, filled: dict) -> dict:
         }
     )
 
-    temp_before, rss_before = _temp_bytes(), _rss_mb()
-    out = io.StringIO()
-    started = time.perf_counter()
-    call_command("verify_audit", "--skip-images", "--no-progress", "--no-checkpoint", stdout=out)
-    verify_s = time.perf_counter() - started
-    report = json.loads(out.getvalue())
-    result.update(
-        {
-            "verify_ok": report["ok"],
-            "verify_rows": report["rows"],
-            "verify_s": round(verify_s, 1),
-            "verify_rows_per_s": round(report["rows"] / verify_s),
-            "verify_rss_growth_mb": round(_rss_mb() - rss_before, 1),
-            "verify_pg_temp_bytes": _temp_bytes() - temp_before,
-        }
-    )
+    # verify_audit as a user runs it (one process per core, by id ranges), then in one process.
+    import resource
+
+    from audit.management.commands.verify_audit import default_jobs
+
+    for key, jobs in (("verify", default_jobs(rows)), ("verify_one_process", 1)):
+        temp_before, rss_before = _temp_bytes(), _rss_mb()
+        out = io.StringIO()
+        started = time.perf_counter()
+        options = ["--skip-images", "--no-progress", "--no-checkpoint", "--jobs", str(jobs)]
+        call_command("verify_audit", *options, stdout=out)
+        verify_s = time.perf_counter() - started
+        report = json.loads(out.getvalue())
+        result.update(
+            {
+                f"{key}_jobs": jobs,
+                f"{key}_ok": report["ok"],
+                f"{key}_rows": report["rows"],
+                f"{key}_s": round(verify_s, 1),
+                f"{key}_rows_per_s": round(report["rows"] / verify_s),
+                f"{key}_rss_growth_mb": round(_rss_mb() - rss_before, 1),
+                f"{key}_pg_temp_bytes": _temp_bytes() - temp_before,
+            }
+        )
+    # The largest resident size of any walking process (ru_maxrss is in KiB on Linux).
+    child_max_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    result["verify_child_max_rss_mb"] = round(child_max_kib / 1024, 1)
 
     import numpy as np
 
