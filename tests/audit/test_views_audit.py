@@ -197,6 +197,30 @@ def test_a_long_export_streams_in_pieces_with_every_row_and_number_as_stored(cli
     assert len({row["id"] for row in rows}) == count
 
 
+# Committed rows: closing a response runs close_old_connections, which closes a connection left
+# inside a transaction (as a test's would be).
+@pytest.mark.django_db(transaction=True)
+def test_an_export_stopped_midway_has_no_trailer_and_ends_its_query(client, auditor, clinician):
+    from audit.views import CSV_LINES_PER_CHUNK
+
+    version = _version("v1")
+    template = _prediction(clinician, version)
+    fields = {
+        f.attname: getattr(template, f.attname) for f in Prediction._meta.concrete_fields if not f.primary_key
+    }
+    Prediction.objects.bulk_create([Prediction(**fields) for _ in range(CSV_LINES_PER_CHUNK * 4)])
+    client.force_login(auditor)
+
+    response = client.get("/audit/", {"format": "csv"})
+    pieces = iter(response.streaming_content)
+    partial = next(pieces) + next(pieces)
+    response.close()  # what the WSGI server does when the client goes away
+    assert partial.count(b"\n") == 1 + CSV_LINES_PER_CHUNK and b"# end:" not in partial
+    # The streaming query was ended: the same connection answers the next requests at once.
+    assert client.get("/audit/").status_code == 200
+    assert len(_csv(client.get("/audit/", {"format": "csv"}))) == CSV_LINES_PER_CHUNK * 4 + 1
+
+
 def test_findings_in_another_order_or_of_odd_values_land_in_their_columns(client, auditor, clinician):
     # A version listing its findings in another order than the columns, and results whose values
     # need quoting or are not numbers (not what the engine writes, but the CSV must stay right).
