@@ -34,7 +34,11 @@ class Prediction(models.Model):
     # default, not auto_now_add: the chain hashes created_at before the insert, and save() must
     # store that value (auto_now_add would overwrite it with a later clock reading).
     created_at = models.DateTimeField(default=timezone.now)
-    model = models.ForeignKey("registry.ModelVersion", on_delete=models.PROTECT, db_column="model_id")
+    # No index of their own for the foreign keys: the (model, created_at, id) and (user, created_at,
+    # id) indexes in Meta.indexes serve every lookup by model or user.
+    model = models.ForeignKey(
+        "registry.ModelVersion", on_delete=models.PROTECT, db_column="model_id", db_index=False
+    )
     image_url = models.TextField(help_text="Name of the analysed image in the 'xray_images' storage.")
     results_json = models.JSONField()
 
@@ -49,7 +53,12 @@ class Prediction(models.Model):
         "to those who may see the prediction only).",
     )
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        db_index=False,
     )
     source = models.CharField(max_length=8, choices=SOURCE_CHOICES, default=SOURCE_WEB)
     latency_ms = models.FloatField(null=True, blank=True)

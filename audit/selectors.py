@@ -123,7 +123,10 @@ def predictions_filter(
     model_ref = model_ref.strip()
     if model_ref:
         if not model_ref.isdecimal():  # not isdigit: int() refuses "²", which isdigit accepts
-            queryset = queryset.filter(model__version_name=model_ref)
+            # The id first, as for users: a join on the name would make Postgres read rows newest
+            # first until it found the version's, instead of the (model, created_at, id) index.
+            model_ids = ModelVersion.objects.filter(version_name=model_ref).values_list("id", flat=True)
+            queryset = queryset.filter(model_id__in=list(model_ids))
         elif int(model_ref) <= _MAX_ID:
             queryset = queryset.filter(model_id=int(model_ref))
         else:
