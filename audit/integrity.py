@@ -85,8 +85,8 @@ def _refuse_constant(name: str):
 
 def json_canonical(text: str | None):
     """JSON text as the database stores it -> the value `_canonical(json.loads(text))` gives, in
-    one pass of the C parser (integral floats become ints as they are parsed). verify_audit reads
-    every row's JSON this way instead of decoding it and walking it again."""
+    one parse (integral floats become ints as they are parsed). verify_audit reads every row's
+    JSON this way instead of decoding it and then walking it again."""
     if text is None:
         return None
     return _canonical_decode(text)
