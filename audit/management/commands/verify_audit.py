@@ -111,7 +111,8 @@ def default_jobs(rows: int) -> int:
     under 100,000 rows, which a single process walks in seconds."""
     if rows < 100_000:
         return 1
-    return max(1, min(4, os.cpu_count() or 1))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cores))
 
 
 def _checkpoint_met(checkpoint: dict, watched: tuple[str, int] | None) -> bool:
