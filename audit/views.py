@@ -184,14 +184,14 @@ def _csv_row(values: tuple, names: tuple[str, ...]) -> tuple[list, list]:
 
 def _plain(cells: list) -> str | None:
     """`,cell,cell...` when no cell needs quoting (numbers as the database wrote them, yes, no, or
-    nothing), else None. Joining is many times faster than csv.writer for these 39 cells."""
+    nothing), else None. Joining costs a fraction of what csv.writer takes for these cells."""
     try:
         text = ",".join(cells)
     except TypeError:  # a null or a bool from JSON not written by the engine
         return None
     if text.count(",") != len(cells) - 1 or '"' in text or "\n" in text or "\r" in text:
         return None
-    return "," + text if cells else ""
+    return "," + text
 
 
 def _csv_lines(rows, names: tuple[str, ...]) -> Iterator[str]:

@@ -20,6 +20,22 @@ def shared_data_path(*parts: str) -> Path:
     return path
 
 
+def tamper_sql(sql: str, params=()) -> None:
+    """Changes the prediction log as someone with a database connection would: on Postgres past
+    the append-only trigger."""
+    from django.db import connection, transaction
+
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # Fire the deferred foreign-key checks of this test's inserts: ALTER TABLE refuses to run
+            # with trigger events pending.
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            cursor.execute("ALTER TABLE predictions DISABLE TRIGGER predictions_append_only")
+        cursor.execute(sql, params)
+        if connection.vendor == "postgresql":
+            cursor.execute("ALTER TABLE predictions ENABLE TRIGGER predictions_append_only")
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -10,12 +10,13 @@ import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.core.management import CommandError, call_command
-from django.db import connection, transaction
+from django.db import connection
 
 from audit.integrity import _canonical, json_canonical, prediction_create_chained
 from audit.models import Prediction
 from audit.verification import id_ranges, range_verify
 from registry.models import DEFAULT_CLASS_NAMES, ModelVersion
+from tests.conftest import tamper_sql
 
 JSON_TEXTS = [
     '{"a": 1.0, "b": -0.0, "c": 1e16, "d": 1e-07, "e": 0.3333333333333333, "f": 7, "g": -3}',
@@ -69,16 +70,6 @@ def _rows(version, count: int) -> list[Prediction]:
     return rows
 
 
-def _tamper(sql: str, params=()) -> None:
-    with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            cursor.execute("ALTER TABLE predictions DISABLE TRIGGER predictions_append_only")
-        cursor.execute(sql, params)
-        if connection.vendor == "postgresql":
-            cursor.execute("ALTER TABLE predictions ENABLE TRIGGER predictions_append_only")
-
-
 def test_id_ranges_cover_every_id_once(version):
     rows = _rows(version, 10)
     ranges = id_ranges(using="default", jobs=3)
@@ -98,7 +89,7 @@ def test_walks_over_consecutive_ranges_check_every_link(version):
 
     # The first row of the second range removed: its range finds the link to the row before broken.
     boundary = ranges[1][0] + 1
-    _tamper("DELETE FROM predictions WHERE id = %s", [boundary])
+    tamper_sql("DELETE FROM predictions WHERE id = %s", [boundary])
     report = range_verify(after_id=ranges[1][0], through_id=ranges[1][1], check_images=False)
     assert report.first_break["kind"] == "link" and report.first_break["id"] == boundary + 1
 
@@ -128,7 +119,7 @@ def test_verify_audit_in_processes_finds_tampering_in_the_middle_and_at_the_end(
         altered = "jsonb_set(results_json, '{findings,0,probability}', '0.99')"
     else:
         altered = "json_set(results_json, '$.findings[0].probability', 0.99)"
-    _tamper(f"UPDATE predictions SET results_json = {altered} WHERE id IN (%s, %s)", [middle.pk, last.pk])
+    tamper_sql(f"UPDATE predictions SET results_json = {altered} WHERE id IN (%s, %s)", [middle.pk, last.pk])
     report, error = _verify("--jobs", "3", "--skip-images")
     assert error is not None and error.returncode == 1
     assert report["breaks"] == 2 and report["first_break"] == {
@@ -147,7 +138,7 @@ def test_verify_audit_in_processes_finds_rows_cut_from_the_end(version):
     rows = _rows(version, 12)
     report, error = _verify("--jobs", "2", "--skip-images")
     assert error is None and report["ok"]
-    _tamper("DELETE FROM predictions WHERE id >= %s", [rows[-2].pk])
+    tamper_sql("DELETE FROM predictions WHERE id >= %s", [rows[-2].pk])
     report, error = _verify("--jobs", "2", "--skip-images")
     assert error is not None and report["first_break"]["kind"] == "truncated"
     assert report["rows"] == 10

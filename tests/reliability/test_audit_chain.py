@@ -17,6 +17,7 @@ from django.db import connection, connections, transaction
 from audit.integrity import compute_chain_hash, prediction_create_chained
 from audit.models import Prediction
 from registry.models import DEFAULT_CLASS_NAMES, ModelVersion
+from tests.conftest import tamper_sql
 
 ODD_NUMBERS = {"tiny": 1e-07, "big": 1e16, "negzero": -0.0, "one": 1.0, "third": 1 / 3, "int": 7}
 
@@ -64,19 +65,6 @@ def _verify(*args) -> tuple[dict, CommandError | None]:
     except CommandError as exc:
         error = exc
     return json.loads(out.getvalue()), error
-
-
-def _raw(sql: str, params=()) -> None:
-    """Tampering as someone with a database connection would: on Postgres past the trigger."""
-    with transaction.atomic(), connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            # Fire the deferred foreign-key checks of this test's inserts: ALTER TABLE refuses to run
-            # with trigger events pending.
-            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-            cursor.execute("ALTER TABLE predictions DISABLE TRIGGER predictions_append_only")
-        cursor.execute(sql, params)
-        if connection.vendor == "postgresql":
-            cursor.execute("ALTER TABLE predictions ENABLE TRIGGER predictions_append_only")
 
 
 def test_it_links_each_row_to_the_previous_one(version, clinician):
@@ -132,7 +120,7 @@ def test_an_empty_log_verifies(db):
 
 def test_it_finds_an_altered_row(version):
     rows = [_row(version, None, n) for n in range(5)]
-    _raw(
+    tamper_sql(
         "UPDATE predictions SET results_json = %s WHERE id = %s",
         [json.dumps({"findings": [{"name": "Mass", "probability": 0.99}]}), rows[2].pk],
     )
@@ -149,7 +137,7 @@ def test_it_finds_a_row_reassigned_to_another_model(version):
         version_name="other", storage_path="weights/y.pt", sha256="b" * 64, class_names=DEFAULT_CLASS_NAMES
     )
     rows = [_row(version, None, n) for n in range(3)]
-    _raw("UPDATE predictions SET model_id = %s WHERE id = %s", [other.pk, rows[1].pk])
+    tamper_sql("UPDATE predictions SET model_id = %s WHERE id = %s", [other.pk, rows[1].pk])
     report, _ = _verify("--skip-images")
     assert report["first_break"] == {
         "id": rows[1].pk,
@@ -160,7 +148,7 @@ def test_it_finds_a_row_reassigned_to_another_model(version):
 
 def test_it_finds_a_removed_row(version):
     rows = [_row(version, None, n) for n in range(5)]
-    _raw("DELETE FROM predictions WHERE id = %s", [rows[1].pk])
+    tamper_sql("DELETE FROM predictions WHERE id = %s", [rows[1].pk])
     report, error = _verify("--skip-images")
     assert error is not None
     assert report["rows"] == 4
@@ -170,7 +158,7 @@ def test_it_finds_a_removed_row(version):
 
 def test_it_finds_a_removed_first_row(version):
     rows = [_row(version, None, n) for n in range(3)]
-    _raw("DELETE FROM predictions WHERE id = %s", [rows[0].pk])
+    tamper_sql("DELETE FROM predictions WHERE id = %s", [rows[0].pk])
     report, _ = _verify("--skip-images")
     assert report["first_break"]["id"] == rows[1].pk and report["first_break"]["kind"] == "link"
 
@@ -179,7 +167,7 @@ def test_it_finds_rows_cut_off_the_end_given_the_last_head(version):
     rows = [_row(version, None, n) for n in range(3)]
     report, _ = _verify("--skip-images")
     head = report["head"]
-    _raw("DELETE FROM predictions WHERE id = %s", [rows[2].pk])
+    tamper_sql("DELETE FROM predictions WHERE id = %s", [rows[2].pk])
     plain, error = _verify("--skip-images", "--no-checkpoint")
     assert error is None  # the chain alone cannot see a cut tail...
     report, error = _verify("--skip-images", "--no-checkpoint", "--expect-head", head)
@@ -327,7 +315,7 @@ def test_a_chain_written_by_the_old_code_still_verifies(db, django_user_model, m
     report, error = _verify("--skip-images")
     assert error is None and report["rows"] == 6, report
 
-    _raw("UPDATE predictions SET latency_ms = 1 WHERE id = %s", [fixture["rows"][2]["id"]])
+    tamper_sql("UPDATE predictions SET latency_ms = 1 WHERE id = %s", [fixture["rows"][2]["id"]])
     report, error = _verify("--skip-images")
     assert error is not None and report["first_break"]["kind"] == "altered"
     assert report["first_break"]["id"] == fixture["rows"][2]["id"]
@@ -336,8 +324,8 @@ def test_a_chain_written_by_the_old_code_still_verifies(db, django_user_model, m
 def test_rows_blanked_of_their_chain_fail_verification(version):
     rows = [_row(version, None, n) for n in range(3)]
     # Blanking every hash (as a superuser could) no longer passes for "written before the chain".
-    _raw("UPDATE predictions SET chain_hash = '', prev_hash = '', stored_sha256 = ''")
-    _raw("UPDATE predictions SET latency_ms = 999 WHERE id = %s", [rows[1].pk])
+    tamper_sql("UPDATE predictions SET chain_hash = '', prev_hash = '', stored_sha256 = ''")
+    tamper_sql("UPDATE predictions SET latency_ms = 999 WHERE id = %s", [rows[1].pk])
     report, error = _verify("--skip-images", "--no-checkpoint")
     assert error is not None and report["ok"] is False
     assert report["first_break"] == {
@@ -375,7 +363,7 @@ def test_heatmap_bytes_are_part_of_what_the_chain_proves(version):
 
     flipped = bytearray(bytes(stored.heatmap_data))
     flipped[-1] ^= 0x01
-    _raw("UPDATE predictions SET heatmap_data = %s WHERE id = %s", [bytes(flipped), row.pk])
+    tamper_sql("UPDATE predictions SET heatmap_data = %s WHERE id = %s", [bytes(flipped), row.pk])
     report, error = _verify("--skip-images", "--no-checkpoint")
     assert error is not None and report["first_break"]["kind"] == "altered", report
 
@@ -392,7 +380,7 @@ def test_it_finds_rows_cut_from_the_end_by_the_checkpoint(version):
     latest = checkpoint_latest()
     assert latest["last_id"] == rows[-1].pk and latest["head"] == rows[-1].chain_hash and latest["rows"] == 4
 
-    _raw("DELETE FROM predictions WHERE id >= %s", [rows[2].pk])  # the chain that is left is intact
+    tamper_sql("DELETE FROM predictions WHERE id >= %s", [rows[2].pk])  # the chain that is left is intact
     report, error = _verify("--skip-images")
     assert error is not None and report["ok"] is False
     assert report["first_break"]["kind"] == "truncated" and report["first_break"]["id"] == rows[-1].pk
