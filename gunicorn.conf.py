@@ -2,7 +2,7 @@
 `gunicorn -c gunicorn.conf.py`. Every value can be overridden from the environment (names below).
 
 Sizing, for CPU inference on a small box:
-- A prediction is one DenseNet121 forward pass (ONNX Runtime, inference/serving.py): compute-bound,
+- A prediction is one DenseNet121 forward pass (ONNX Runtime, engine/serving.py): compute-bound,
   and the runtime spreads it over as many threads as it is given. What matters is that all busy
   compute threads together do not exceed the cores; past that they only steal time from each other
   (and each other's caches).
@@ -124,7 +124,7 @@ def on_starting(server):
 
 def post_worker_init(worker):
     """Readies the worker before it takes requests:
-    - starts its decoding process (inference/decode_pool.py), so its first upload does not wait
+    - starts its decoding process (engine/decode_pool.py), so its first upload does not wait
       for the fork server to import the decoders (~1-2 s);
     - loads the active model and the URLconf, so the first prediction is as fast as the rest;
     - moves every object that exists by then (Django, DRF, numpy: hundreds of thousands) out of
@@ -133,7 +133,7 @@ def post_worker_init(worker):
       CPU 1.1% -> 0.2%, perf, 4 clients)."""
     import gc
 
-    from inference import decode_pool
+    from engine import decode_pool
 
     decode_pool.warm_up()
     _warm_model(worker)
@@ -156,7 +156,7 @@ def _warm_model(worker):
         # otherwise: 0.5-0.7 s of the first upload after a start, measured under `make run`.
         resolve("/healthz")
 
-        from inference.pipeline import predict, preprocess
+        from engine.pipeline import predict, preprocess
         from registry.cache import get_active
         from registry.models import DEFAULT_PREPROCESSING
 

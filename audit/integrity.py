@@ -11,7 +11,7 @@ is left out (its place is given by the link to the previous row).
 
 Two canonical forms exist, named by the row's `chain_version` (which the hash covers):
 - 1: the heatmaps as JSON lists of floats inside the row (rows written before heatmap_data existed);
-- 2: the heatmaps as bytes in heatmap_data (audit.heatmap_codec), hashed as the sha256 of those bytes, plus
+- 2: the heatmaps as bytes in heatmap_data (engine.heatmap_codec), hashed as the sha256 of those bytes, plus
   file_name.
 Rows keep the form they were written in, so old chains verify unchanged.
 

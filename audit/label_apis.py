@@ -11,8 +11,8 @@ from rest_framework.views import APIView
 from audit import label_selectors, label_services
 from audit import selectors as audit_selectors
 from audit.models import FindingLabel, Prediction
-from lungsite.api_errors import ApiError, error_responses
-from lungsite.api_permissions import has_perm
+from common.errors import ApiError, error_responses
+from common.permissions import has_perm
 
 CanViewPredictions = has_perm("audit.view_prediction")
 

@@ -2,7 +2,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from lungsite.append_only import AppendOnlyError
+from common.append_only import AppendOnlyError
 
 __all__ = ["AppendOnlyError", "ChainGenesis", "Prediction"]
 
@@ -68,7 +68,7 @@ class Prediction(models.Model):
         "Version 2 rows keep the maps in heatmap_data and leave this empty.",
     )
     # Chain version 2: the maps as uint8 levels with one float32 scale per map (findings in
-    # results_json order, each h x w; audit.heatmap_codec): 698 bytes for 13 maps of 7x7 instead
+    # results_json order, each h x w; engine.heatmap_codec): 698 bytes for 13 maps of 7x7 instead
     # of ~6 KB of JSON, small enough to stay inline (no TOAST). The chain hashes these bytes.
     heatmap_data = models.BinaryField(blank=True, default=b"", editable=False)
     # Which canonical form the chain hashes for this row (audit.integrity); rows written before
@@ -109,7 +109,7 @@ class Prediction(models.Model):
         """{finding name: its raw map (h x w nested lists of floats)}, whichever form the row has."""
         if not self.heatmap_data:
             return dict(self.heatmaps or {})
-        from audit.heatmap_codec import heatmaps_decode
+        from engine.heatmap_codec import heatmaps_decode
 
         maps = heatmaps_decode(self.heatmap_data)
         names = [finding["name"] for finding in (self.results_json or {}).get("findings", [])]

@@ -17,10 +17,9 @@ from django.core.files.storage import storages
 from django.db import DatabaseError
 from django.utils import timezone
 
-from audit.heatmap_codec import heatmaps_encode
 from audit.integrity import prediction_create_chained
 from audit.models import Prediction
-from inference.findings import results_json
+from engine.heatmap_codec import heatmaps_encode
 
 if TYPE_CHECKING:  # numpy loads with the first prediction: `manage.py check/migrate` never pay for it
     import numpy as np
@@ -50,7 +49,7 @@ def images_storage() -> Storage:
 
 def heatmap_data(*, cams: np.ndarray) -> bytes:
     """The raw Grad-CAM maps (K, h, w), findings in model output order, as the row keeps them:
-    uint8 levels with one float32 scale per map (audit.heatmap_codec; 698 bytes for 13 maps of
+    uint8 levels with one float32 scale per map (engine.heatmap_codec; 698 bytes for 13 maps of
     7x7). Refuses non-finite values (ValueError)."""
     return heatmaps_encode(cams)
 
@@ -73,11 +72,11 @@ class StoredUpload:
 
 
 def image_store(*, data: bytes, image: np.ndarray) -> StoredUpload:
-    """Stores the analysed image as a PNG of its decoded pixels (`audit.stored_image`), never the
+    """Stores the analysed image as a PNG of its decoded pixels (`engine.stored_image`), never the
     uploaded bytes. Raises StorageUnavailable, leaving nothing behind. Touches no database:
     prediction_create runs it on a second thread while the model runs."""
 
-    from audit import stored_image
+    from engine import stored_image
 
     png = stored_image.png_bytes(image)
     name = f"images/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.{stored_image.EXTENSION}"
@@ -103,7 +102,7 @@ def prediction_log(
     version: ModelVersion,
     data: bytes,
     image: np.ndarray,
-    probabilities: np.ndarray,
+    results: dict,
     cams: np.ndarray,
     image_sha256: str,
     user: AbstractBaseUser | None = None,
@@ -124,7 +123,7 @@ def prediction_log(
             stored_sha256=stored.sha256,
             model=version,
             image_url=stored.name,
-            results_json=results_json(version=version, probabilities=probabilities),
+            results_json=results,
             file_name=file_name_recorded(file_name),
             image_sha256=image_sha256,
             user=user if getattr(user, "pk", None) else None,
@@ -181,8 +180,8 @@ def heatmap_png(*, prediction: Prediction, name: str) -> bytes:
     Raises LookupError for a finding the prediction has no map for."""
     import numpy as np
 
-    from inference.decode import DecodeError, decode
-    from inference.heatmaps import case_scale, heatmap_overlay_png
+    from engine.decode import DecodeError, decode
+    from engine.heatmaps import case_scale, heatmap_overlay_png
 
     cams = prediction.heatmap_maps()
     if name not in cams or not isinstance(cams[name], list):

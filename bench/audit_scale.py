@@ -76,10 +76,10 @@ def _fill(rows: int) -> dict:
     from django.db import connection
     from django.utils import timezone
 
+    from analysis.results import results_json
     from audit.integrity import CHAIN_VERSION, compute_chain_hash
     from audit.models import Prediction
     from audit.services import heatmap_data
-    from inference.findings import results_json
     from registry.models import DEFAULT_CLASS_NAMES, ModelVersion
 
     rng = np.random.default_rng(25)
@@ -333,9 +333,9 @@ def _measure(rows: int, filled: dict) -> dict:
 
     import numpy as np
 
+    from analysis.results import results_json
     from audit.integrity import prediction_create_chained
     from audit.services import heatmap_data
-    from inference.findings import results_json
 
     cams = np.zeros((13, 7, 7), np.float32)
     probabilities = np.full(13, 0.2, np.float32)

@@ -72,8 +72,8 @@ def forward_phase(
     Also checks that the serving path gives the torch reference's probabilities and maps."""
     import torch
 
-    from inference.heatmaps import cams_normalised
-    from inference.pipeline import predict
+    from engine.heatmaps import cams_normalised
+    from engine.pipeline import predict
 
     arrays = [np.asarray(t) for t in tensors]
 
@@ -112,7 +112,7 @@ def forward_phase(
     )
 
     # The serving path against the exported module run in torch (what the Grad-CAM tests check).
-    from inference.export import ServingModule
+    from engine.export import ServingModule
 
     reference_module = ServingModule(torch_model, architecture)
     prob_diff, cam_diff = 0.0, 0.0
@@ -185,11 +185,10 @@ def stages_phase(*, samples: dict, images: list[bytes], serving, user, repeats: 
     from django.conf import settings
 
     from audit import services as audit_services
-    from audit import stored_image
-    from inference import decode as decoding
-    from inference import decode_pool
-    from inference.heatmaps import heatmap_overlay_png
-    from inference.pipeline import predict, preprocess
+    from engine import decode as decoding
+    from engine import decode_pool, stored_image
+    from engine.heatmaps import heatmap_overlay_png
+    from engine.pipeline import predict, preprocess
     from registry import cache
     from registry.models import DEFAULT_PREPROCESSING
 

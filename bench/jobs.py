@@ -6,7 +6,7 @@ loop in the same run, and two workers against one.
 Starts its own scratch data folder (SQLite and local storage, or DATABASE_URL), registers the
 starter model, and one, then two, `celery worker --pool=solo -c 1` processes on Redis
 (LUNGSITE_BENCH_BROKER_URL, default redis://127.0.0.1:6379/2). Prints one JSON object. The bare
-loop runs `inference.pipeline.predict_batch` on already preprocessed batches in this process; the
+loop runs `engine.pipeline.predict_batch` on already preprocessed batches in this process; the
 job's time runs from `job_create` returning to the job's state being done (decode, preprocess,
 forward, storage and audit rows included; worker start-up and the model load excluded by a warm-up
 job)."""
@@ -86,8 +86,8 @@ def _bare_batched(files: list[tuple[str, bytes]], batch: int, repeats: int) -> f
     """Seconds per pass of predict_batch over all images, already preprocessed (median)."""
     import numpy as np
 
-    from inference.decode import decode_gray
-    from inference.pipeline import predict_batch, preprocess
+    from engine.decode import decode_gray
+    from engine.pipeline import predict_batch, preprocess
     from registry.cache import get_active
 
     serving = get_active()

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 # stage -> (function name, end of its file path) as pyinstrument records the frame
 STAGES = {
-    "decode": ("decode_gray", "inference/decode_pool.py"),  # the wait for the decoding process
-    "preprocess": ("preprocess", "inference/pipeline.py"),
-    "forward_and_heatmaps": ("predict", "inference/pipeline.py"),
+    "decode": ("decode_gray", "engine/decode_pool.py"),  # the wait for the decoding process
+    "preprocess": ("preprocess", "engine/pipeline.py"),
+    "forward_and_heatmaps": ("predict", "engine/pipeline.py"),
     "get_active": ("get_active", "registry/cache.py"),
     "audit_row_write": ("prediction_log", "audit/services.py"),
     "wait_for_image_store": ("result", "concurrent/futures/_base.py"),
@@ -19,9 +19,9 @@ STAGES = {
 }
 HEATMAP_STAGES = {
     "heatmap_png_first_fetch": ("heatmap_png", "audit/services.py"),
-    "heatmap_png_render": ("heatmap_overlay_png", "inference/heatmaps.py"),
+    "heatmap_png_render": ("heatmap_overlay_png", "engine/heatmaps.py"),
     "heatmap_png_encode": ("save", "PIL/Image.py"),
-    "heatmap_stored_image_decode": ("decode", "inference/decode.py"),
+    "heatmap_stored_image_decode": ("decode", "engine/decode.py"),
 }
 
 

@@ -63,7 +63,7 @@ def _setup_logging() -> None:
 
 
 def cores() -> int:
-    from inference.serving import available_cores
+    from engine.serving import available_cores
 
     return available_cores()
 
@@ -419,8 +419,8 @@ def main(argv=None) -> int:
         from django.contrib.auth import get_user_model
 
         from bench import inprocess
-        from inference.decode import decode
-        from inference.pipeline import preprocess
+        from engine.decode import decode
+        from engine.pipeline import preprocess
         from registry import cache
         from registry.models import DEFAULT_PREPROCESSING
 
@@ -431,7 +431,7 @@ def main(argv=None) -> int:
         tensors = [preprocess(decode(data), spec) for data in images]
         size = int(spec.get("input_size", 224))
         # The torch reference: the same weights loaded afresh (the serving object may run elsewhere).
-        from inference.weights import load_model
+        from engine.weights import load_model
         from registry.storage import weights_read
 
         torch_model = load_model(

@@ -12,10 +12,10 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from common.errors import ApiError, error_responses
+from common.permissions import has_perm
 from jobs import selectors, services
 from jobs.models import PredictionJob
-from lungsite.api_errors import ApiError, error_responses
-from lungsite.api_permissions import has_perm
 
 CanCreateJobs = has_perm(selectors.CREATE)
 

@@ -57,7 +57,7 @@ class JobUnavailable(Exception):
 def _decode(data: bytes, name: str) -> np.ndarray:
     """bytes -> (H, W) uint8 or float32 in [0, 1]. The one place jobs/ decodes an image: in a
     child process bounded in time and memory, as for a single upload."""
-    from inference import decode_pool
+    from engine import decode_pool
 
     return decode_pool.decode_gray(
         data,
@@ -70,7 +70,7 @@ def _decode(data: bytes, name: str) -> np.ndarray:
 
 
 def _decode_error():
-    from inference.decode import DecodeError
+    from engine.decode import DecodeError
 
     return DecodeError
 
@@ -228,7 +228,7 @@ def _read_and_decode(item: JobImage):
 def _analyse_batch(job: PredictionJob, batch: list, pool: ThreadPoolExecutor) -> None:
     import numpy as np
 
-    from inference.pipeline import predict_batch, preprocess
+    from engine.pipeline import predict_batch, preprocess
     from registry.cache import NoActiveModel, get_active
     from registry.models import DEFAULT_PREPROCESSING
 
@@ -266,6 +266,7 @@ def _store(data: bytes, image):
 
 
 def _item_log(job, item, version, data, image, output, storing, started) -> None:
+    from analysis.results import results_json
     from audit.services import AuditWriteError, image_discard, prediction_log
 
     stored = storing.result()  # JobUnavailable when the store refused
@@ -279,7 +280,7 @@ def _item_log(job, item, version, data, image, output, storing, started) -> None
                 version=version,
                 data=data,
                 image=image,
-                probabilities=output.probabilities,
+                results=results_json(version=version, probabilities=output.probabilities),
                 cams=output.cams,
                 image_sha256=item.sha256 or hashlib.sha256(data).hexdigest(),
                 user=job.user,

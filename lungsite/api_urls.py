@@ -30,7 +30,7 @@ urlpatterns = [
         login_required(SpectacularSwaggerView.as_view(url_name="api-schema", permission_classes=[AllowAny])),
         name="api-docs",
     ),
-    path("", include("inference.api_urls")),
+    path("", include("web.api_urls")),
     path("", include("registry.api_urls")),
     path("", include("jobs.api_urls")),
     path("", include("audit.api_urls")),

@@ -63,9 +63,11 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "axes",
+    # The apps, bottom to top (a lower one never imports a higher one; docs/architecture.md):
     "registry",
-    "inference",
     "audit",
+    "learning",
+    "web",
     "jobs",
     "pacs",
 ]
@@ -75,15 +77,15 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Around everything that may query the database (sessions included): a stalled database gives
     # a 503 in seconds (see the module).
-    "lungsite.db_deadline.DatabaseDeadlineMiddleware",
+    "common.db_deadline.DatabaseDeadlineMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "lungsite.middleware.PrivateResponsesMiddleware",
+    "common.middleware.PrivateResponsesMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "lungsite.middleware.ServiceUnavailableMiddleware",
+    "common.middleware.ServiceUnavailableMiddleware",
     # Last, as django-axes asks: it sees the outcome of every login attempt.
     "axes.middleware.AxesMiddleware",
 ]
@@ -109,7 +111,7 @@ TEMPLATES = [
 # Database: SQLite in the data folder unless DATABASE_URL names another (Postgres through psycopg 3).
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 # Seconds a database statement may run before it is cancelled and the request answers 503 (0: no
-# bound). Requests are also cut off on the client side a little after it (lungsite.db_deadline).
+# bound). Requests are also cut off on the client side a little after it (common.db_deadline).
 LUNGSITE_DB_STATEMENT_TIMEOUT_S = envint("LUNGSITE_DB_STATEMENT_TIMEOUT_S", 5)
 if DATABASE_URL:
     _db = dj_database_url.parse(DATABASE_URL, conn_max_age=envint("DJANGO_CONN_MAX_AGE", 60))
@@ -120,7 +122,7 @@ if DATABASE_URL:
     # of holding the worker: connecting (connect_timeout), a statement the server runs too long
     # (statement_timeout, server side), and a link that stops answering (TCP keepalives probe an
     # idle connection; tcp_user_timeout drops one whose sent data goes unacknowledged). A server
-    # that keeps the TCP link alive but never answers is caught by lungsite.db_deadline.
+    # that keeps the TCP link alive but never answers is caught by common.db_deadline.
     _options.setdefault("connect_timeout", envint("DJANGO_DB_CONNECT_TIMEOUT", 5))
     _options.setdefault("keepalives", 1)
     _options.setdefault("keepalives_idle", envint("LUNGSITE_DB_KEEPALIVE_IDLE_S", 5))
@@ -137,7 +139,7 @@ if DATABASE_URL:
         _db["CONN_MAX_AGE"] = 0
     elif LUNGSITE_DB_STATEMENT_TIMEOUT_S:
         # A startup parameter: poolers in transaction mode refuse it (set statement_timeout on the
-        # database role there, see docs/deploy-supabase.md); lungsite.db_deadline bounds both.
+        # database role there, see docs/deploy-supabase.md); common.db_deadline bounds both.
         _timeout = f"-c statement_timeout={LUNGSITE_DB_STATEMENT_TIMEOUT_S * 1000}"
         _options["options"] = f"{_options['options']} {_timeout}" if _options.get("options") else _timeout
 else:
@@ -177,7 +179,7 @@ STORAGE_DIR = DATA_DIR / "storage"
 
 def _bucket(bucket: str) -> dict:
     if (SUPABASE_URL or SUPABASE_STORAGE_URL) and SUPABASE_KEY:
-        return {"BACKEND": "lungsite.supabase_storage.SupabaseStorage", "OPTIONS": {"bucket": bucket}}
+        return {"BACKEND": "common.supabase_storage.SupabaseStorage", "OPTIONS": {"bucket": bucket}}
     return {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
         "OPTIONS": {"location": STORAGE_DIR / bucket, "base_url": None},
@@ -207,7 +209,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = FILE_UPLOAD_MAX_MEMORY_SIZE + 1024 * 1024
 # Decoded pixels allowed in one upload (a 1024x1024 X-ray is ~1 Mpx; large CR/DR plates ~20 Mpx).
 LUNGSITE_MAX_PIXELS = envint("LUNGSITE_MAX_PIXELS", 60_000_000)
 # Each upload is decoded in a child process with this much address space and time at most
-# (inference/decode_pool.py): a 60 Mpx DICOM needs about 1 GB and a few seconds.
+# (engine/decode_pool.py): a 60 Mpx DICOM needs about 1 GB and a few seconds.
 LUNGSITE_DECODE_TIMEOUT_S = envint("LUNGSITE_DECODE_TIMEOUT_S", 20)
 LUNGSITE_DECODE_MAX_MB = envint("LUNGSITE_DECODE_MAX_MB", 2048)
 # A DICOM that says BurnedInAnnotation YES has text (names, dates) in its pixels: refused unless on.
@@ -244,7 +246,7 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
-# Django's cache holds the API throttle's counts (lungsite/throttling.py). Unset: local memory, so
+# Django's cache holds the API throttle's counts (common/throttling.py). Unset: local memory, so
 # each gunicorn worker counts on its own. A Redis URL (redis://host:6379/0; rediss:// for TLS) shares
 # them between workers and hosts; the short timeouts keep a Redis outage from stalling requests (the
 # throttle then lets requests through and logs it).
@@ -271,7 +273,7 @@ REST_FRAMEWORK = {
     # browsers' errors in HTML).
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "lungsite.api_errors.exception_handler",
+    "EXCEPTION_HANDLER": "common.errors.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_THROTTLE_RATES": {

@@ -10,15 +10,15 @@ urlpatterns = [
     # The login page then says that the session ended and the browser's copies were cleared.
     path("logout/", auth_views.LogoutView.as_view(next_page="/login/?logged_out=1"), name="logout"),
     path("admin/", admin.site.urls),
-    path("", include("inference.urls")),
+    path("", include("web.urls")),
     path("", include("audit.urls")),
     path("", include("pacs.urls")),
     path("", include("jobs.urls")),
     path("api/v1/", include("lungsite.api_urls")),
 ]
 
-# JSON error bodies under /api/, Django's pages elsewhere (lungsite/api_errors.py).
-handler400 = "lungsite.api_errors.handler400"
-handler403 = "lungsite.api_errors.handler403"
-handler404 = "lungsite.api_errors.handler404"
-handler500 = "lungsite.api_errors.handler500"
+# JSON error bodies under /api/, Django's pages elsewhere (common/errors.py).
+handler400 = "common.errors.handler400"
+handler403 = "common.errors.handler403"
+handler404 = "common.errors.handler404"
+handler500 = "common.errors.handler500"

@@ -11,8 +11,8 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
-from lungsite.api_errors import error_body
-from lungsite.supabase_storage import STORAGE_ERRORS
+from common.errors import error_body
+from common.supabase_storage import STORAGE_ERRORS
 from registry import selectors
 from registry.serializers import ModelVersionSummarySerializer
 

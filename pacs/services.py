@@ -3,7 +3,7 @@
 `instance_receive` is the one way in (the C-STORE handler and the STOW-RS endpoint both call it):
 it reads the header in memory, records a row without patient data, and queues the analysis with a
 copy of the dataset that holds only the pixel module and the UIDs. `instance_analyse` (run by the
-Celery task) predicts through inference.services and fills the outbox; `result_deliver` sends one
+Celery task) predicts through analysis.services and fills the outbox; `result_deliver` sends one
 result object by STOW-RS, rebuilding it from the audit row and the patient/study header that it
 reads back from the PACS, so no patient data is ever at rest in lungsite (docs/pacs.md).
 """
@@ -23,7 +23,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from inference.dicom_checks import frontal_chest_refusal
+from engine.dicom_checks import frontal_chest_refusal
 from pacs.models import ReceivedInstance, ResultObject
 
 logger = logging.getLogger(__name__)
@@ -187,8 +187,8 @@ def instance_analyse(*, received_id: int, dataset_bytes: bytes) -> ReceivedInsta
     """Predicts on the analysis copy of a received instance (audit source `pacs`), then queues its
     result objects (the SR, and a secondary capture per positive finding) and tries to send them.
     Idempotent: a redelivered task finds the row no longer queued and does nothing."""
+    from analysis.services import PredictionRefused, PredictionUnavailable, prediction_create
     from audit.models import Prediction
-    from inference.services import PredictionRefused, PredictionUnavailable, prediction_create
 
     received = ReceivedInstance.objects.get(pk=received_id)
     if received.state != ReceivedInstance.QUEUED or received.prediction_id:

@@ -14,8 +14,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
-from inference.architectures import ARCHITECTURES
-from registry.admin_evaluation import EVALUATION_FIELDS, EvaluationAdminMixin
+from engine.architectures import ARCHITECTURES
 from registry.models import DEFAULT_CLASS_NAMES, ActivationEvent, ModelVersion
 from registry.services import (
     ActivationError,
@@ -148,7 +147,10 @@ class ModelVersionAddForm(forms.ModelForm):
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(EvaluationAdminMixin, admin.ModelAdmin):
+class ModelVersionAdmin(admin.ModelAdmin):
+    """The registry's view of a version. learning.admin re-registers it with the evaluation, training
+    and shadow blocks and actions (that app sits above this one)."""
+
     list_display = (
         "version_name",
         "is_active",
@@ -183,7 +185,6 @@ class ModelVersionAdmin(EvaluationAdminMixin, admin.ModelAdmin):
         "activation_history",
         "notes",
     )
-    change_fields += EVALUATION_FIELDS  # issue 23's blocks (registry/admin_evaluation.py)
     add_fieldsets = (
         (None, {"fields": ("weights", "version_name", "class_names_text", "architecture")}),
         (

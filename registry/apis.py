@@ -7,8 +7,8 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from lungsite.api_errors import ApiError, error_responses
-from lungsite.api_permissions import has_perm
+from common.errors import ApiError, error_responses
+from common.permissions import has_perm
 from registry import services
 from registry.models import DEFAULT_CLASS_NAMES, DEFAULT_PREPROCESSING, UNTRAINED_WARNING, ModelVersion
 from registry.serializers import ModelVersionSerializer

@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from inference.serving import ServingRuntime
+from engine.serving import ServingRuntime
 from registry.models import ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ _failed: dict[tuple[int, str], _Failure] = {}
 def _load(version: ModelVersion) -> ServingModel:
     input_size = int((version.preprocessing or {}).get("input_size", 224))
     if version.serving_graph_sha256:
-        # The graph exported at registration (inference.export), verified against its recorded
+        # The graph exported at registration (engine.export), verified against its recorded
         # sha256 and opened in ONNX Runtime: no torch in this process.
         from registry.storage import WeightsIntegrityError, serving_graph_read
 
@@ -76,7 +76,7 @@ def _load(version: ModelVersion) -> ServingModel:
             return ServingModel(version=version, model=ServingRuntime.from_graph(graph, input_size))
     # No stored graph (registered before graphs were stored), or a damaged one: export it again
     # from the verified weights, in a child process when this one has no torch.
-    from inference.weights import serving_graph_from_weights
+    from engine.weights import serving_graph_from_weights
     from registry.storage import weights_read
 
     graph = serving_graph_from_weights(

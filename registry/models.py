@@ -4,7 +4,7 @@ from django.db.models import OuterRef, ProtectedError, Q, Subquery
 from django.utils import timezone
 
 # One exception for "append-only" across the project: the prediction log and the activation history.
-from lungsite.append_only import AppendOnlyError
+from common.append_only import AppendOnlyError
 
 # The 13 findings of the starter model, in the order of its outputs: NIH ChestX-ray14 without Hernia.
 DEFAULT_CLASS_NAMES = [
@@ -78,7 +78,7 @@ class ModelVersion(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    # The latest measured evaluation (registry.evaluation_services); the full record of each one is
+    # The latest measured evaluation (learning.evaluation_services); the full record of each one is
     # an Evaluation row. A version with no evaluated_at says "not evaluated" wherever it serves.
     evaluation_set = models.CharField(max_length=300, blank=True, default="")
     evaluated_at = models.DateTimeField(null=True, blank=True)
@@ -239,56 +239,3 @@ class Evaluation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.version} on {self.evaluation_set}"
-
-
-class TrainingRun(models.Model):
-    """One `train_model` run started from the admin (a Celery task) or the command: its settings,
-    progress and outcome."""
-
-    QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
-    STATUS_CHOICES = [(QUEUED, "Queued"), (RUNNING, "Running"), (DONE, "Done"), (FAILED, "Failed")]
-
-    created_at = models.DateTimeField(auto_now_add=True)
-    base_version = models.ForeignKey(
-        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="training_runs"
-    )
-    result_version = models.ForeignKey(
-        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    options = models.JSONField(default=dict, help_text="labels, images, epochs, batch_size, lr, ...")
-    status = models.CharField(max_length=10, choices=STATUS_CHOICES, default=QUEUED)
-    progress = models.JSONField(default=dict, blank=True, help_text="epoch, step, loss, val AUROC.")
-    message = models.TextField(blank=True, default="")
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
-    )
-
-    class Meta:
-        db_table = "model_training_runs"
-        ordering = ["-created_at", "-id"]
-
-    def __str__(self) -> str:
-        return f"training run {self.pk} ({self.status})"
-
-
-class ShadowPrediction(models.Model):
-    """The shadow version's output for one live prediction: kept apart from the audit row and never
-    shown to clinicians (registry.shadow)."""
-
-    created_at = models.DateTimeField(auto_now_add=True)
-    prediction = models.ForeignKey("audit.Prediction", on_delete=models.CASCADE, related_name="+")
-    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="shadow_predictions")
-    probabilities = models.JSONField(help_text="Class name to probability.")
-    latency_ms = models.FloatField(null=True, blank=True)
-
-    class Meta:
-        db_table = "model_shadow_predictions"
-        ordering = ["-id"]
-        constraints = [
-            models.UniqueConstraint(fields=["prediction", "version"], name="shadow_one_per_prediction")
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.version} on prediction {self.prediction_id}"

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from inference.architectures import ARCHITECTURES
-from inference.weights import ExportFailed, WeightsError, check_graph_outputs, serving_graph_from_weights
+from engine.architectures import ARCHITECTURES
+from engine.weights import ExportFailed, WeightsError, check_graph_outputs, serving_graph_from_weights
 from registry.models import DEFAULT_PREPROCESSING, ActivationEvent, ModelVersion
 from registry.storage import (
     WeightsIntegrityError,
@@ -258,7 +258,7 @@ def _checked_graph(
 ) -> bytes:
     """Loads the weights (WeightsError when they do not fit or would not give finite outputs) and
     returns the ONNX graph the workers serve. In a torch-free process (a serving worker) the load
-    and the export run in a child process (inference.weights.serving_graph_from_weights)."""
+    and the export run in a child process (engine.weights.serving_graph_from_weights)."""
     return serving_graph_from_weights(
         data,
         architecture=architecture,
@@ -336,10 +336,10 @@ def model_version_activate(
     (`via`: admin, command, api or bootstrap) and which version it replaced, in one transaction with
     the rows locked. Refuses weights that do not load or whose stored bytes no longer match the
     recorded sha256. Activating the version that is already active changes and records nothing.
-    The evaluation gate (registry.evaluation_services.activation_gate) refuses a version never
+    The evaluation gate (registry.gate.activation_gate) refuses a version never
     evaluated or worse than the active one on the same set, with ActivationGateRefused, unless
     `override_reason` says why (kept in the history); bootstrap's untrained starter is exempt."""
-    from registry.evaluation_services import activation_gate
+    from registry.gate import activation_gate
 
     if via not in VIA_VALUES:
         raise ValueError(f"via must be one of {sorted(VIA_VALUES)}, not {via!r}")

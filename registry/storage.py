@@ -80,7 +80,7 @@ def weights_read(version: ModelVersion) -> bytes:
 
 
 def serving_graph_save(data: bytes) -> tuple[str, str, bool]:
-    """Stores a serving graph (inference.export) by content; returns (name, sha256, created)."""
+    """Stores a serving graph (engine.export) by content; returns (name, sha256, created)."""
     return _save_by_content(data, serving_graph_name)
 
 

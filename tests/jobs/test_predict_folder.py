@@ -68,8 +68,8 @@ def test_it_picks_up_an_activation_between_batches(
 def test_it_gives_batch_outputs_equal_to_single_forward_passes(starter_model, nih_pngs):
     import numpy as np
 
-    from inference.decode import decode_gray
-    from inference.pipeline import predict, predict_batch, preprocess
+    from engine.decode import decode_gray
+    from engine.pipeline import predict, predict_batch, preprocess
     from registry.cache import get_active
 
     serving = get_active()

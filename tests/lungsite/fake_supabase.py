@@ -230,15 +230,15 @@ class FakeSupabaseStorage:
 def use_fake(settings, monkeypatch, fake: FakeSupabaseStorage) -> FakeSupabaseStorage:
     """Points SUPABASE_* and both storage aliases at `fake` (as settings.py does when the variables
     are set) and routes the backend's HTTP client through it."""
-    from lungsite import supabase_storage
+    from common import supabase_storage
 
     settings.SUPABASE_URL = URL
     settings.SUPABASE_KEY = KEY
     settings.STORAGES = {
         **settings.STORAGES,
-        "models": {"BACKEND": "lungsite.supabase_storage.SupabaseStorage", "OPTIONS": {"bucket": "models"}},
+        "models": {"BACKEND": "common.supabase_storage.SupabaseStorage", "OPTIONS": {"bucket": "models"}},
         "xray_images": {
-            "BACKEND": "lungsite.supabase_storage.SupabaseStorage",
+            "BACKEND": "common.supabase_storage.SupabaseStorage",
             "OPTIONS": {"bucket": "xray-images"},
         },
     }

@@ -7,7 +7,7 @@ from rest_framework import exceptions
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from lungsite import api_errors
+from common import errors as api_errors
 
 
 def assert_error(response, status: int, code: str) -> str:

@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from inference.services import prediction_create
+from analysis.services import prediction_create
 from tests.conftest import shared_data_path
 
 SCHEMA_URL = "/api/v1/schema/"

@@ -123,7 +123,7 @@ def test_it_fails_with_a_clear_report_when_storage_is_unreachable(fake):
 
 
 def test_it_cleans_up_when_a_later_step_fails(fake, monkeypatch):
-    from lungsite.supabase_storage import StorageUnavailable, SupabaseStorage
+    from common.supabase_storage import StorageUnavailable, SupabaseStorage
 
     def broken_url(self, name):
         raise StorageUnavailable("Supabase Storage refused to sign")

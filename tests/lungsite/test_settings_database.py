@@ -112,7 +112,7 @@ def test_it_adapts_to_the_transaction_pooler(tmp_path):
     assert found["CONN_MAX_AGE"] == 0
     assert found["connect"]["prepare_threshold"] is None
     assert found["connect"]["sslmode"] == "require"
-    # The pooler refuses startup options; the client-side deadline (lungsite.db_deadline) stays.
+    # The pooler refuses startup options; the client-side deadline (common.db_deadline) stays.
     assert found["connect"]["options"] == "absent"
 
 
@@ -159,9 +159,9 @@ def test_it_selects_supabase_buckets_when_configured(tmp_path):
     )
 
     assert found["STORAGES"] == {
-        "models": {"BACKEND": "lungsite.supabase_storage.SupabaseStorage", "OPTIONS": {"bucket": "models"}},
+        "models": {"BACKEND": "common.supabase_storage.SupabaseStorage", "OPTIONS": {"bucket": "models"}},
         "xray_images": {
-            "BACKEND": "lungsite.supabase_storage.SupabaseStorage",
+            "BACKEND": "common.supabase_storage.SupabaseStorage",
             "OPTIONS": {"bucket": "xray-images"},
         },
     }

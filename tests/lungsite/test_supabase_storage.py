@@ -12,7 +12,7 @@ from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 
-from lungsite.supabase_storage import STORAGE_ERRORS, StorageUnavailable, SupabaseStorage
+from common.supabase_storage import STORAGE_ERRORS, StorageUnavailable, SupabaseStorage
 from tests.conftest import starter_weights_bytes
 from tests.lungsite.fake_supabase import KEY, URL, FakeSupabaseStorage, use_fake
 
@@ -238,7 +238,7 @@ def test_it_keeps_one_client_per_storage(fake, store):
 
 def test_it_deconstructs_to_its_bucket():
     path, args, kwargs = SupabaseStorage(bucket="models").deconstruct()
-    assert path == "lungsite.supabase_storage.SupabaseStorage"
+    assert path == "common.supabase_storage.SupabaseStorage"
     assert kwargs == {"bucket": "models"}
 
 
@@ -298,8 +298,8 @@ def test_it_serves_a_whole_prediction(fake, starter_model, clinician):
     fetched, a heatmap rendered and kept there too."""
     from django.core.files.uploadedfile import SimpleUploadedFile
 
+    from analysis.services import prediction_create
     from audit.services import heatmap_png, image_bytes
-    from inference.services import prediction_create
 
     assert ("models", starter_model.storage_path) in fake.objects
     upload = SimpleUploadedFile("chest.png", _png(), content_type="image/png")
@@ -320,8 +320,8 @@ def test_it_serves_a_whole_prediction(fake, starter_model, clinician):
 def test_it_refuses_a_prediction_when_storage_is_down(fake, starter_model, clinician):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
+    from analysis.services import PredictionUnavailable, prediction_create
     from audit.models import Prediction
-    from inference.services import PredictionUnavailable, prediction_create
     from registry.cache import get_active
 
     get_active()  # the model is loaded; only the image store is down

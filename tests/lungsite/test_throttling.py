@@ -62,7 +62,7 @@ import django
 django.setup()
 from rest_framework.test import APIRequestFactory
 from rest_framework.request import Request
-from lungsite.throttling import PredictionRateThrottle
+from common.throttling import PredictionRateThrottle
 
 class User:
     is_authenticated = True

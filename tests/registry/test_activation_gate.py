@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 
-from registry.evaluation_services import model_version_evaluation_record
-from registry.labels import LabelTable, MappingReport
+from learning.evaluation_services import model_version_evaluation_record
+from learning.labels import LabelTable, MappingReport
 from registry.models import ActivationEvent, Evaluation
 from registry.services import ActivationGateRefused, model_version_activate, model_version_register
 from tests.registry.conftest import variant_weights_bytes
@@ -119,7 +119,7 @@ def test_the_api_answers_409_with_the_reason_and_accepts_an_override(starter_mod
 
 
 def test_the_admin_asks_for_a_reason_and_keeps_it(starter_model, model_admin, client):
-    from registry.models import TrainingRun
+    from learning.models import TrainingRun
 
     candidate = _register(8, "admin-candidate")
     client.force_login(model_admin)

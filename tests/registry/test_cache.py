@@ -169,8 +169,8 @@ def test_it_raises_when_nothing_loadable_was_ever_served(starter_model):
 
 
 def test_it_serves_the_stored_graph_and_falls_back_to_the_weights_when_it_is_damaged(starter_model, caplog):
-    from inference.pipeline import predict
-    from inference.serving import ServingRuntime
+    from engine.pipeline import predict
+    from engine.serving import ServingRuntime
 
     served = cache.get_active().model
     assert isinstance(served, ServingRuntime)

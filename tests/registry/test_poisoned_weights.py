@@ -66,8 +66,8 @@ def test_it_refuses_a_conv_of_the_wrong_shape_naming_the_layer(settings):
 def _version_with_nan_outputs() -> ModelVersion:
     """A row as an older release could have written it, before outputs were checked: its stored
     graph gives NaN scores for every image."""
-    from inference.export import onnx_graph
-    from inference.weights import load_model
+    from engine.export import onnx_graph
+    from engine.weights import load_model
     from registry.storage import serving_graph_save, weights_save
 
     model = load_model(starter_weights_bytes(), architecture="densenet121", num_classes=13)

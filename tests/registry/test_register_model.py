@@ -154,10 +154,10 @@ def test_it_registers_and_serves_a_resnet50_with_grad_cam_heatmaps(weights_file,
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from audit.models import Prediction
-    from inference.decode import decode
-    from inference.heatmaps import cams_normalised
-    from inference.pipeline import preprocess
-    from inference.weights import load_model, save_state_dict
+    from engine.decode import decode
+    from engine.heatmaps import cams_normalised
+    from engine.pipeline import preprocess
+    from engine.weights import load_model, save_state_dict
     from registry.models import DEFAULT_PREPROCESSING
     from tests.conftest import shared_data_path
 
@@ -184,7 +184,7 @@ def test_it_registers_and_serves_a_resnet50_with_grad_cam_heatmaps(weights_file,
     assert [f["name"] for f in body["findings"]] == DEFAULT_CLASS_NAMES
     assert set(body["heatmaps"]) == set(DEFAULT_CLASS_NAMES)
 
-    from inference.pipeline import predict
+    from engine.pipeline import predict
     from registry.cache import get_active
 
     stored = Prediction.objects.get(pk=body["id"]).heatmap_maps()
@@ -199,9 +199,9 @@ def test_it_registers_and_serves_a_resnet50_with_grad_cam_heatmaps(weights_file,
             targets=[ClassifierOutputTarget(c) for c in range(13)],
         )
     # The served maps: ONNX Runtime's float32 over 50 layers (see
-    # tests/inference/test_pipeline_heatmaps.py for the closed form's own 2e-5).
+    # tests/engine/test_pipeline_heatmaps.py for the closed form's own 2e-5).
     np.testing.assert_allclose(ours_served, reference, atol=1e-4)
-    # The row keeps each map as 8-bit levels of its own maximum (audit.heatmap_codec): within about
+    # The row keeps each map as 8-bit levels of its own maximum (engine.heatmap_codec): within about
     # one level after grad-cam's min-max normalisation.
     np.testing.assert_allclose(ours_stored, reference, atol=2 / 255)
     with torch.inference_mode():

@@ -199,7 +199,7 @@ def test_it_refuses_to_activate_missing_weights(register):
 
 
 def test_a_crashed_weights_checker_is_unavailable_not_refused(settings, register, monkeypatch):
-    from inference.weights import ExportFailed
+    from engine.weights import ExportFailed
     from registry import services
 
     def crash(*args, **kwargs):

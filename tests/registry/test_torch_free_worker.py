@@ -1,6 +1,6 @@
 """A serving worker never loads torch, not even when a model-admin registers or activates a version
 through it (the admin, the activation API): the weights are checked and the serving graph written
-in a child process (inference.weights.serving_graph_from_weights)."""
+in a child process (engine.weights.serving_graph_from_weights)."""
 
 import hashlib
 import io
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from inference.export import onnx_graph
-from inference.weights import load_model, load_state_dict
+from engine.export import onnx_graph
+from engine.weights import load_model, load_state_dict
 from tests.conftest import starter_weights_bytes
 
 ROOT = Path(__file__).resolve().parents[2]

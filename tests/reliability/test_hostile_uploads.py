@@ -150,7 +150,7 @@ def test_it_refuses_hostile_uploads_and_reads_odd_valid_ones(api, small_limits, 
 def decode_spies(monkeypatch):
     """Records every pixel decode in this process: Pillow's ImageFile.load and pydicom's
     Dataset.pixel_array. (A request decodes in a child process, which these cannot see: the tests
-    below call inference.decode here for that, and send the same files through the API.)"""
+    below call engine.decode here for that, and send the same files through the API.)"""
     import pydicom.dataset
     from PIL import ImageFile
 
@@ -194,9 +194,9 @@ BOMBS = {
 
 @pytest.mark.parametrize("name", sorted(BOMBS))
 def test_it_checks_the_size_before_decoding(decode_spies, name):
-    """inference.decode refuses each from its header (or, for the deflated DICOM, by inflating no
+    """engine.decode refuses each from its header (or, for the deflated DICOM, by inflating no
     further than the pixel limit allows): no pixel decoded, little memory, little time."""
-    from inference import decode
+    from engine import decode
 
     make, code = BOMBS[name]
     data = make()
@@ -233,7 +233,7 @@ def test_the_decode_spies_see_a_real_decode(decode_spies):
     """The control for the test above: a normal file does go through the spied decoders."""
     from PIL import Image
 
-    from inference import decode
+    from engine import decode
 
     png = corpus.pil_bytes(Image.fromarray(corpus.chest_like(64)), "PNG")
     jpeg = corpus.pil_bytes(Image.fromarray(corpus.chest_like(64)), "JPEG")
@@ -277,7 +277,7 @@ def test_it_stores_no_byte_of_the_upload_only_its_pixels(api):
     import numpy as np
     from PIL import Image
 
-    from inference import decode
+    from engine import decode
 
     for data, name in (
         (corpus.png_with_chunks(corpus.png_chunk(b"gAMA", b"\x00\x00\xb1\x8fCORPUS7Q")), "gama.png"),
@@ -300,7 +300,7 @@ def test_it_stores_a_16_bit_copy_of_a_16_bit_source(api):
     import numpy as np
     from PIL import Image
 
-    from inference import decode
+    from engine import decode
 
     data = corpus.dicom(corpus.chest_like(64).astype(np.uint16) * 250, patient_name=corpus.PATIENT)
     response = post_image(api, data, "sixteen.dcm")

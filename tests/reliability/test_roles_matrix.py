@@ -12,8 +12,8 @@ from PIL import Image
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from analysis.services import prediction_create
 from audit.models import Prediction
-from inference.services import prediction_create
 from tests.reliability import corpus
 from tests.reliability.conftest import error_of, post_image
 

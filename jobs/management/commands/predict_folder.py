@@ -4,6 +4,7 @@ import sys
 import time
 from pathlib import Path
 
+from celery import current_app as app
 from django.core.management.base import BaseCommand, CommandError
 
 from jobs import selectors, services
@@ -33,8 +34,6 @@ class Command(BaseCommand):
         paths = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
         if not paths:
             raise CommandError(f"{directory} holds no files.")
-        from lungsite.celery import app
-
         files = [(str(p.relative_to(root)), p.read_bytes()) for p in paths]
         eager = app.conf.task_always_eager
         app.conf.task_always_eager = eager or here

@@ -20,8 +20,8 @@ STARTER_SEED = 0
 def starter_weights() -> bytes:
     import torch
 
-    from inference.architectures import architecture_get
-    from inference.weights import save_state_dict
+    from engine.architectures import architecture_get
+    from engine.weights import save_state_dict
 
     torch.manual_seed(STARTER_SEED)
     return save_state_dict(architecture_get("densenet121").build(len(DEFAULT_CLASS_NAMES)))

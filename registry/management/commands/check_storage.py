@@ -8,7 +8,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage, storages
 from django.core.management.base import BaseCommand, CommandError
 
-from lungsite.supabase_storage import STORAGE_ERRORS, BucketMissing, SupabaseStorage
+from common.supabase_storage import STORAGE_ERRORS, BucketMissing, SupabaseStorage
 
 ALIASES = ("models", "xray_images")
 

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from inference.architectures import ARCHITECTURES
+from engine.architectures import ARCHITECTURES
 from registry.management.commands._output import dumps, one_line, refused, version_as_dict
 from registry.models import DEFAULT_CLASS_NAMES, ActivationEvent
 from registry.services import (

@@ -1,8 +1,0 @@
-from django.urls import path
-
-from inference import views
-
-urlpatterns = [
-    path("", views.upload, name="upload"),
-    path("predictions/<int:pk>/", views.prediction_detail, name="prediction-detail"),
-]
