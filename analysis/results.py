@@ -1,5 +1,6 @@
-"""From a model's probabilities to the findings returned with a prediction: each finding's
-threshold, and whether it is positive. The audit log stores this result as it was returned."""
+"""From a model's probabilities to the result returned with a prediction and kept in the log: each
+finding's threshold and whether it is positive, the version that produced it, and what every output
+of it must say about that version (its honesty statement, as it stood when the result was made)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ if TYPE_CHECKING:
 
 
 def results_json(*, version: ModelVersion, probabilities: np.ndarray) -> dict:
-    """The findings as returned to the caller and kept in the log (model output order)."""
+    """The result as returned to the caller and kept in the log (findings in model output order)."""
     findings = []
     for name, probability in zip(version.class_names, probabilities, strict=True):
         threshold = version.threshold_for(name)
@@ -34,4 +35,5 @@ def results_json(*, version: ModelVersion, probabilities: np.ndarray) -> dict:
         },
         "findings": findings,
         "untrained": bool(version.untrained),
+        "honesty": version.honesty(),
     }

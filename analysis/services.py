@@ -1,173 +1,163 @@
-"""One prediction, start to finish: check the upload, decode, predict with the model that serves
-now, and log it. Pages and the REST API both call `prediction_create`."""
+"""The one analysis core. Every door hands its images here: the upload page and the REST API
+(`analyse`), the batch-job worker (`analyse_batch`), the PACS (`analyse`, from its Celery task); the
+shadow run scores what this core logged. So a case gets the same checks, refusals, stored copy,
+audit row and honesty statement whichever way it came in.
+
+One analysis, in order:
+ 1. size          empty: 400 `empty`; over LUNGSITE_MAX_UPLOAD_MB: 413 `too_large`
+ 2. decode        engine.decode_pool: in a child process bounded in time and memory
+ 3. DICOM checks  in the same child, from the header before the pixels (engine.dicom_checks):
+                  burned-in annotation, frontal chest (modality CR/DX, body part, view); fail closed
+ 4. model         registry.cache.get_active: 503 `no_model` when nothing can serve
+ 5. forward       engine.pipeline: one pass gives the scores and every finding's heatmap; outputs
+                  that are not finite withdraw the version (503 `model_output_not_finite`)
+ 6. stored copy   audit.services.image_store: a PNG of the decoded pixels, never the upload
+ 7. audit row     audit.services.prediction_log, with the result of analysis.results (findings,
+                  version, honesty statement as it stands now)
+ 8. shadow        learning.shadow.shadow_submit, off the caller's path (single analyses only)
+
+Every refusal and outage is a common.errors.LungsiteError raised where it is found; nothing is
+written when one is raised (no row without its image, no image without its row).
+"""
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING
 
 from django.conf import settings
+from django.db import transaction
 
+from analysis.results import results_json
 from audit.models import Prediction
-from engine.dicom_checks import dicom_upload_refusal
+from audit.services import StoredUpload, image_discard, image_store, prediction_log
+from common.errors import LungsiteError, NonFiniteOutput, Refused
+from engine import decode_pool
+from engine.pipeline import predict, predict_batch, preprocess
+from learning.shadow import shadow_submit
+from registry.cache import ServingModel, get_active, model_withdraw
+from registry.models import DEFAULT_PREPROCESSING
 
 if TYPE_CHECKING:
+    import numpy as np
     from django.contrib.auth.models import AbstractBaseUser
-    from django.core.files.uploadedfile import UploadedFile
 
-logger = logging.getLogger(__name__)
+SOURCES = (Prediction.SOURCE_WEB, Prediction.SOURCE_API, Prediction.SOURCE_PACS, Prediction.SOURCE_BATCH)
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
 
-class PredictionRefused(Exception):
-    """The upload cannot be analysed (a 4xx): `code`, `status` and a message saying why."""
+@dataclass
+class Case:
+    """One image a door hands to `analyse_batch`. `claim` (optional) runs inside the transaction
+    that writes the row, with the door's own rows locked, and returns False when the case must not
+    be logged after all (another worker logged it, the job was cancelled); `link` runs in the same
+    transaction with the new Prediction (e.g. to point a job image at it)."""
 
-    def __init__(self, message: str, *, code: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
-
-
-class PredictionUnavailable(Exception):
-    """The service cannot predict right now (a 503): no model, storage or database down."""
-
-    status = 503
-
-    def __init__(self, message: str, *, code: str) -> None:
-        super().__init__(message)
-        self.code = code
+    data: bytes
+    file_name: str = ""
+    claim: Callable[[], bool] | None = None
+    link: Callable[[Prediction], None] | None = None
 
 
-def _read_upload(upload: UploadedFile, max_bytes: int) -> bytes:
-    size = getattr(upload, "size", None)
-    if size is not None and size > max_bytes:
-        raise PredictionRefused(
-            f"The file is {size / 1048576:.1f} MB; the limit is {settings.LUNGSITE_MAX_UPLOAD_MB} MB.",
-            code="too_large",
-            status=413,
-        )
-    if hasattr(upload, "seek"):
-        upload.seek(0)
-    data = upload.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise PredictionRefused(
-            f"The file is larger than the {settings.LUNGSITE_MAX_UPLOAD_MB} MB limit.",
-            code="too_large",
-            status=413,
-        )
+# --------------------------------------------------------------------------------------------
+# Steps 1-3: the input
+
+
+def max_upload_bytes() -> int:
+    return settings.LUNGSITE_MAX_UPLOAD_MB * 1024 * 1024
+
+
+def read_bounded(upload: bytes | IO[bytes]) -> bytes:
+    """Step 1: the bytes of an upload (bytes or a file object), refused when empty or past the
+    size limit without reading more than the limit."""
+    limit = max_upload_bytes()
+    too_large = Refused(
+        f"The file is larger than the {settings.LUNGSITE_MAX_UPLOAD_MB} MB limit.",
+        code="too_large",
+        status=413,
+    )
+    if isinstance(upload, bytes | bytearray | memoryview):
+        data = bytes(upload)
+    else:
+        size = getattr(upload, "size", None)
+        if size is not None and size > limit:
+            raise Refused(
+                f"The file is {size / 1048576:.1f} MB; the limit is {settings.LUNGSITE_MAX_UPLOAD_MB} MB.",
+                code="too_large",
+                status=413,
+            )
+        if hasattr(upload, "seek"):
+            upload.seek(0)
+        data = upload.read(limit + 1)
+    if len(data) > limit:
+        raise too_large
     if not data:
-        raise PredictionRefused("The file is empty.", code="empty", status=400)
+        raise Refused("The file is empty.", code="empty")
     return data
 
 
-def _store_upload(data: bytes, image):
-    """Runs on the storage thread: the stored copy and both hashes (hashlib and the file write
-    release the GIL, so this overlaps the forward pass)."""
-    from audit.services import image_store
+def decode_checked(data: bytes, file_name: str = "") -> np.ndarray:
+    """Steps 2-3: the decoded picture ((H, W) uint8 or float32 in [0, 1]) of bytes that passed the
+    checks. Raises DecodeError (a Refused) naming what was wrong."""
+    return decode_pool.decode_gray(
+        data,
+        file_name,
+        timeout_s=settings.LUNGSITE_DECODE_TIMEOUT_S,
+        max_mb=settings.LUNGSITE_DECODE_MAX_MB,
+        max_pixels=settings.LUNGSITE_MAX_PIXELS,
+        allow_burned_in_annotation=settings.LUNGSITE_ALLOW_BURNED_IN_ANNOTATION,
+        frontal_chest_only=True,
+    )
 
-    return image_store(data=data, image=image), hashlib.sha256(data).hexdigest()
+
+# --------------------------------------------------------------------------------------------
+# Steps 4-5: the model
+
+
+def serving_model() -> ServingModel:
+    """Step 4: the version that serves now (read per call: an activation takes effect here)."""
+    return get_active()
+
+
+def _tensor(serving: ServingModel, image: np.ndarray) -> np.ndarray:
+    return preprocess(image, serving.version.preprocessing or DEFAULT_PREPROCESSING)
+
+
+def _withdrawn(serving: ServingModel, exc: NonFiniteOutput) -> NonFiniteOutput:
+    model_withdraw(serving, str(exc))
+    return NonFiniteOutput(
+        f"Model version {serving.version.version_name} gave results that are not finite numbers, so "
+        "none are returned; it no longer serves here and the last good version (if any) takes over. "
+        "Nothing was recorded; try again."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Steps 6-7: the record
 
 
 def _storage_pool() -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            # A few threads per process: each request hands over one store and waits for it.
+            # A few threads per process: each analysis hands over one store and waits for it. The
+            # write and the hash release the GIL, so they overlap the forward pass.
             _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="lungsite-store")
         return _pool
 
 
-def prediction_create(*, upload: UploadedFile, user: AbstractBaseUser | None, source: str) -> Prediction:
-    """Analyses an uploaded X-ray and logs it. Returns the written Prediction row.
-
-    Raises PredictionRefused (4xx: too large, empty, not a readable image, too many pixels, ...)
-    or PredictionUnavailable (503: no model can serve, image storage or database unavailable).
-    Nothing is stored when it raises."""
-    from analysis.results import results_json
-    from audit.services import AuditWriteError, StorageUnavailable, prediction_log
-    from engine import decode_pool
-    from engine.decode import DecodeError
-    from engine.pipeline import NonFiniteOutput, predict, preprocess
-    from learning.shadow import shadow_submit
-    from registry.cache import NoActiveModel, get_active, model_withdraw
-    from registry.models import DEFAULT_PREPROCESSING
-
-    started = time.perf_counter()
-    data = _read_upload(upload, settings.LUNGSITE_MAX_UPLOAD_MB * 1024 * 1024)
-    try:
-        image = decode_pool.decode_gray(
-            data,
-            getattr(upload, "name", "") or "",
-            timeout_s=settings.LUNGSITE_DECODE_TIMEOUT_S,
-            max_mb=settings.LUNGSITE_DECODE_MAX_MB,
-            max_pixels=settings.LUNGSITE_MAX_PIXELS,
-            allow_burned_in_annotation=settings.LUNGSITE_ALLOW_BURNED_IN_ANNOTATION,
-        )
-    except DecodeError as exc:
-        raise PredictionRefused(str(exc), code=exc.code, status=exc.status) from exc
-    refusal = dicom_upload_refusal(data)
-    if refusal is not None:
-        # A lateral, another body part or modality: the models were made for frontal chest films.
-        raise PredictionRefused(f"{refusal[:1].upper()}{refusal[1:]}.", code="not_frontal_chest", status=422)
-
-    try:
-        serving = get_active()
-    except NoActiveModel as exc:
-        raise PredictionUnavailable(str(exc), code="no_model") from exc
-
-    # The upload is a readable image and a model will serve: store it while the model runs (the
-    # write and the hashes do not depend on the result; to Supabase Storage the write is a network
-    # round trip). Whatever fails after this point removes the stored file again.
-    storing = _storage_pool().submit(_store_upload, data, image)
-    try:
-        version = serving.version
-        output = predict(serving.model, preprocess(image, version.preprocessing or DEFAULT_PREPROCESSING))
-    except NonFiniteOutput as exc:
-        _discard_when_stored(storing)
-        model_withdraw(serving, str(exc))
-        raise PredictionUnavailable(
-            f"Model version {version.version_name} gave results that are not finite numbers, so none "
-            "are returned; it no longer serves here and the last good version (if any) takes over. "
-            "Nothing was recorded; try again.",
-            code="model_output_not_finite",
-        ) from exc
-    except BaseException:
-        _discard_when_stored(storing)
-        raise
-    try:
-        stored, image_sha256 = storing.result()
-    except StorageUnavailable as exc:
-        raise PredictionUnavailable(_nothing_recorded(exc), code="storage_unavailable") from exc
-    try:
-        prediction = prediction_log(
-            version=version,
-            data=data,
-            image=image,
-            results=results_json(version=version, probabilities=output.probabilities),
-            cams=output.cams,
-            image_sha256=image_sha256,
-            user=user,
-            source=source,
-            started=started,
-            stored=stored,
-            file_name=getattr(upload, "name", "") or "",
-        )
-    except AuditWriteError as exc:
-        raise PredictionUnavailable(_nothing_recorded(exc), code="database_unavailable") from exc
-    # Issue 23: the shadow version (if any) scores it on its own thread, after the result is logged.
-    shadow_submit(prediction=prediction, image=image)
-    return prediction
+def _store(data: bytes, image: np.ndarray) -> tuple[StoredUpload, str]:
+    return image_store(data=data, image=image), hashlib.sha256(data).hexdigest()
 
 
-def _discard_when_stored(storing) -> None:
-    from audit.services import image_discard
-
+def _discard_when_stored(storing: Future) -> None:
     try:
         stored, _ = storing.result()
     except Exception:  # noqa: BLE001 - nothing was stored
@@ -175,7 +165,146 @@ def _discard_when_stored(storing) -> None:
     image_discard(stored)
 
 
-def _nothing_recorded(exc: Exception) -> str:
-    # The audit service's messages already name the store and the error type ("The image store is
-    # unavailable (OSError).") and leave out backend details such as paths or hosts.
-    return f"{str(exc).rstrip('.')}; nothing was recorded."
+def _record(
+    *,
+    case: Case,
+    image: np.ndarray,
+    serving: ServingModel,
+    output,
+    storing: Future,
+    user: AbstractBaseUser | None,
+    source: str,
+    started: float,
+) -> Prediction | None:
+    """Steps 6-7 for one case whose forward pass is done: the stored copy and the row, both or
+    neither. None when the door's `claim` declined it (nothing kept)."""
+    stored, image_sha256 = storing.result()  # StorageUnavailable: nothing was stored
+    version = serving.version
+    try:
+        with transaction.atomic():
+            if case.claim is not None and not case.claim():
+                image_discard(stored)
+                return None
+            prediction = prediction_log(
+                version=version,
+                data=case.data,
+                image=image,
+                results=results_json(version=version, probabilities=output.probabilities),
+                cams=output.cams,
+                image_sha256=image_sha256,
+                user=user,
+                source=source,
+                started=started,
+                stored=stored,
+                file_name=case.file_name,
+            )
+            if case.link is not None:
+                case.link(prediction)
+    except BaseException:
+        image_discard(stored)  # the row (and the door's link) rolled back: no orphaned file
+        raise
+    return prediction
+
+
+# --------------------------------------------------------------------------------------------
+# The doors' entry points
+
+
+def analyse(
+    *,
+    upload: bytes | IO[bytes],
+    file_name: str = "",
+    user: AbstractBaseUser | None,
+    source: str,
+) -> Prediction:
+    """Analyses one image and logs it; returns the written Prediction row (its `honesty` is the
+    statement every output of it must carry). Raises LungsiteError: Refused (4xx, the input) or
+    Unavailable (503: no model, non-finite outputs, storage or database down). Nothing is kept
+    when it raises."""
+    started = time.perf_counter()
+    data = read_bounded(upload)
+    image = decode_checked(data, file_name)
+    serving = serving_model()
+    # The image is readable and a model will serve: store it while the model runs. Whatever fails
+    # after this point removes the stored file again.
+    storing = _storage_pool().submit(_store, data, image)
+    try:
+        output = predict(serving.model, _tensor(serving, image))
+    except NonFiniteOutput as exc:
+        _discard_when_stored(storing)
+        raise _withdrawn(serving, exc) from exc
+    except BaseException:
+        _discard_when_stored(storing)
+        raise
+    case = Case(data=data, file_name=file_name)
+    prediction = _record(
+        case=case,
+        image=image,
+        serving=serving,
+        output=output,
+        storing=storing,
+        user=user,
+        source=source,
+        started=started,
+    )
+    # The shadow version (if any) scores it on its own thread, after the result is logged.
+    shadow_submit(prediction=prediction, image=image)
+    return prediction
+
+
+def analyse_batch(
+    *,
+    cases: list[Case],
+    user: AbstractBaseUser | None,
+    source: str = Prediction.SOURCE_BATCH,
+    decode_threads: int = 2,
+) -> list[Prediction | LungsiteError | None]:
+    """Analyses several images with one forward pass, each through the same steps as `analyse`.
+    Returns one outcome per case, in order: its Prediction; the Refused error of an input that
+    failed steps 1-3; the NonFiniteOutput error when the version gave non-finite outputs (it is
+    withdrawn); or None when the case's `claim` declined it. Raises Unavailable (no model,
+    storage or database down) for the batch: what was logged before stays logged."""
+    started = time.perf_counter()
+    outcomes: list[Prediction | LungsiteError | None] = [None] * len(cases)
+    images: dict[int, np.ndarray] = {}
+
+    def checked(case: Case) -> np.ndarray:
+        return decode_checked(read_bounded(case.data), case.file_name)
+
+    with ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="lungsite-batch") as pool:
+        for i, future in enumerate([pool.submit(checked, case) for case in cases]):
+            try:
+                images[i] = future.result()
+            except Refused as exc:
+                outcomes[i] = exc
+        if not images:
+            return outcomes
+        serving = serving_model()
+        order = sorted(images)
+        tensors = list(pool.map(lambda i: _tensor(serving, images[i])[0], order))
+        import numpy as np
+
+        try:
+            outputs = predict_batch(serving.model, np.stack(tensors))
+        except NonFiniteOutput as exc:
+            error = _withdrawn(serving, exc)
+            for i in order:
+                outcomes[i] = error
+            return outcomes
+        storing = {i: pool.submit(_store, cases[i].data, images[i]) for i in order}
+        try:
+            for i, output in zip(order, outputs, strict=True):
+                outcomes[i] = _record(
+                    case=cases[i],
+                    image=images[i],
+                    serving=serving,
+                    output=output,
+                    storing=storing.pop(i),
+                    user=user,
+                    source=source,
+                    started=started,
+                )
+        finally:
+            for future in storing.values():  # an outage stopped the loop: drop what it stored ahead
+                _discard_when_stored(future)
+    return outcomes

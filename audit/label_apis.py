@@ -11,7 +11,8 @@ from rest_framework.views import APIView
 from audit import label_selectors, label_services
 from audit import selectors as audit_selectors
 from audit.models import FindingLabel, Prediction
-from common.errors import ApiError, error_responses
+from common.api_errors import error_responses
+from common.errors import LungsiteError
 from common.permissions import has_perm
 
 CanViewPredictions = has_perm("audit.view_prediction")
@@ -75,5 +76,5 @@ class PredictionLabelsApi(APIView):
         try:
             label_services.finding_labels_add(prediction=prediction, marks=marks, user=request.user)
         except label_services.LabelRefused as exc:
-            raise ApiError(str(exc), code="invalid", status_code=status.HTTP_400_BAD_REQUEST) from exc
+            raise LungsiteError(str(exc), code="invalid", status=status.HTTP_400_BAD_REQUEST) from exc
         return Response(self._body(prediction), status=status.HTTP_201_CREATED)

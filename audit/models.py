@@ -3,6 +3,7 @@ from django.db import models
 from django.utils import timezone
 
 from common.append_only import AppendOnlyError
+from registry.models import UNTRAINED_WARNING
 
 __all__ = ["AppendOnlyError", "ChainGenesis", "Prediction"]
 
@@ -134,6 +135,23 @@ class Prediction(models.Model):
         if "untrained" in results:
             return bool(results["untrained"])
         return bool(self.recorded_model.get("untrained"))
+
+    @property
+    def honesty(self) -> dict:
+        """{"state", "statement"}: what every output of this result must say about the version
+        that made it, as recorded when it was made (analysis.results), so a later evaluation never
+        changes what an earlier result says. Rows written before it was recorded get the version's
+        rule applied at their creation time."""
+        recorded = (self.results_json or {}).get("honesty")
+        if isinstance(recorded, dict) and "state" in recorded:
+            return recorded
+        if self.untrained:
+            return {"state": "untrained", "statement": UNTRAINED_WARNING}
+        return self.model.honesty(at=self.created_at)
+
+    @property
+    def honesty_statement(self) -> str | None:
+        return self.honesty.get("statement")
 
 
 class ChainGenesis(models.Model):

@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from audit.integrity import prediction_create_chained
 from audit.models import Prediction
+from common.errors import DatabaseUnavailable, StorageUnavailable
 from engine.heatmap_codec import heatmaps_encode
 
 if TYPE_CHECKING:  # numpy loads with the first prediction: `manage.py check/migrate` never pay for it
@@ -29,14 +30,6 @@ if TYPE_CHECKING:  # numpy loads with the first prediction: `manage.py check/mig
     from registry.models import ModelVersion
 
 logger = logging.getLogger(__name__)
-
-
-class StorageUnavailable(Exception):
-    """The xray_images storage refused a read or a write."""
-
-
-class AuditWriteError(Exception):
-    """The prediction row could not be written (nothing was left behind)."""
 
 
 def images_storage() -> Storage:
@@ -74,7 +67,7 @@ class StoredUpload:
 def image_store(*, data: bytes, image: np.ndarray) -> StoredUpload:
     """Stores the analysed image as a PNG of its decoded pixels (`engine.stored_image`), never the
     uploaded bytes. Raises StorageUnavailable, leaving nothing behind. Touches no database:
-    prediction_create runs it on a second thread while the model runs."""
+    the analysis core runs it on a second thread while the model runs."""
 
     from engine import stored_image
 
@@ -113,7 +106,7 @@ def prediction_log(
 ) -> Prediction:
     """Stores the analysed image (unless `stored` says where `image_store` already put it) and
     writes the row. Either both exist afterwards or neither: a storage failure raises
-    StorageUnavailable before any row; a row failure deletes the file and raises AuditWriteError."""
+    StorageUnavailable before any row; a row failure deletes the file and raises DatabaseUnavailable."""
     if stored is None:
         stored = image_store(data=data, image=image)
     try:
@@ -134,7 +127,7 @@ def prediction_log(
     except Exception as exc:
         image_discard(stored)
         if isinstance(exc, DatabaseError):
-            raise AuditWriteError(f"The prediction log is unavailable ({type(exc).__name__}).") from exc
+            raise DatabaseUnavailable(f"The prediction log is unavailable ({type(exc).__name__}).") from exc
         raise
 
 

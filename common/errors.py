@@ -1,161 +1,82 @@
-"""One JSON shape for every API error: {"error": {"code": ..., "message": ...}}.
+"""The one error type of lungsite, with no Django in it so that every layer (the engine included)
+can raise it where the problem is found.
 
-DRF views go through `exception_handler` (settings REST_FRAMEWORK["EXCEPTION_HANDLER"]); errors that
-happen outside a DRF view under /api/ (unknown URLs, a crash in middleware) go through the Django
-handlers at the bottom, which lungsite/urls.py installs as handler400/403/404/500.
+A LungsiteError carries a stable `code`, the HTTP `status` that says it, and a message a person can
+act on. It is mapped to an output once per kind of output: JSON (common.api_errors.exception_handler),
+pages (web.views), job rows (jobs.services), worklist reasons and DICOM statuses (pacs). Subclasses
+name the kinds that some code must tell apart (an unavailable store is retried, a refused input is
+not); they add no fields.
 """
 
-from django.core.exceptions import PermissionDenied, RequestDataTooBig
-from django.http import Http404, JsonResponse
-from django.views import defaults
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse
-from rest_framework import exceptions, serializers, status
-from rest_framework.views import exception_handler as drf_exception_handler
-
-API_PREFIX = "/api/"
+from __future__ import annotations
 
 
-class ApiError(exceptions.APIException):
-    """An error with its own status and code, for outcomes of services (refused upload, model
-    unavailable, activation refused)."""
+class LungsiteError(Exception):
+    code = "error"
+    status = 500
 
-    def __init__(self, message: str, *, code: str, status_code: int):
-        super().__init__(detail=message, code=code)
-        self.status_code = status_code
+    def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
 
+    @property
+    def message(self) -> str:
+        return str(self)
 
-class PayloadTooLarge(exceptions.APIException):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_code = "too_large"
-    default_detail = "The request body is too large."
+    def as_dict(self) -> dict:
+        """{"code", "message"}: the error as JSON bodies and pages show it."""
+        return {"code": self.code, "message": str(self)}
 
+    @property
+    def retryable(self) -> bool:
+        """True for outages (5xx): the same input may succeed later."""
+        return self.status >= 500
 
-def _flatten(detail) -> str:
-    if isinstance(detail, dict):
-        parts = []
-        for field, value in detail.items():
-            text = _flatten(value)
-            parts.append(text if field in ("non_field_errors", "detail") else f"{field}: {text}")
-        return " ".join(parts)
-    if isinstance(detail, list):
-        return " ".join(_flatten(item) for item in detail)
-    return str(detail)
-
-
-def error_body(code: str, message: str) -> dict:
-    return {"error": {"code": code, "message": message}}
+    def __reduce__(self):  # crosses process boundaries (the decoding child, Celery results)
+        return _rebuild, (type(self), str(self), self.code, self.status)
 
 
-def exception_handler(exc, context):
-    if isinstance(exc, Http404):
-        exc = exceptions.NotFound()
-    elif isinstance(exc, PermissionDenied):
-        exc = exceptions.PermissionDenied()
-    elif isinstance(exc, RequestDataTooBig):
-        # Django raises it while reading a body over DATA_UPLOAD_MAX_MEMORY_SIZE; left alone it
-        # would become a 400 HTML page.
-        exc = PayloadTooLarge()
-    response = drf_exception_handler(exc, context)
-    if response is None:
-        return None
-    code = getattr(exc, "default_code", "error")
-    if isinstance(exc, exceptions.ValidationError):
-        code = "invalid"
-    elif isinstance(getattr(exc, "detail", None), exceptions.ErrorDetail):
-        code = exc.detail.code or code
-    response.data = error_body(code, _flatten(getattr(exc, "detail", exc)))
-    return response
+def _rebuild(cls, message: str, code: str, status: int) -> LungsiteError:
+    return cls(message, code=code, status=status)
 
 
-# Django-level handlers: JSON under /api/, Django's usual pages elsewhere.
+class Refused(LungsiteError):
+    """The input cannot be analysed as sent (4xx): nothing is written, sending it again won't help."""
+
+    code = "invalid"
+    status = 400
 
 
-def _is_api(request) -> bool:
-    return request.path.startswith(API_PREFIX)
+class Unavailable(LungsiteError):
+    """Something the service needs is down or missing (503): nothing is written; try again later."""
+
+    code = "unavailable"
+    status = 503
 
 
-def handler400(request, exception=None):
-    if _is_api(request):
-        if isinstance(exception, RequestDataTooBig):
-            return JsonResponse(error_body("too_large", PayloadTooLarge.default_detail), status=413)
-        return JsonResponse(error_body("bad_request", "The request could not be read."), status=400)
-    return defaults.bad_request(request, exception)
+class StorageUnavailable(Unavailable):
+    """A storage (images or weights) refused a read or a write."""
+
+    code = "storage_unavailable"
 
 
-def handler403(request, exception=None):
-    if _is_api(request):
-        message = "You do not have permission to perform this action."
-        return JsonResponse(error_body("permission_denied", message), status=403)
-    return defaults.permission_denied(request, exception)
+class DatabaseUnavailable(Unavailable):
+    """The database refused a write (the prediction log, a job row)."""
+
+    code = "database_unavailable"
 
 
-def handler404(request, exception=None):
-    if _is_api(request):
-        return JsonResponse(error_body("not_found", f"No API endpoint at {request.path}."), status=404)
-    return defaults.page_not_found(request, exception)
+class NoActiveModel(Unavailable):
+    """No version is active, or none that is or was active can be served."""
+
+    code = "no_model"
 
 
-def handler500(request):
-    if _is_api(request):
-        message = "An unexpected error happened on the server; it has been logged."
-        return JsonResponse(error_body("server_error", message), status=500)
-    return defaults.server_error(request)
+class NonFiniteOutput(Unavailable):
+    """A version gave scores or maps that are not finite numbers: nothing it says can be trusted,
+    and it is withdrawn from serving."""
 
-
-# The shape as documented in the OpenAPI schema.
-
-
-class ErrorDetailSerializer(serializers.Serializer):
-    code = serializers.CharField(help_text="Stable machine-readable code, e.g. not_found, too_large.")
-    message = serializers.CharField(help_text="What went wrong, in words a person can act on.")
-
-
-class ErrorSerializer(serializers.Serializer):
-    error = ErrorDetailSerializer()
-
-
-ERROR_DESCRIPTIONS = {
-    400: "Invalid request (missing field, bad value, unreadable image).",
-    401: "No credentials, or an invalid token.",
-    403: "Authenticated, but the account lacks the permission (or the CSRF token is missing).",
-    404: "Not found, or not visible to the caller.",
-    405: "Method not allowed.",
-    409: "Refused because of the current state (e.g. weights that cannot be loaded).",
-    413: "Upload larger than LUNGSITE_MAX_UPLOAD_MB, or too many pixels.",
-    415: "Unsupported media type (request body or image format).",
-    429: "Too many predictions: wait for the number of seconds in Retry-After.",
-    503: "No model can serve, or the database or storage is unreachable.",
-}
-
-
-def error_responses(*statuses: int) -> dict:
-    """OpenAPI responses for the given error statuses, all with the one error shape."""
-    return {
-        code: OpenApiResponse(
-            ErrorSerializer,
-            description=ERROR_DESCRIPTIONS[code],
-            examples=[
-                OpenApiExample(
-                    f"error {code}",
-                    value=error_body(_EXAMPLE_CODES[code], ERROR_DESCRIPTIONS[code]),
-                    response_only=True,
-                    status_codes=[str(code)],
-                )
-            ],
-        )
-        for code in statuses
-    }
-
-
-_EXAMPLE_CODES = {
-    400: "invalid",
-    401: "not_authenticated",
-    403: "permission_denied",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "activation_failed",
-    413: "too_large",
-    415: "unsupported_media_type",
-    429: "throttled",
-    503: "model_unavailable",
-}
+    code = "model_output_not_finite"

@@ -5,7 +5,7 @@ from django.http import HttpResponse, JsonResponse
 from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 
-from common.errors import error_body
+from common.api_errors import error_body
 
 logger = logging.getLogger(__name__)
 

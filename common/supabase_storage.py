@@ -22,9 +22,7 @@ from django.utils.deconstruct import deconstructible
 from storage3.exceptions import StorageApiError
 from storage3.utils import StorageException
 
-
-class StorageUnavailable(Exception):
-    """Supabase Storage could not do what was asked (unreachable, refused, or failed)."""
+from common.errors import StorageUnavailable
 
 
 class BucketMissing(StorageUnavailable):

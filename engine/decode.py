@@ -22,6 +22,9 @@ import zlib
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from common.errors import Refused
+from engine import dicom_checks
+
 DEFAULT_MAX_PIXELS = 60_000_000
 # The longest side and the most elongated shape accepted. Chest plates are about 1:1.25, long-leg
 # and spine stitches about 1:4; past these the resize to the model's input costs more than the
@@ -54,21 +57,11 @@ _DICOM_JPEG_SYNTAXES = (
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 
 
-class DecodeError(Exception):
+class DecodeError(Refused):
     """An upload that is not a usable image. `code` is a stable identifier, `status` the HTTP status
     the caller should answer with, and the message says what was wrong in words."""
 
-    def __init__(self, message: str, *, code: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
-
-    def __reduce__(self):  # crosses from the decoding process to the worker (keyword arguments)
-        return _decode_error, (str(self), self.code, self.status)
-
-
-def _decode_error(message: str, code: str, status: int) -> DecodeError:
-    return DecodeError(message, code=code, status=status)
+    code = "not_an_image"
 
 
 def decode(
@@ -101,18 +94,25 @@ def decode_gray(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     allow_burned_in_annotation: bool = False,
+    frontal_chest_only: bool = False,
 ) -> np.ndarray:
     """As `decode`, but a picture stored with 8 bits per gray sample (most PNG and JPEG X-rays)
     comes back as its uint8 values (exactly `decode`'s floats times 255), a quarter of the memory
     and of the copy back from the decoding process. `allow_burned_in_annotation` accepts a DICOM
-    that says its pixels hold text (patient names, dates)."""
+    that says its pixels hold text (patient names, dates); `frontal_chest_only` refuses a DICOM
+    whose header is not a frontal chest radiograph (engine.dicom_checks), before its pixels are
+    read."""
     if not data:
         raise DecodeError("The file is empty.", code="empty", status=400)
     label = f"{filename!r} " if filename else ""
     if len(data) >= 132 and data[128:132] == b"DICM":
-        image = _decode_dicom(data, label, max_pixels, allow_burned_in_annotation, has_meta=True)
+        image = _decode_dicom(
+            data, label, max_pixels, allow_burned_in_annotation, frontal_chest_only, has_meta=True
+        )
     elif _looks_like_headerless_dicom(data):
-        image = _decode_dicom(data, label, max_pixels, allow_burned_in_annotation, has_meta=False)
+        image = _decode_dicom(
+            data, label, max_pixels, allow_burned_in_annotation, frontal_chest_only, has_meta=False
+        )
     else:
         if data.startswith(_PNG_MAGIC) and len(data) >= 24 and data[12:16] == b"IHDR":
             # The size is in the first chunk: refuse from it, with the real dimensions in the message,
@@ -329,7 +329,13 @@ def _past_file_meta(tag, vr, length) -> bool:
 
 
 def _decode_dicom(
-    data: bytes, label: str, max_pixels: int, allow_burned_in_annotation: bool, *, has_meta: bool
+    data: bytes,
+    label: str,
+    max_pixels: int,
+    allow_burned_in_annotation: bool,
+    frontal_chest_only: bool,
+    *,
+    has_meta: bool,
 ) -> np.ndarray:
     import pydicom
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -361,15 +367,20 @@ def _decode_dicom(
         )
     if not rows or not cols:
         raise DecodeError(f"The DICOM file {label}has no Rows/Columns.", code="dicom_no_pixels")
-    burned_in = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
-    if burned_in == "YES" and not allow_burned_in_annotation:
-        raise DecodeError(
-            f"The DICOM file {label}says its pixels hold burned-in annotation (BurnedInAnnotation "
-            "YES: text such as names or dates in the image itself), which this service does not "
-            "store or analyse. Send an image without it.",
-            code="burned_in_annotation",
-            status=422,
-        )
+    if not allow_burned_in_annotation:
+        burned_in = dicom_checks.burned_in_refusal(ds)
+        if burned_in:
+            raise DecodeError(
+                f"The DICOM file {label}cannot be analysed: {burned_in}.",
+                code="burned_in_annotation",
+                status=422,
+            )
+    if frontal_chest_only:
+        refusal = dicom_checks.frontal_chest_refusal(ds)
+        if refusal:
+            # The models were made for frontal chest films: a lateral, another body part or
+            # another modality would get scores that mean nothing.
+            raise DecodeError(f"{refusal[:1].upper()}{refusal[1:]}.", code="not_frontal_chest", status=422)
     try:
         frames = int(ds.get("NumberOfFrames") or 1)
         samples = int(ds.get("SamplesPerPixel") or 1)

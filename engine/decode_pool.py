@@ -92,6 +92,7 @@ def decode_gray(
     max_mb: int,
     max_pixels: int,
     allow_burned_in_annotation: bool = False,
+    frontal_chest_only: bool = False,
 ) -> np.ndarray:
     """`engine.decode.decode_gray` in a child process, with at most `max_mb` MB of address space
     and `timeout_s` seconds. Raises DecodeError as that function does, and also code
@@ -100,7 +101,11 @@ def decode_gray(
         child = _idle.get_nowait()
     except queue.Empty:
         child = _Child()
-    options = {"max_pixels": max_pixels, "allow_burned_in_annotation": allow_burned_in_annotation}
+    options = {
+        "max_pixels": max_pixels,
+        "allow_burned_in_annotation": allow_burned_in_annotation,
+        "frontal_chest_only": frontal_chest_only,
+    }
     label = f"{filename!r} " if filename else ""
     try:
         child.connection.send((data, filename, options, max_mb * 1024 * 1024))

@@ -1,12 +1,11 @@
 """Which DICOM images the models may read: frontal chest radiographs only. No Django here.
 
-Used by the upload page and API (analysis.services) and by the PACS receivers (pacs.services), so
-an image is refused or skipped for the same reason whichever way it came."""
+The decoder applies them to every DICOM the analysis core reads (engine.decode, in the bounded
+child), and the PACS receivers (pacs.services) to skip an instance early with the same reason, so an
+image is refused or skipped for the same reason whichever way it came."""
 
 from __future__ import annotations
 
-import io
-import warnings
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pydicom loads with the first DICOM upload, not with the module
@@ -21,27 +20,42 @@ LATERAL_VIEWS = ("LL", "RL", "LAT", "LATERAL", "LLD", "RLD")
 ONLY = "only frontal chest radiographs are analysed"
 
 
+class UnreadableTag(ValueError):
+    """A tag whose value is not text (e.g. Modality encoded as a number)."""
+
+
 def _tag(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword)
     if value is None:
         return ""
+    if isinstance(value, bytes):
+        raise UnreadableTag(keyword)
     if not isinstance(value, str):  # a multi-valued element: its first value
+        if not hasattr(value, "__len__") or isinstance(value, (int, float)):
+            raise UnreadableTag(keyword)
         value = value[0] if len(value) else ""
+        if not isinstance(value, str):
+            raise UnreadableTag(keyword)
     return str(value).strip().upper()
 
 
 def frontal_chest_refusal(ds: Dataset) -> str | None:
     """None when `ds` is a frontal chest radiograph (Modality CR or DX, BodyPartExamined CHEST or
     empty, ViewPosition PA, AP or empty); otherwise the reason in words, e.g.
-    "lateral view: only frontal chest radiographs are analysed"."""
-    modality = _tag(ds, "Modality")
+    "lateral view: only frontal chest radiographs are analysed". Fails closed: a header whose
+    modality, body part or view cannot be read as text is refused, never let through."""
+    try:
+        modality = _tag(ds, "Modality")
+        body_part = _tag(ds, "BodyPartExamined")
+        view = _tag(ds, "ViewPosition")
+    except Exception as exc:  # noqa: BLE001 - any failure to read the tags means "cannot tell"
+        keyword = exc.args[0] if isinstance(exc, UnreadableTag) else "view, body part or modality"
+        return f"the {keyword} cannot be read from the header: {ONLY}, so it is not analysed"
     if modality not in RADIOGRAPH_MODALITIES:
         shown = modality or "missing"
         return f"modality {shown}: {ONLY} (CR or DX)"
-    body_part = _tag(ds, "BodyPartExamined")
     if body_part not in CHEST_BODY_PARTS:
         return f"body part {body_part}: {ONLY}"
-    view = _tag(ds, "ViewPosition")
     if view in LATERAL_VIEWS:
         return f"lateral view ({view}): {ONLY}"
     if view not in FRONTAL_VIEWS:
@@ -49,26 +63,18 @@ def frontal_chest_refusal(ds: Dataset) -> str | None:
     return None
 
 
-def is_dicom(data: bytes) -> bool:
-    """DICOM Part 10 bytes (the "DICM" marker after the preamble) or a headerless ACR-NEMA style
-    dataset, recognised as engine.pipeline recognises them."""
-    if len(data) >= 132 and data[128:132] == b"DICM":
-        return True
-    return len(data) >= 8 and data[:2] in (b"\x08\x00", b"\x02\x00") and data[3:4] == b"\x00"
-
-
-def dicom_upload_refusal(data: bytes) -> str | None:
-    """The frontal-chest check on uploaded bytes: None for non-DICOM uploads (PNG and JPEG carry no
-    such tags) and for frontal chest DICOM; the reason otherwise. The header is read without its
-    pixels; a header pydicom cannot read is left to the decoder, which names the problem."""
-    if not is_dicom(data):
-        return None
-    import pydicom
-
+def burned_in_refusal(ds: Dataset) -> str | None:
+    """The reason to refuse a DICOM whose header says its pixels hold burned-in annotation (text
+    such as names or dates in the image itself), or None. Such pixels are patient data: they are
+    neither analysed nor stored. Fails closed: a value other than YES, NO or empty is refused too."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
-            return frontal_chest_refusal(ds)
-    except Exception:  # noqa: BLE001 - hostile headers make pydicom raise anything; decode reports it
+        value = _tag(ds, "BurnedInAnnotation")
+    except Exception:  # noqa: BLE001 - unreadable: cannot tell, so refuse
+        value = "?"
+    if value in ("", "NO"):
         return None
+    said = "is YES" if value == "YES" else "cannot be read"
+    return (
+        f"its BurnedInAnnotation {said}: its pixels may hold text such as names or dates, which this "
+        "service does not store or analyse; send an image without burned-in annotation"
+    )

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from common.errors import NonFiniteOutput
 from engine.serving import ServingRuntime
+
+__all__ = ["NonFiniteOutput", "PredictionOutput", "predict", "predict_batch", "preprocess"]
 
 
 @dataclass(frozen=True)
@@ -51,10 +54,6 @@ def preprocess(image: np.ndarray, spec: dict) -> np.ndarray:
 
 def _sigmoid(logits) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))).astype(np.float32)
-
-
-class NonFiniteOutput(ValueError):
-    """The model gave scores or maps that are not finite numbers: nothing it says can be trusted."""
 
 
 def predict(model: ServingRuntime, tensor: np.ndarray) -> PredictionOutput:

@@ -5,6 +5,7 @@ import csv
 import io
 
 from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
 from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, serializers, status
@@ -12,16 +13,13 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from common.errors import ApiError, error_responses
+from common.api_errors import error_responses
+from common.errors import LungsiteError
 from common.permissions import has_perm
 from jobs import selectors, services
 from jobs.models import PredictionJob
 
 CanCreateJobs = has_perm(selectors.CREATE)
-
-UNTRAINED_WARNING = (
-    "At least one image of this job was analysed by an UNTRAINED model: its scores mean nothing."
-)
 
 
 def _visible_job(request, pk: int) -> PredictionJob:
@@ -35,21 +33,20 @@ def _progress(request, job: PredictionJob) -> dict:
     data = selectors.job_progress(job=job)
     data["results_csv"] = request.build_absolute_uri(f"/api/v1/jobs/{job.pk}/results.csv")
     data["problems"] = selectors.job_problems(job=job)
-    if data["untrained"]:
-        data["warning"] = UNTRAINED_WARNING
     return data
 
 
-def files_from_request(request) -> list[tuple[str, bytes]]:
-    """The uploaded parts: every `images` part and an optional `archive` (ZIP) part."""
+def files_from_request(request) -> list[tuple[str, UploadedFile]]:
+    """The uploaded parts (Django spools large ones to disk; jobs.intake reads them in chunks):
+    every `images` part and an optional `archive` (ZIP) part."""
     limit = settings.LUNGSITE_MAX_JOB_MB * 1024 * 1024
     files = []
     for upload in request.FILES.getlist("archive") + request.FILES.getlist("images"):
         if upload.size is not None and upload.size > limit:
-            raise ApiError(
-                f"{upload.name!r} is larger than the job limit.", code="too_large", status_code=413
+            raise LungsiteError(
+                f"{upload.name!r} is larger than the job limit.", code="too_large", status=413
             )
-        files.append((upload.name, upload.read()))
+        files.append((upload.name, upload))
     return files
 
 
@@ -84,15 +81,10 @@ class JobListCreateApi(APIView):
     def post(self, request):
         files = files_from_request(request)
         if not files:
-            raise ApiError(
-                "Send images as `images` parts or a ZIP as `archive`.", code="no_files", status_code=400
+            raise LungsiteError(
+                "Send images as `images` parts or a ZIP as `archive`.", code="no_files", status=400
             )
-        try:
-            job = services.job_create(user=request.user, source="api", files=files)
-        except services.JobRefused as exc:
-            raise ApiError(str(exc), code=exc.code, status_code=exc.status) from exc
-        except services.JobUnavailable as exc:
-            raise ApiError(str(exc), code=exc.code, status_code=503) from exc
+        job = services.job_create(user=request.user, source="api", files=files)
         job.refresh_from_db()
         return Response(_progress(request, job), status=status.HTTP_202_ACCEPTED)
 

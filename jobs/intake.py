@@ -1,20 +1,37 @@
-"""What a submission holds: uploaded files and the members of ZIP archives, each either accepted
-(its bytes) or refused with a message. No Django, no storage: nothing is written here.
+"""What a submission holds, one member at a time: each uploaded file, and each file inside an
+uploaded ZIP (one level), either accepted (its bytes handed to the caller's `stage` function as a
+file, never all in memory) or refused with a code and a message. No Django, no storage here.
 
-A ZIP is read member by member with every limit checked while inflating, whatever its directory
-claims (a ZIP bomb declares small sizes and inflates to gigabytes), and a member inside a member
-is never opened (nested archives)."""
+A ZIP member is judged from its directory entry first (name, encryption, declared size, and how far
+it claims to inflate: real X-rays inside a ZIP barely compress, a member that inflates a hundred
+times is a bomb), then from its first bytes (it must look like an image), and only then inflated,
+in chunks, with every limit checked while inflating whatever the directory claimed. A member
+inside a member is never opened (nested archives). The peak memory is one chunk plus a small
+spooled buffer; what is staged is bounded by the job's and the user's budgets."""
 
 from __future__ import annotations
 
 import hashlib
-import io
 import posixpath
+import tempfile
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import IO
 
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
-_READ_CHUNK = 1 << 20
+_CHUNK = 1 << 20
+# Bytes kept in memory before a member being read spills to a temporary file.
+_SPOOL_BYTES = 1 << 20
+# A member may claim (and is held to) at most this many inflated bytes per compressed byte once it
+# is past _RATIO_FROM bytes: PNG and JPEG do not compress, uncompressed 16-bit DICOM ~2-5x.
+MAX_RATIO = 50
+_RATIO_FROM = 1 << 20
+
+
+NESTED = "is an archive inside the submission; nested archives are not opened"
+NOT_AN_IMAGE = "is not an image this service reads (PNG, JPEG or DICOM)"
+PAST_BUDGET = "is past the total size allowed for one job (or for your jobs still waiting)"
 
 
 class ArchiveRefused(Exception):
@@ -24,30 +41,35 @@ class ArchiveRefused(Exception):
 @dataclass(frozen=True)
 class Limits:
     member_bytes: int  # one image, inflated
-    total_bytes: int  # all accepted images together, inflated
+    total_bytes: int  # all accepted images together, inflated (the job's and the user's room)
     images: int  # accepted images in one job
 
 
 @dataclass
 class Member:
     name: str
-    data: bytes | None  # None when refused
-    reason: str = ""  # why it was refused
-    size: int = 0
+    size: int = 0  # bytes read (inflated)
     sha256: str = ""
+    staged: str = ""  # where `stage` put the bytes; "" when refused
+    code: str = ""  # why it was refused, as an API error code
+    reason: str = ""  # why it was refused, in words ("is empty (0 bytes)")
+
+    @property
+    def accepted(self) -> bool:
+        return bool(self.staged)
 
 
-def looks_like_image(data: bytes) -> bool:
-    """PNG, JPEG, DICOM with its preamble, or an ACR-NEMA style DICOM (as inference decodes)."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n") or data.startswith(b"\xff\xd8\xff"):
+def looks_like_image(head: bytes) -> bool:
+    """PNG, JPEG, DICOM with its preamble, or an ACR-NEMA style DICOM (as engine.decode reads them)."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n") or head.startswith(b"\xff\xd8\xff"):
         return True
-    if len(data) >= 132 and data[128:132] == b"DICM":
+    if len(head) >= 132 and head[128:132] == b"DICM":
         return True
-    return len(data) >= 8 and data[:2] in (b"\x08\x00", b"\x02\x00") and data[3:4] == b"\x00"
+    return len(head) >= 8 and head[:2] in (b"\x08\x00", b"\x02\x00") and head[3:4] == b"\x00"
 
 
-def is_zip(data: bytes) -> bool:
-    return data[:4] in _ZIP_MAGIC
+def is_zip(head: bytes) -> bool:
+    return head[:4] in _ZIP_MAGIC
 
 
 def unsafe_name(name: str) -> str:
@@ -71,48 +93,88 @@ class _Budget:
         self.accepted = 0
         self.total = 0
 
+    def refusal(self, size: int) -> tuple[str, str] | None:
+        if self.accepted >= self.limits.images:
+            return "job_limit", f"is past the limit of {self.limits.images} images in one job"
+        if self.total + size > self.limits.total_bytes:
+            return "job_limit", PAST_BUDGET
+        return None
 
-def _check(name: str, data: bytes, budget: _Budget) -> Member:
-    if not data:
-        return Member(name, None, "is empty (0 bytes)")
-    if is_zip(data):
+
+class _TooLarge(Exception):
+    pass
+
+
+def _read_limited(source: IO[bytes], first: bytes, limit: int, budget: _Budget) -> tuple[IO[bytes], int, str]:
+    """(spooled file positioned at 0, size, sha256) of `first` + the rest of `source`, stopping with
+    _TooLarge past `limit` bytes or past the job's remaining budget."""
+    room = min(limit, budget.limits.total_bytes - budget.total)
+    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)  # noqa: SIM115 - handed to the caller
+    digest = hashlib.sha256()
+    size = 0
+    chunk = first
+    try:
+        while chunk:
+            size += len(chunk)
+            if size > room:
+                raise _TooLarge
+            digest.update(chunk)
+            spool.write(chunk)
+            chunk = source.read(_CHUNK)
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return spool, size, digest.hexdigest()
+
+
+def _member(
+    name: str, source: IO[bytes], budget: _Budget, stage: Callable[[IO[bytes]], str], declared: int | None
+) -> Member:
+    """Judges one member from its first bytes, then reads and stages it within the limits."""
+    limits = budget.limits
+    head = source.read(256)
+    if not head:
+        return Member(name, code="empty", reason="is empty (0 bytes)")
+    if is_zip(head):
         return Member(
-            name, None, "is an archive inside the submission; nested archives are not opened", len(data)
+            name,
+            code="nested_archive",
+            reason="is an archive inside the submission; nested archives are not opened",
         )
-    if not looks_like_image(data):
-        return Member(name, None, "is not an image this service reads (PNG, JPEG or DICOM)", len(data))
-    if budget.accepted >= budget.limits.images:
-        return Member(name, None, f"is past the limit of {budget.limits.images} images in one job", len(data))
-    if budget.total + len(data) > budget.limits.total_bytes:
-        return Member(name, None, "is past the total size allowed for one job", len(data))
+    if not looks_like_image(head):
+        return Member(
+            name, code="not_an_image", reason="is not an image this service reads (PNG, JPEG or DICOM)"
+        )
+    refused = budget.refusal(declared or len(head))
+    if refused:
+        return Member(name, code=refused[0], reason=refused[1])
+    try:
+        spool, size, sha256 = _read_limited(source, head, limits.member_bytes, budget)
+    except _TooLarge:
+        if budget.total + limits.member_bytes > limits.total_bytes:
+            return Member(
+                name,
+                code="job_limit",
+                reason="is past the total size allowed for one job (or for your jobs still running)",
+            )
+        return Member(
+            name,
+            code="too_large",
+            reason=f"is larger than the {limits.member_bytes:,} bytes allowed per image",
+        )
+    with spool:
+        staged = stage(spool)
     budget.accepted += 1
-    budget.total += len(data)
-    return Member(name, data, "", len(data), hashlib.sha256(data).hexdigest())
+    budget.total += size
+    return Member(name, size=size, sha256=sha256, staged=staged)
 
 
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int) -> bytes | str:
-    """The member's bytes, or why they were refused. Reads at most `limit` + 1 inflated bytes."""
-    if info.flag_bits & 0x1:
-        return "is encrypted"
-    if info.file_size > limit:
-        return f"declares {info.file_size:,} bytes inflated, more than the {limit:,} allowed per image"
-    out = io.BytesIO()
+def _zip_members(
+    label: str, upload: IO[bytes], budget: _Budget, max_entries: int, stage: Callable[[IO[bytes]], str]
+) -> Iterator[Member]:
     try:
-        with archive.open(info) as handle:
-            while chunk := handle.read(_READ_CHUNK):
-                out.write(chunk)
-                if out.tell() > limit:
-                    return f"inflates past the {limit:,} bytes allowed per image (ZIP bomb?)"
-    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, ValueError) as exc:
-        return f"cannot be extracted ({exc})"
-    except Exception as exc:  # noqa: BLE001 - zlib/bz2/lzma raise their own error types
-        return f"cannot be extracted ({type(exc).__name__})"
-    return out.getvalue()
-
-
-def _zip_members(label: str, data: bytes, budget: _Budget, max_entries: int) -> list[Member]:
-    try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
+        archive = zipfile.ZipFile(upload)
         infos = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise ArchiveRefused(f"{label} is not a readable ZIP archive ({exc}).") from exc
@@ -121,48 +183,71 @@ def _zip_members(label: str, data: bytes, budget: _Budget, max_entries: int) -> 
         raise ArchiveRefused(
             f"{label} holds {len(files):,} files; one job takes at most {budget.limits.images:,} images."
         )
-    members = []
+    limit = budget.limits.member_bytes
     with archive:
         for info in files:
             name = info.filename
             reason = unsafe_name(name)
             if reason:
-                members.append(Member(name, None, reason))
-                continue
-            if budget.accepted >= budget.limits.images:
-                # Not inflated at all: past the limit the member's bytes do not matter.
-                members.append(
-                    Member(name, None, f"is past the limit of {budget.limits.images} images in one job")
+                yield Member(name, code="unsafe_name", reason=reason)
+            elif info.flag_bits & 0x1:
+                yield Member(name, code="encrypted", reason="is encrypted")
+            elif info.file_size > limit:
+                yield Member(
+                    name,
+                    code="too_large",
+                    reason=f"declares {info.file_size:,} bytes inflated, more than the {limit:,} allowed "
+                    "per image",
                 )
-                continue
-            content = _read_member(archive, info, budget.limits.member_bytes)
-            if isinstance(content, str):
-                members.append(Member(name, None, content))
+            elif info.file_size > _RATIO_FROM and info.file_size > MAX_RATIO * max(1, info.compress_size):
+                yield Member(
+                    name,
+                    code="zip_bomb",
+                    reason=f"inflates {info.file_size / max(1, info.compress_size):,.0f} times (a ZIP "
+                    "bomb?); X-rays barely compress",
+                )
             else:
-                members.append(_check(name, content, budget))
-    return members
+                yield from _zip_member(archive, info, budget, stage)
 
 
-def submission_members(files: list[tuple[str, bytes]], limits: Limits) -> list[Member]:
-    """Every image of a submission in order: each uploaded file, or each file inside an uploaded
-    ZIP (one level). Raises ArchiveRefused when an uploaded ZIP cannot be read at all."""
+def _zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget, stage) -> Iterator[Member]:
+    name = info.filename
+    try:
+        with archive.open(info) as handle:
+            # Held to its compressed size too: a directory that lies about sizes gains nothing.
+            member = _member(name, handle, budget, stage, declared=info.file_size)
+    except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, ValueError) as exc:
+        member = Member(name, code="unreadable", reason=f"cannot be extracted ({exc})")
+    except Exception as exc:  # noqa: BLE001 - zlib/bz2/lzma raise their own error types
+        member = Member(name, code="unreadable", reason=f"cannot be extracted ({type(exc).__name__})")
+    yield member
+
+
+def submission_members(
+    files: list[tuple[str, IO[bytes]]], limits: Limits, stage: Callable[[IO[bytes]], str]
+) -> Iterator[Member]:
+    """Every image of a submission in order, one at a time: each uploaded file (a name and a
+    seekable file object), or each file inside an uploaded ZIP. Accepted members have been handed
+    to `stage` (a function that keeps a readable file and returns where). Raises ArchiveRefused
+    when an uploaded ZIP cannot be read at all."""
     budget = _Budget(limits)
     # Rows are written for refused members too; this bounds how many a single request can make.
     max_entries = limits.images * 4 + 100
-    members: list[Member] = []
-    for name, data in files:
-        name = name or f"file-{len(members) + 1}"
+    count = 0
+    for name, upload in files:
+        name = name or f"file-{count + 1}"
         reason = unsafe_name(name)
+        upload.seek(0)
+        head = upload.read(4)
+        upload.seek(0)
         if reason:
-            members.append(Member(name, None, reason))
-        elif is_zip(data):
-            members.extend(_zip_members(repr(name), data, budget, max_entries - len(members)))
-        elif len(data) > limits.member_bytes:
-            members.append(
-                Member(name, None, f"is larger than the {limits.member_bytes:,} bytes allowed per image")
-            )
+            members: Iterator[Member] = iter([Member(name, code="unsafe_name", reason=reason)])
+        elif is_zip(head):
+            members = _zip_members(repr(name), upload, budget, max_entries - count, stage)
         else:
-            members.append(_check(name, data, budget))
-        if len(members) > max_entries:
-            raise ArchiveRefused(f"The submission holds more than {max_entries:,} files.")
-    return members
+            members = iter([_member(name, upload, budget, stage, declared=getattr(upload, "size", None))])
+        for member in members:
+            count += 1
+            if count > max_entries:
+                raise ArchiveRefused(f"The submission holds more than {max_entries:,} files.")
+            yield member

@@ -62,6 +62,12 @@ class JobImage(models.Model):
     size = models.PositiveBigIntegerField(default=0)
     state = models.CharField(max_length=10, choices=STATE_CHOICES, default=STATE_PENDING)
     reason = models.TextField(blank=True, default="")
+    code = models.CharField(
+        max_length=40,
+        blank=True,
+        default="",
+        help_text="Why it was refused or failed, as the API's error code.",
+    )
     staged_name = models.CharField(
         max_length=255, blank=True, default="", help_text="The bytes waiting in xray_images storage."
     )

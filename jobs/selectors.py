@@ -46,12 +46,21 @@ def job_versions(*, job: PredictionJob) -> list[dict]:
     return list(counts.values())
 
 
-def job_progress(*, job: PredictionJob) -> dict:
-    from registry.models import ModelVersion
+def job_honesty(*, job: PredictionJob) -> list[dict]:
+    """What the job's results must say about the versions that made them: each distinct honesty
+    statement recorded on its predictions (analysis.results), with how many images carry it."""
+    seen: dict[tuple[str, str | None], dict] = {}
+    images = JobImage.objects.filter(job=job, prediction__isnull=False).select_related("prediction__model")
+    for image in images.only("prediction__results_json", "prediction__created_at", "prediction__model"):
+        honesty = image.prediction.honesty
+        key = (honesty["state"], honesty.get("statement"))
+        seen.setdefault(key, {"state": key[0], "statement": key[1], "images": 0})["images"] += 1
+    return list(seen.values())
 
-    untrained = ModelVersion.objects.filter(
-        pk__in=JobImage.objects.filter(job=job).values("model_version_id"), untrained=True
-    ).exists()
+
+def job_progress(*, job: PredictionJob) -> dict:
+    honesty = job_honesty(job=job)
+    statements = [entry["statement"] for entry in honesty if entry["statement"]]
     return {
         "id": job.pk,
         "created_at": job.created_at,
@@ -69,7 +78,11 @@ def job_progress(*, job: PredictionJob) -> dict:
             else None
         ),
         "versions": job_versions(job=job),
-        "untrained": untrained,
+        "untrained": any(entry["state"] == "untrained" for entry in honesty),
+        "honesty": honesty,
+        # Set when any result of the job comes from a version that is untrained, not evaluated or
+        # otherwise not to be relied on: the same statements its single predictions carry.
+        "warning": " ".join(statements) or None,
     }
 
 
@@ -87,6 +100,7 @@ CSV_FIXED_COLUMNS = [
     "model_version",
     "model_sha256",
     "untrained",
+    "warning",
 ]
 
 
@@ -113,10 +127,11 @@ def job_results_rows(*, job: PredictionJob) -> Iterator[list]:
                 recorded["version_name"],
                 recorded["sha256"],
                 int(bool(recorded["untrained"])),
+                image.prediction.honesty_statement or "",
             ]
             by_name = {f["name"]: f for f in image.prediction.results_json.get("findings", [])}
         else:
-            row += ["", "", "", ""]
+            row += ["", "", "", "", ""]
         for name in findings:
             finding = by_name.get(name)
             row += [f"{finding['probability']:.6f}", int(bool(finding["positive"]))] if finding else ["", ""]

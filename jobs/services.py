@@ -2,32 +2,37 @@
 them; the worker's task calls `job_images_analyse` on a chunk of them; `job_cancel` stops a job.
 Pages, the REST API, `manage.py predict_folder` and the PACS all call these.
 
-Each analysed image gets one audit row (source "batch") naming the version that produced it, written
-with its image or not at all (audit.services.prediction_log). A task that runs twice (its worker
+Images are analysed by the one analysis core (analysis.services.analyse_batch): the same checks,
+refusals, stored copy, audit row (source "batch", with the member's file name) and honesty
+statement as a single upload, with the forward pass batched. A task that runs twice (its worker
 was killed before acknowledging it) finds the image already linked to its row and logs nothing
-again: the row lock and the state check below, and the one-to-one link, make that hold across
-workers and hosts."""
+again: the core writes the row inside the transaction where `_claim` locks the job image and
+`_link` points it at the row, and the one-to-one link makes that hold across workers and hosts.
+
+Errors are common.errors.LungsiteError: a Refused submission is a 4xx for the caller; an image the
+core refuses is `refused` with its message; one whose model gave non-finite outputs is `failed`
+with that reason; an Unavailable outage (storage, database, no model) makes the task retry."""
 
 from __future__ import annotations
 
-import hashlib
+import io
 import logging
-import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from django.conf import settings
-from django.core.files.base import ContentFile
+from django.core.files.base import File
 from django.core.files.storage import storages
 from django.db import transaction
-from django.db.models import Count
+from django.db.models import Count, Sum
 from django.utils import timezone
 
+from analysis.services import Case, analyse_batch
+from common.errors import LungsiteError, Refused, StorageUnavailable
 from jobs.intake import ArchiveRefused, Limits, submission_members
 from jobs.models import JobImage, PredictionJob
+from registry.selectors import model_version_get_active
 
 if TYPE_CHECKING:
-    import numpy as np
     from django.contrib.auth.models import AbstractBaseUser
 
 logger = logging.getLogger(__name__)
@@ -37,76 +42,41 @@ AUDIT_SOURCE = "batch"
 DECODE_THREADS = 2
 
 
-class JobRefused(Exception):
-    """The submission as a whole cannot become a job (a 4xx): `code`, `status` and a message."""
-
-    def __init__(self, message: str, *, code: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
-
-
-class JobUnavailable(Exception):
-    """Storage or database unavailable (a 503; in a worker, the task is retried)."""
-
-    def __init__(self, message: str, *, code: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _decode(data: bytes, name: str) -> np.ndarray:
-    """bytes -> (H, W) uint8 or float32 in [0, 1]. The one place jobs/ decodes an image: in a
-    child process bounded in time and memory, as for a single upload."""
-    from engine import decode_pool
-
-    return decode_pool.decode_gray(
-        data,
-        name,
-        timeout_s=settings.LUNGSITE_DECODE_TIMEOUT_S,
-        max_mb=settings.LUNGSITE_DECODE_MAX_MB,
-        max_pixels=settings.LUNGSITE_MAX_PIXELS,
-        allow_burned_in_annotation=settings.LUNGSITE_ALLOW_BURNED_IN_ANNOTATION,
-    )
-
-
-def _decode_error():
-    from engine.decode import DecodeError
-
-    return DecodeError
-
-
 def _staging():
     # The images wait in the shared image store, so a worker on any host can read them.
     return storages["xray_images"]
 
 
-def _limits() -> Limits:
+def _limits(user: AbstractBaseUser | None) -> Limits:
+    """The job's limits; its total also leaves room for the user's jobs still waiting (staged bytes
+    of pending images), so no one user can fill the image store."""
+    total = settings.LUNGSITE_MAX_JOB_MB * 1024 * 1024
+    if getattr(user, "pk", None):
+        waiting = JobImage.objects.filter(job__user=user, state=JobImage.STATE_PENDING).aggregate(
+            n=Sum("size")
+        )
+        room = settings.LUNGSITE_MAX_USER_INFLIGHT_MB * 1024 * 1024 - (waiting["n"] or 0)
+        total = max(0, min(total, room))
     return Limits(
         member_bytes=settings.LUNGSITE_MAX_UPLOAD_MB * 1024 * 1024,
-        total_bytes=settings.LUNGSITE_MAX_JOB_MB * 1024 * 1024,
+        total_bytes=total,
         images=settings.LUNGSITE_MAX_JOB_IMAGES,
     )
 
 
 def job_create(
-    *, user: AbstractBaseUser | None, source: str, files: list[tuple[str, bytes]]
+    *, user: AbstractBaseUser | None, source: str, files: list[tuple[str, IO[bytes] | bytes]]
 ) -> PredictionJob:
-    """A job over `files` ((name, bytes): images, or ZIPs of images), queued for the workers.
+    """A job over `files` ((name, file object or bytes): images, or ZIPs of images), queued for the
+    workers. Members are read and staged one at a time (jobs.intake), never all in memory.
 
     Members that cannot be analysed (unsafe names, nested archives, empty, not an image, past the
-    limits) become refused rows with their reason and nothing stored. Raises JobRefused when nothing
-    in the submission can be read, JobUnavailable when the image store refuses the staged bytes."""
-    from registry.selectors import model_version_get_active
-
+    limits) become refused rows with their code and reason and nothing stored. Raises Refused when
+    nothing in the submission can be read, StorageUnavailable when the image store refuses the
+    staged bytes."""
     if not files:
-        raise JobRefused("The submission holds no files.", code="empty")
-    try:
-        members = submission_members(files, _limits())
-    except ArchiveRefused as exc:
-        raise JobRefused(str(exc), code="bad_archive") from exc
-    if not members:
-        raise JobRefused("The submission holds no files (an empty archive?).", code="empty")
-
+        raise Refused("The submission holds no files.", code="empty")
+    files = [(name, io.BytesIO(data) if isinstance(data, bytes) else data) for name, data in files]
     staged: list[str] = []
     try:
         with transaction.atomic():
@@ -114,33 +84,41 @@ def job_create(
                 user=user if getattr(user, "pk", None) else None,
                 source=source,
                 model_at_start=model_version_get_active(),
-                total=len(members),
-                refused=sum(1 for m in members if m.data is None),
             )
+
+            def stage(handle) -> str:
+                name = _staging().save(f"jobs/{job.pk}/{len(staged)}.bin", File(handle))
+                staged.append(name)
+                return name
+
             rows = []
-            for position, member in enumerate(members):
-                row = JobImage(job=job, position=position, name=member.name[:512], size=member.size)
-                if member.data is None:
-                    row.state, row.reason = JobImage.STATE_REFUSED, f"{member.name!r} {member.reason}."
-                else:
-                    row.sha256 = member.sha256
-                    row.staged_name = _staging().save(
-                        f"jobs/{job.pk}/{position}.bin", ContentFile(member.data)
-                    )
-                    staged.append(row.staged_name)
-                rows.append(row)
+            try:
+                for position, member in enumerate(submission_members(files, _limits(user), stage)):
+                    row = JobImage(job=job, position=position, name=member.name[:512], size=member.size)
+                    if member.accepted:
+                        row.sha256, row.staged_name = member.sha256, member.staged
+                    else:
+                        row.state, row.code = JobImage.STATE_REFUSED, member.code
+                        row.reason = f"{member.name!r} {member.reason}."
+                    rows.append(row)
+            except ArchiveRefused as exc:
+                raise Refused(str(exc), code="bad_archive") from exc
+            if not rows:
+                raise Refused("The submission holds no files (an empty archive?).", code="empty")
             JobImage.objects.bulk_create(rows)
+            job.total = len(rows)
+            job.refused = sum(1 for row in rows if row.state == JobImage.STATE_REFUSED)
             if not staged:
                 job.state, job.finished_at = PredictionJob.STATE_DONE, timezone.now()
-                job.save(update_fields=["state", "finished_at"])
+            job.save(update_fields=["total", "refused", "state", "finished_at"])
             transaction.on_commit(lambda: _enqueue(job.pk))
     except Exception as exc:
         for name in staged:
             _delete_quietly(name)
-        if isinstance(exc, JobRefused):
+        if isinstance(exc, LungsiteError):
             raise
-        raise JobUnavailable(
-            f"The job could not be stored ({type(exc).__name__}); nothing was queued.", code="unavailable"
+        raise StorageUnavailable(
+            f"The job could not be stored ({type(exc).__name__}); nothing was queued."
         ) from exc
     return job
 
@@ -183,11 +161,11 @@ def job_image_analyse(*, image: JobImage) -> JobImage:
 
 
 def job_images_analyse(*, job_id: int, image_ids: list[int]) -> None:
-    """Analyses the pending images among `image_ids`, LUNGSITE_BATCH_SIZE at a time: decoding on
-    threads ahead of the model, the active version read again before every batch (an activation
-    during a job is picked up between batches), each image logged at most once. Images that do not
-    decode are refused with the decoder's message. Raises JobUnavailable when storage or the
-    database fails (the task retries; what was logged stays logged)."""
+    """Analyses the pending images among `image_ids`, LUNGSITE_BATCH_SIZE at a time, through the
+    analysis core (the active version is read again for every batch, so an activation during a job
+    is picked up between batches; each image is logged at most once). Raises Unavailable when
+    storage, the database or the model is unavailable (the task retries; what was logged stays
+    logged)."""
     job = PredictionJob.objects.filter(pk=job_id).first()
     if job is None or job.state == PredictionJob.STATE_CANCELLED:
         return
@@ -199,119 +177,78 @@ def job_images_analyse(*, job_id: int, image_ids: list[int]) -> None:
     items.sort(key=lambda item: item.position)
     size = max(1, settings.LUNGSITE_BATCH_SIZE)
     try:
-        with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="lungsite-job") as pool:
-            decoding = [pool.submit(_read_and_decode, item) for item in items]
-            for start in range(0, len(items), size):
-                batch = list(zip(items[start : start + size], decoding[start : start + size], strict=True))
-                _analyse_batch(job, batch, pool)
+        for start in range(0, len(items), size):
+            _analyse_batch(job, items[start : start + size])
     finally:
         _job_counts_refresh(job_id)
 
 
-def _read_and_decode(item: JobImage):
-    """(bytes, picture) or the DecodeError; storage errors propagate."""
+def _analyse_batch(job: PredictionJob, items: list[JobImage]) -> None:
+    cases, analysed = [], []
+    for item in items:
+        data = _staged_bytes(item)
+        if data is None:
+            reason = f"{item.name!r}: its staged bytes are missing"
+            _item_finish(item, state=JobImage.STATE_REFUSED, reason=reason, code="missing")
+            continue
+        cases.append(Case(data=data, file_name=item.name, claim=_claim(item), link=_link(item)))
+        analysed.append(item)
+    outcomes = analyse_batch(cases=cases, user=job.user, source=AUDIT_SOURCE, decode_threads=DECODE_THREADS)
+    for item, outcome in zip(analysed, outcomes, strict=True):
+        if isinstance(outcome, Refused):
+            _item_finish(
+                item, state=JobImage.STATE_REFUSED, reason=f"{item.name!r}: {outcome}", code=outcome.code
+            )
+        elif isinstance(outcome, LungsiteError):  # non-finite outputs: retrying cannot help
+            _item_finish(
+                item, state=JobImage.STATE_FAILED, reason=f"{item.name!r}: {outcome}", code=outcome.code
+            )
+        else:  # logged (and linked in its transaction), or already logged by another worker
+            _delete_quietly(item.staged_name)
+
+
+def _staged_bytes(item: JobImage) -> bytes | None:
+    """The member's staged bytes, None when they are missing. StorageUnavailable when the store fails."""
     try:
         with _staging().open(item.staged_name, "rb") as handle:
-            data = handle.read()
+            return handle.read()
     except FileNotFoundError:
-        return None, "its staged bytes are missing from the image store"
+        return None
     except Exception as exc:  # noqa: BLE001 - any backend failure means "storage unavailable"
-        raise JobUnavailable(
-            f"The image store is unavailable ({type(exc).__name__}).", code="storage"
-        ) from exc
-    try:
-        return data, _decode(data, item.name)
-    except _decode_error() as exc:
-        return data, str(exc)
+        raise StorageUnavailable(f"The image store is unavailable ({type(exc).__name__}).") from exc
 
 
-def _analyse_batch(job: PredictionJob, batch: list, pool: ThreadPoolExecutor) -> None:
-    import numpy as np
+def _claim(item: JobImage):
+    """Runs in the row's transaction: locks the job image and says whether it is still to log."""
 
-    from engine.pipeline import predict_batch, preprocess
-    from registry.cache import NoActiveModel, get_active
-    from registry.models import DEFAULT_PREPROCESSING
+    def claim() -> bool:
+        locked = JobImage.objects.select_for_update().get(pk=item.pk)
+        return locked.state == JobImage.STATE_PENDING and not locked.prediction_id
 
-    ready = []
-    for item, future in batch:
-        data, image = future.result()
-        if isinstance(image, str) or data is None:
-            _item_finish(item, state=JobImage.STATE_REFUSED, reason=f"{item.name!r}: {image}")
-        else:
-            ready.append((item, data, image))
-    if not ready:
-        return
-    started = time.perf_counter()
-    try:
-        serving = get_active()  # read per batch: this is where a hot swap takes effect
-    except NoActiveModel as exc:
-        raise JobUnavailable(str(exc), code="no_model") from exc
-    version = serving.version
-    spec = version.preprocessing or DEFAULT_PREPROCESSING
-    tensors = list(pool.map(lambda entry: preprocess(entry[2], spec)[0], ready))
-    outputs = predict_batch(serving.model, np.stack(tensors))
-    storing = [pool.submit(_store, data, image) for _, data, image in ready]
-    per_image_start = started  # latency_ms of a batch row: the batch's time, shared
-    for (item, data, image), output, stored in zip(ready, outputs, storing, strict=True):
-        _item_log(job, item, version, data, image, output, stored, per_image_start)
+    return claim
 
 
-def _store(data: bytes, image):
-    from audit.services import StorageUnavailable, image_store
+def _link(item: JobImage):
+    def link(prediction) -> None:
+        JobImage.objects.filter(pk=item.pk).update(
+            prediction=prediction, model_version=prediction.model, state=JobImage.STATE_DONE
+        )
 
-    try:
-        return image_store(data=data, image=image)
-    except StorageUnavailable as exc:
-        raise JobUnavailable(str(exc), code="storage") from exc
-
-
-def _item_log(job, item, version, data, image, output, storing, started) -> None:
-    from analysis.results import results_json
-    from audit.services import AuditWriteError, image_discard, prediction_log
-
-    stored = storing.result()  # JobUnavailable when the store refused
-    try:
-        with transaction.atomic():
-            locked = JobImage.objects.select_for_update().get(pk=item.pk)
-            if locked.state != JobImage.STATE_PENDING or locked.prediction_id:
-                image_discard(stored)  # another worker logged it first, or the job was cancelled
-                return
-            prediction = prediction_log(
-                version=version,
-                data=data,
-                image=image,
-                results=results_json(version=version, probabilities=output.probabilities),
-                cams=output.cams,
-                image_sha256=item.sha256 or hashlib.sha256(data).hexdigest(),
-                user=job.user,
-                source=AUDIT_SOURCE,
-                started=started,
-                stored=stored,
-            )
-            locked.prediction = prediction
-            locked.model_version = version
-            locked.state = JobImage.STATE_DONE
-            locked.save(update_fields=["prediction", "model_version", "state"])
-    except AuditWriteError as exc:
-        raise JobUnavailable(str(exc), code="database") from exc
-    except Exception:
-        image_discard(stored)  # the row was rolled back with the transaction: no orphaned file
-        raise
-    _delete_quietly(item.staged_name)
+    return link
 
 
-def _item_finish(item: JobImage, *, state: str, reason: str) -> None:
+def _item_finish(item: JobImage, *, state: str, reason: str, code: str) -> None:
     updated = JobImage.objects.filter(pk=item.pk, state=JobImage.STATE_PENDING).update(
-        state=state, reason=reason
+        state=state, reason=reason, code=code
     )
     if updated:
         _delete_quietly(item.staged_name)
 
 
-def job_images_fail(*, job_id: int, image_ids: list[int], reason: str) -> None:
+def job_images_fail(*, job_id: int, image_ids: list[int], reason: str, code: str = "error") -> None:
     """Marks the still pending images among `image_ids` failed with `reason` (a task that gave up)."""
     JobImage.objects.filter(pk__in=image_ids, job_id=job_id, state=JobImage.STATE_PENDING).update(
-        state=JobImage.STATE_FAILED, reason=reason
+        state=JobImage.STATE_FAILED, reason=reason, code=code
     )
     _job_counts_refresh(job_id)
 

@@ -3,18 +3,20 @@
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
+from django.core.files.uploadedfile import UploadedFile
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
+from common.errors import LungsiteError
 from jobs import selectors, services
 from jobs.apis import results_csv_response
 from jobs.models import PredictionJob
 from registry.selectors import model_version_get_active
 
 
-def _files(request) -> list[tuple[str, bytes]]:
-    return [(f.name, f.read()) for f in request.FILES.getlist("archive") + request.FILES.getlist("images")]
+def _files(request) -> list[tuple[str, UploadedFile]]:
+    return [(f.name, f) for f in request.FILES.getlist("archive") + request.FILES.getlist("images")]
 
 
 @require_http_methods(["GET", "POST"])
@@ -27,8 +29,8 @@ def job_list(request):
             raise PermissionDenied
         try:
             job = services.job_create(user=request.user, source="web", files=_files(request))
-        except (services.JobRefused, services.JobUnavailable) as exc:
-            error, status = str(exc), getattr(exc, "status", 503)
+        except LungsiteError as exc:
+            error, status = str(exc), exc.status
         else:
             return redirect("job-detail", pk=job.pk)
     context = {

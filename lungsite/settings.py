@@ -273,7 +273,7 @@ REST_FRAMEWORK = {
     # browsers' errors in HTML).
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "common.errors.exception_handler",
+    "EXCEPTION_HANDLER": "common.api_errors.exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_THROTTLE_RATES": {
@@ -337,22 +337,29 @@ LUNGSITE_JOB_BATCHES_PER_TASK = envint("LUNGSITE_JOB_BATCHES_PER_TASK", 4)
 LUNGSITE_MAX_JOB_IMAGES = envint("LUNGSITE_MAX_JOB_IMAGES", 1000)
 # A ZIP's members inflated together may not exceed this (each member also LUNGSITE_MAX_UPLOAD_MB).
 LUNGSITE_MAX_JOB_MB = envint("LUNGSITE_MAX_JOB_MB", 2048)
+# One user's images staged and not analysed yet, over all their jobs (the image store's share).
+LUNGSITE_MAX_USER_INFLIGHT_MB = envint("LUNGSITE_MAX_USER_INFLIGHT_MB", 4096)
 if LUNGSITE_BROKER_URL:
     CELERY_BROKER_URL = LUNGSITE_BROKER_URL
     # A task taken by a worker that dies unacknowledged goes back to the queue after this many
     # seconds (Redis and SQS; RabbitMQ redelivers when the connection drops). Longer than a batch.
+    # Seconds per image of a task, not an hour: a killed worker's images come back within minutes.
     CELERY_BROKER_TRANSPORT_OPTIONS = {
-        "visibility_timeout": envint("LUNGSITE_BROKER_VISIBILITY_TIMEOUT", 3600),
+        "visibility_timeout": envint(
+            "LUNGSITE_BROKER_VISIBILITY_TIMEOUT",
+            60 + 10 * LUNGSITE_BATCH_SIZE * LUNGSITE_JOB_BATCHES_PER_TASK,
+        ),
     }
 else:
     _broker_dir = DATA_DIR / "broker"
-    for _folder in ("out", "processed"):
+    for _folder in ("out", "processed", "control"):
         (_broker_dir / _folder).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_URL = "filesystem://"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "out"),
         "data_folder_out": str(_broker_dir / "out"),
         "processed_folder": str(_broker_dir / "processed"),
+        "control_folder": str(_broker_dir / "control"),
         "store_processed": False,
     }
 # Progress and results live in the database (jobs.models): no result backend.
@@ -363,6 +370,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("LUNGSITE_JOBS_QUEUE", "lungsite-jobs")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = envbool("LUNGSITE_JOBS_EAGER", False)
+# Threads, not prefork (lungsite/celery.py says why); one task at a time per worker by default: a
+# task already runs its decoding and the model's threads in parallel.
+CELERY_WORKER_POOL = os.environ.get("LUNGSITE_WORKER_POOL", "threads")
+CELERY_WORKER_CONCURRENCY = envint("LUNGSITE_WORKER_CONCURRENCY", 1)
 # Results the PACS did not take yet are sent again by Celery beat (or `manage.py pacs_deliver`).
 CELERY_BEAT_SCHEDULE = {
     "pacs-deliver-due": {"task": "pacs.tasks.results_deliver_due", "schedule": 30.0},

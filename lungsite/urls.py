@@ -17,8 +17,8 @@ urlpatterns = [
     path("api/v1/", include("lungsite.api_urls")),
 ]
 
-# JSON error bodies under /api/, Django's pages elsewhere (common/errors.py).
-handler400 = "common.errors.handler400"
-handler403 = "common.errors.handler403"
-handler404 = "common.errors.handler404"
-handler500 = "common.errors.handler500"
+# JSON error bodies under /api/, Django's pages elsewhere (common/api_errors.py).
+handler400 = "common.api_errors.handler400"
+handler403 = "common.api_errors.handler403"
+handler404 = "common.api_errors.handler404"
+handler500 = "common.api_errors.handler500"

@@ -11,9 +11,10 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 
-from common.errors import error_body
+from common.api_errors import error_body
 from common.supabase_storage import STORAGE_ERRORS
 from registry import selectors
+from registry.cache import serving_state
 from registry.serializers import ModelVersionSummarySerializer
 
 logger = logging.getLogger(__name__)
@@ -27,12 +28,16 @@ def healthz(request):
     """Liveness and readiness in one, without authentication: what is up and what is down, as JSON.
 
     `checks` names each dependency: `database` and `storage` ("ok" or "unavailable"; either down
-    gives a 503), and `model` ("ok", or "none_active" when nothing can serve predictions yet)."""
+    gives a 503), and `model`: "ok", "none_active" when nothing can serve predictions yet, or, for
+    what this worker found, "withdrawn" (the active version gave non-finite outputs and does not
+    serve here) or "failed" (it cannot be loaded); then `serving` names the version that serves in
+    its place, if any, and `model_problem` says why. A withdrawn or failed model gives a 503 only
+    when nothing else serves."""
     if request.method not in ("GET", "HEAD"):
         response = JsonResponse(error_body("method_not_allowed", "Use GET."), status=405)
         response["Allow"] = "GET, HEAD"
         return response
-    checks, model, errors = {}, None, []
+    checks, model, errors, problem = {}, None, [], None
     try:
         active = selectors.model_version_get_active()
     except DatabaseError as exc:
@@ -41,8 +46,14 @@ def healthz(request):
         errors.append(("database_unavailable", "The database is unreachable."))
     else:
         checks["database"] = "ok"
-        checks["model"] = "ok" if active is not None else "none_active"
+        state = serving_state()
+        checks["model"] = state["state"] if state["state"] != "not_loaded" else "ok"
         model = ModelVersionSummarySerializer(active).data if active is not None else None
+        if state["state"] in ("withdrawn", "failed"):
+            problem = {"serving": state["serving"], "reason": state["reason"]}
+            if state["serving"] is None:
+                message = f"The active model version is {state['state']} here: {state['reason']}"
+                errors.append(("model_unavailable", message))
     try:
         # A lookup, not a write: cheap on local files, one request to Supabase Storage.
         storages["xray_images"].exists(HEALTHZ_OBJECT)
@@ -58,10 +69,14 @@ def healthz(request):
             "status": "unavailable",
             "checks": checks,
             "model": model,
+            "model_problem": problem,
             "error": {"code": code, "message": " ".join(text for _, text in errors)},
         }
         return JsonResponse(body, status=503)
-    return JsonResponse({"status": "ok", "checks": checks, "model": model})
+    body = {"status": "ok" if problem is None else "degraded", "checks": checks, "model": model}
+    if problem is not None:
+        body["model_problem"] = problem
+    return JsonResponse(body)
 
 
 @csrf_exempt  # it only ever answers 404; a CSRF 403 page would hide that

@@ -17,7 +17,7 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from common.errors import PayloadTooLarge
+from common.api_errors import PayloadTooLarge
 from pacs.models import ReceivedInstance
 
 # Failure reasons (PS3.18 Table 10.5.3-1 / PS3.4 Annex B): C000 cannot understand, A700 out of

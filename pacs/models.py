@@ -34,6 +34,12 @@ class ReceivedInstance(models.Model):
 
     state = models.CharField(max_length=8, choices=STATE_CHOICES, default=QUEUED, db_index=True)
     reason = models.TextField(blank=True, help_text="Why it was skipped or failed.")
+    code = models.CharField(
+        max_length=40,
+        blank=True,
+        default="",
+        help_text="Why it was skipped or failed, as the API's error code.",
+    )
     prediction = models.OneToOneField(
         "audit.Prediction", null=True, blank=True, on_delete=models.PROTECT, related_name="received_instance"
     )

@@ -16,14 +16,16 @@ import warnings
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import transaction
 from django.utils import timezone
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from engine.dicom_checks import frontal_chest_refusal
+from analysis.services import analyse
+from audit.models import Prediction
+from common.errors import Refused, Unavailable
+from engine.dicom_checks import burned_in_refusal, frontal_chest_refusal
 from pacs.models import ReceivedInstance, ResultObject
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ ANALYSIS_KEYWORDS = (
     "SeriesInstanceUID",
     "Modality",
     "BodyPartExamined",
+    "BurnedInAnnotation",
     "ViewPosition",
     "SamplesPerPixel",
     "PhotometricInterpretation",
@@ -123,9 +126,11 @@ def _row(source: str, ds: Dataset | None, **fields) -> ReceivedInstance:
     return ReceivedInstance.objects.create(source=source, **fields)
 
 
-def _skipped(source: str, ds: Dataset, reason: str) -> ReceivedInstance:
+def _skipped(source: str, ds: Dataset, reason: str, code: str) -> ReceivedInstance:
     logger.info("PACS instance skipped: %s", reason)
-    return _row(source, ds, state=ReceivedInstance.SKIPPED, reason=reason, finished_at=timezone.now())
+    return _row(
+        source, ds, state=ReceivedInstance.SKIPPED, reason=reason, code=code, finished_at=timezone.now()
+    )
 
 
 def instance_receive(*, dataset_bytes: bytes, source: str) -> ReceivedInstance:
@@ -145,21 +150,33 @@ def instance_receive(*, dataset_bytes: bytes, source: str) -> ReceivedInstance:
         raise InstanceRefused(
             reason,
             received=_row(
-                source, None, state=ReceivedInstance.SKIPPED, reason=reason, finished_at=timezone.now()
+                source,
+                None,
+                state=ReceivedInstance.SKIPPED,
+                reason=reason,
+                code="malformed_dicom",
+                finished_at=timezone.now(),
             ),
         ) from exc
     if not sop_instance_uid or not study_instance_uid:
         reason = "malformed DICOM: no SOP Instance UID or Study Instance UID"
-        raise InstanceRefused(reason, received=_skipped(source, ds, reason))
+        raise InstanceRefused(reason, received=_skipped(source, ds, reason, "malformed_dicom"))
     if "PixelData" not in ds:
-        return _skipped(source, ds, f"not an image: no pixel data (SOP class {_text(ds, 'SOPClassUID')})")
+        reason = f"not an image: no pixel data (SOP class {_text(ds, 'SOPClassUID')})"
+        return _skipped(source, ds, reason, "dicom_no_pixels")
+    # The analysis core refuses these too (engine.decode runs the same checks); skipping here keeps
+    # such an instance's pixels out of the broker and the worker.
     refusal = frontal_chest_refusal(ds)
     if refusal is not None:
-        return _skipped(source, ds, refusal)
+        return _skipped(source, ds, f"{refusal[:1].upper()}{refusal[1:]}.", "not_frontal_chest")
+    refusal = None if settings.LUNGSITE_ALLOW_BURNED_IN_ANNOTATION else burned_in_refusal(ds)
+    if refusal is not None:
+        return _skipped(source, ds, f"The instance cannot be analysed: {refusal}.", "burned_in_annotation")
     try:
         data = analysis_copy(ds)
     except Exception as exc:  # noqa: BLE001 - elements pydicom read but cannot write back
-        return _skipped(source, ds, f"malformed DICOM: the image cannot be re-encoded ({type(exc).__name__})")
+        reason = f"malformed DICOM: the image cannot be re-encoded ({type(exc).__name__})"
+        return _skipped(source, ds, reason, "malformed_dicom")
 
     received = _row(source, ds, state=ReceivedInstance.QUEUED)
     from pacs.tasks import instance_analyse_task
@@ -184,22 +201,24 @@ def instance_receive(*, dataset_bytes: bytes, source: str) -> ReceivedInstance:
 
 
 def instance_analyse(*, received_id: int, dataset_bytes: bytes) -> ReceivedInstance:
-    """Predicts on the analysis copy of a received instance (audit source `pacs`), then queues its
-    result objects (the SR, and a secondary capture per positive finding) and tries to send them.
-    Idempotent: a redelivered task finds the row no longer queued and does nothing."""
-    from analysis.services import PredictionRefused, PredictionUnavailable, prediction_create
-    from audit.models import Prediction
-
+    """Analyses the analysis copy of a received instance through the analysis core (audit source
+    `pacs`), then queues its result objects (the SR, and a secondary capture per positive finding)
+    and tries to send them. Idempotent: a redelivered task finds the row no longer queued and does
+    nothing."""
     received = ReceivedInstance.objects.get(pk=received_id)
     if received.state != ReceivedInstance.QUEUED or received.prediction_id:
         return received
-    upload = SimpleUploadedFile(f"{received.sop_instance_uid}.dcm", dataset_bytes, "application/dicom")
     try:
-        prediction = prediction_create(upload=upload, user=None, source=Prediction.SOURCE_PACS)
-    except PredictionRefused as exc:  # pixel data that cannot be decoded, too many pixels, ...
-        return _finish(received, ReceivedInstance.SKIPPED, f"not analysed: {exc}")
-    except PredictionUnavailable as exc:  # no model, storage or database down
-        return _finish(received, ReceivedInstance.FAILED, f"analysis failed: {exc}")
+        prediction = analyse(
+            upload=dataset_bytes,
+            file_name=f"{received.sop_instance_uid}.dcm",
+            user=None,
+            source=Prediction.SOURCE_PACS,
+        )
+    except Refused as exc:  # pixel data that cannot be decoded, too many pixels, a lateral, ...
+        return _finish(received, ReceivedInstance.SKIPPED, f"not analysed: {exc}", exc.code)
+    except Unavailable as exc:  # no model, non-finite outputs, storage or database down
+        return _finish(received, ReceivedInstance.FAILED, f"analysis failed: {exc}", exc.code)
 
     findings = prediction.results_json["findings"]
     top = max(findings, key=lambda f: f["probability"] - f["threshold"])
@@ -237,11 +256,12 @@ def instance_analyse(*, received_id: int, dataset_bytes: bytes) -> ReceivedInsta
     return received
 
 
-def _finish(received: ReceivedInstance, state: str, reason: str) -> ReceivedInstance:
+def _finish(received: ReceivedInstance, state: str, reason: str, code: str = "") -> ReceivedInstance:
     received.state = state
     received.reason = reason
+    received.code = code
     received.finished_at = timezone.now()
-    received.save(update_fields=["state", "reason", "finished_at"])
+    received.save(update_fields=["state", "reason", "code", "finished_at"])
     return received
 
 

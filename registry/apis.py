@@ -7,7 +7,8 @@ from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from common.errors import ApiError, error_responses
+from common.api_errors import error_responses
+from common.errors import LungsiteError
 from common.permissions import has_perm
 from registry import services
 from registry.models import DEFAULT_CLASS_NAMES, DEFAULT_PREPROCESSING, UNTRAINED_WARNING, ModelVersion
@@ -111,9 +112,9 @@ class ModelActivateApi(APIView):
                 override_reason=str(request.data.get("override_reason") or "")[:5000],
             )
         except services.ActivationGateRefused as exc:
-            raise ApiError(str(exc), code="evaluation_required", status_code=409) from exc
+            raise LungsiteError(str(exc), code="evaluation_required", status=409) from exc
         except services.ActivationUnavailable as exc:
-            raise ApiError(str(exc), code="storage_unavailable", status_code=503) from exc
+            raise LungsiteError(str(exc), code="storage_unavailable", status=503) from exc
         except services.ActivationError as exc:
-            raise ApiError(str(exc), code="activation_failed", status_code=409) from exc
+            raise LungsiteError(str(exc), code="activation_failed", status=409) from exc
         return Response(self.OutputSerializer(version).data)

@@ -10,7 +10,8 @@ When the active version cannot be served, the last good one serves in its place,
 told which version did: a version that failed to load is tried again after a short backoff
 (RETRY_FIRST_S, doubling up to RETRY_MAX_S), so a worker recovers within seconds once storage is
 back; a version whose outputs were not finite numbers (`model_withdraw`) is not served again by
-this process.
+this process until its row changes (new weights or serving graph, or a new activation: someone
+fixed it or decided to try it again). `serving_state` says which, for /healthz.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from common.errors import NoActiveModel
 from engine.serving import ServingRuntime
 from registry.models import ModelVersion
 
@@ -29,10 +31,6 @@ logger = logging.getLogger(__name__)
 MAX_ENTRIES = 2
 RETRY_FIRST_S = 2.0
 RETRY_MAX_S = 30.0
-
-
-class NoActiveModel(Exception):
-    """No version is active, or none that is active or was active could be loaded."""
 
 
 @dataclass(frozen=True)
@@ -46,11 +44,12 @@ class _Failure:
     reason: str
     at: float  # time.monotonic() of the last attempt
     attempts: int = 1
-    final: bool = False  # withdrawn for its outputs: never retried
+    final: bool = False  # withdrawn for its outputs: not retried while the row stays the same
+    fingerprint: tuple = ()  # the row's serving graph and activation time when it was withdrawn
 
-    def retry_due(self) -> bool:
+    def retry_due(self, row: ModelVersion | None = None) -> bool:
         if self.final:
-            return False
+            return row is not None and _fingerprint(row) != self.fingerprint
         delay = min(RETRY_FIRST_S * 2 ** (self.attempts - 1), RETRY_MAX_S)
         return time.monotonic() - self.at >= delay
 
@@ -88,6 +87,10 @@ def _load(version: ModelVersion) -> ServingModel:
     return ServingModel(version=version, model=ServingRuntime.from_graph(graph, input_size))
 
 
+def _fingerprint(version: ModelVersion) -> tuple:
+    return (version.serving_graph_sha256, version.activated_at)
+
+
 def get_active() -> ServingModel:
     """The model that serves now, with the active row as read by this call. Raises NoActiveModel
     when there is nothing to serve."""
@@ -116,11 +119,11 @@ def _load_or_fallback(key: tuple[int, str], row: ModelVersion) -> ServingModel:
             _remember(key, entry)
             return entry
         failure = _failed.get(key)
-        if failure is None or failure.retry_due():
+        if failure is None or failure.retry_due(row):
             try:
                 entry = _load(row)
             except Exception as exc:  # noqa: BLE001 - any failure means "keep the last good one"
-                attempts = failure.attempts + 1 if failure else 1
+                attempts = failure.attempts + 1 if failure and not failure.final else 1
                 _failed[key] = _Failure(reason=str(exc), at=time.monotonic(), attempts=attempts)
                 logger.error(
                     "cannot load active model version %s (id=%s, sha256=%s): %s; %s",
@@ -161,7 +164,9 @@ def model_withdraw(serving: ServingModel, reason: str) -> None:
     key = (version.pk, version.sha256)
     with _lock:
         _entries.pop(key, None)
-        _failed[key] = _Failure(reason=reason, at=time.monotonic(), final=True)
+        _failed[key] = _Failure(
+            reason=reason, at=time.monotonic(), final=True, fingerprint=_fingerprint(version)
+        )
         if _current is not None and _current.version.pk == version.pk:
             _current = _entries[next(reversed(_entries))] if _entries else None
     logger.error(
@@ -172,6 +177,25 @@ def model_withdraw(serving: ServingModel, reason: str) -> None:
         reason,
         f"now serving {_current.version.version_name}" if _current else "nothing left to serve",
     )
+
+
+def serving_state() -> dict:
+    """What this process serves, for /healthz: {"state": "ok" | "withdrawn" | "failed" |
+    "not_loaded", "serving": version name or None, "reason": why the active version does not serve}.
+    Reads the active row (one query) and nothing else: it loads nothing."""
+    row = ModelVersion.objects.filter(is_active=True).only("pk", "sha256", "version_name").first()
+    with _lock:
+        serving = _current.version.version_name if _current is not None else None
+        if row is None:
+            return {"state": "none_active", "serving": serving, "reason": None}
+        key = (row.pk, row.sha256)
+        failure = _failed.get(key)
+        if failure is not None:
+            state = "withdrawn" if failure.final else "failed"
+            return {"state": state, "serving": serving, "reason": failure.reason}
+        if key in _entries:
+            return {"state": "ok", "serving": row.version_name, "reason": None}
+    return {"state": "not_loaded", "serving": serving, "reason": None}
 
 
 def clear(*, keep_loaded: bool = False) -> None:

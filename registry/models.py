@@ -23,12 +23,6 @@ DEFAULT_CLASS_NAMES = [
     "Pneumothorax",
 ]
 
-# Said with every result of an untrained version: in API responses, on pages, in DICOM objects.
-UNTRAINED_WARNING = (
-    "UNTRAINED model: this result comes from a network with random weights. Its scores carry no "
-    "medical meaning and must not be used for any clinical decision."
-)
-
 DEFAULT_PREPROCESSING = {
     "input_size": 224,
     "channels": 3,
@@ -37,6 +31,7 @@ DEFAULT_PREPROCESSING = {
 }
 
 
+# Said with every result of such a version: on pages, in API and job responses, in DICOM objects.
 UNTRAINED_WARNING = (
     "UNTRAINED model: this result comes from a network with random weights. Its scores carry no "
     "medical meaning and must not be used for any clinical decision."
@@ -114,15 +109,19 @@ class ModelVersion(models.Model):
     def threshold_for(self, name: str) -> float:
         return float((self.thresholds or {}).get(name, 0.5))
 
-    def honesty_warning(self, *, at=None) -> str | None:
-        """What every screen and response made with this version must say, or None: "untrained" for
-        random weights, "not evaluated" when no measured evaluation existed (at `at`, e.g. when a
-        prediction was made; now by default)."""
+    def honesty(self, *, at=None) -> dict:
+        """What every output made with this version must say: {"state", "statement"}. The state is
+        "untrained" (random weights), "not_evaluated" (no measured evaluation existed at `at`, e.g.
+        when a prediction was made; now by default) or "evaluated"; the statement is the warning
+        to show, or None. The analysis core records it on each prediction when it is made."""
         if self.untrained:
-            return UNTRAINED_WARNING
+            return {"state": "untrained", "statement": UNTRAINED_WARNING}
         if self.evaluated_at is None or (at is not None and self.evaluated_at > at):
-            return NOT_EVALUATED_WARNING
-        return None
+            return {"state": "not_evaluated", "statement": NOT_EVALUATED_WARNING}
+        return {"state": "evaluated", "statement": None}
+
+    def honesty_warning(self, *, at=None) -> str | None:
+        return self.honesty(at=at)["statement"]
 
     def was_ever_active(self) -> bool:
         """True once the version has served: its row then explains audit rows and history, so it stays."""

@@ -25,7 +25,7 @@ echo
 # One Celery worker (batch jobs, PACS analysis and delivery, training runs; docs/jobs.md), with
 # beat for the PACS delivery retries. With no LUNGSITE_BROKER_URL it reads kombu's filesystem queue
 # under the data folder. It stops with the server.
-.venv/bin/celery -A lungsite worker --pool=solo -c 1 -n "lungsite-dev@%h" -l warning \
+.venv/bin/celery -A lungsite worker -n "lungsite-dev@%h" -l warning \
   -B -s "$data_dir/celerybeat-schedule" &
 worker=$!
 trap 'kill "$worker" 2>/dev/null' EXIT

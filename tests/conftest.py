@@ -90,6 +90,19 @@ def one_torch_thread():
 
 
 @pytest.fixture
+def eager_jobs(django_capture_on_commit_callbacks):
+    """`with eager_jobs(): ...` runs the tasks queued inside the block in the test process when the
+    block ends. The queueing waits for the commit as in production; the test's transaction never
+    commits, so the callbacks captured in the block are run at its end."""
+    from lungsite.celery import app
+
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    yield lambda: django_capture_on_commit_callbacks(execute=True)
+    app.conf.task_always_eager = previous
+
+
+@pytest.fixture
 def api(db):
     """api(user) -> an APIClient sending that user's token; api() -> anonymous."""
     from rest_framework.authtoken.models import Token

@@ -16,11 +16,12 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from analysis import services as inference_services
+from analysis import services as analysis_services
 from audit import selectors as audit_selectors
 from audit import services as audit_services
 from audit.models import Prediction
-from common.errors import ApiError, PayloadTooLarge, error_responses
+from common.api_errors import PayloadTooLarge, error_responses
+from common.errors import StorageUnavailable
 from common.permissions import has_perm
 from common.throttling import PredictionRateThrottle
 from registry.models import UNTRAINED_WARNING
@@ -81,13 +82,11 @@ def _visible_prediction(request, pk: int) -> Prediction:
         raise exceptions.NotFound(f"Prediction {pk} not found.") from None
 
 
-def _storage_unavailable(exc: Exception) -> ApiError:
+def _storage_unavailable(exc: Exception) -> StorageUnavailable:
     # StorageUnavailable says what failed in words; a bare OSError's text may hold a server path.
-    if isinstance(exc, audit_services.StorageUnavailable):
-        message = str(exc)
-    else:
-        message = f"The image store is unavailable ({type(exc).__name__})."
-    return ApiError(message, code="storage_unavailable", status_code=503)
+    if isinstance(exc, StorageUnavailable):
+        return exc
+    return StorageUnavailable(f"The image store is unavailable ({type(exc).__name__}).")
 
 
 def _image_missing(pk: int) -> exceptions.NotFound:
@@ -113,7 +112,7 @@ class PredictionCreateApi(APIView):
         request={"multipart/form-data": PredictionUploadSerializer},
         responses={
             201: OpenApiResponse(PredictionSerializer, examples=PREDICTION_EXAMPLES),
-            **error_responses(400, 401, 403, 413, 415, 429, 503),
+            **error_responses(400, 401, 403, 413, 415, 422, 429, 503),
         },
         tags=["predictions"],
     )
@@ -121,14 +120,10 @@ class PredictionCreateApi(APIView):
         _refuse_oversize_body(request)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        try:
-            prediction = inference_services.prediction_create(
-                upload=serializer.validated_data["image"], user=request.user, source=Prediction.SOURCE_API
-            )
-        except inference_services.PredictionRefused as exc:
-            raise ApiError(str(exc), code=exc.code, status_code=exc.status) from exc
-        except inference_services.PredictionUnavailable as exc:
-            raise ApiError(str(exc), code=exc.code, status_code=503) from exc
+        image = serializer.validated_data["image"]
+        prediction = analysis_services.analyse(
+            upload=image, file_name=image.name or "", user=request.user, source=Prediction.SOURCE_API
+        )
         data = self.OutputSerializer(prediction, context={"request": request}).data
         location = reverse("api-prediction-detail", kwargs={"pk": prediction.pk})
         return Response(data, status=status.HTTP_201_CREATED, headers={"Location": location})
@@ -244,7 +239,7 @@ class PredictionHeatmapApi(_BinaryApi):
             raise exceptions.NotFound(f"Prediction {pk} has no heatmap named {name!r}.") from None
         except FileNotFoundError:
             raise _image_missing(pk) from None
-        except (audit_services.StorageUnavailable, OSError) as exc:
+        except (StorageUnavailable, OSError) as exc:
             raise _storage_unavailable(exc) from exc
         response = HttpResponse(png, content_type="image/png")
         response["Cache-Control"] = IMAGE_CACHE_CONTROL
@@ -272,7 +267,7 @@ class PredictionImageApi(_BinaryApi):
             data, content_type = audit_services.image_bytes(prediction=prediction)
         except FileNotFoundError:
             raise _image_missing(pk) from None
-        except (audit_services.StorageUnavailable, OSError) as exc:
+        except (StorageUnavailable, OSError) as exc:
             raise _storage_unavailable(exc) from exc
         response = HttpResponse(data, content_type=content_type)
         response["Cache-Control"] = IMAGE_CACHE_CONTROL

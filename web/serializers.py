@@ -5,7 +5,6 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from registry.models import UNTRAINED_WARNING
 from registry.serializers import ModelVersionSummarySerializer
 
 
@@ -99,12 +98,9 @@ class PredictionSerializer(serializers.Serializer):
         }
     )
     def get_warning(self, prediction) -> str | None:
-        recorded = _recorded_model(prediction)
-        untrained = recorded["untrained"] if recorded else prediction.model.untrained
-        if untrained:
-            return UNTRAINED_WARNING
-        # A version with no measured evaluation when this result was made says so (issue 23).
-        return prediction.model.honesty_warning(at=prediction.created_at)
+        # As recorded when the result was made (analysis.results): a later evaluation of the
+        # version never changes what this result says.
+        return prediction.honesty_statement
 
     def _absolute(self, path: str) -> str:
         request = self.context.get("request")

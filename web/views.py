@@ -14,6 +14,7 @@ from analysis import services
 from audit import selectors
 from audit.filters import findings_ranked
 from audit.models import Prediction
+from common.errors import LungsiteError
 from engine import heatmaps
 from registry.selectors import model_version_get_active
 from web.forms import ACCEPT, UploadForm
@@ -71,18 +72,14 @@ def upload(request):
     nonce_key = _nonce_key(request)
     if nonce_key and not cache.add(nonce_key, _PENDING, timeout=_NONCE_SECONDS):
         return _repeated_submit(request, nonce_key)
+    image = form.cleaned_data["image"]
     try:
-        prediction = services.prediction_create(
-            upload=form.cleaned_data["image"], user=request.user, source=Prediction.SOURCE_WEB
+        prediction = services.analyse(
+            upload=image, file_name=image.name or "", user=request.user, source=Prediction.SOURCE_WEB
         )
-    except services.PredictionRefused as exc:
+    except LungsiteError as exc:
         _forget(nonce_key)
-        error = {"code": exc.code, "message": str(exc)}
-        return _upload_page(request, UploadForm(), error=error, status=exc.status)
-    except services.PredictionUnavailable as exc:
-        _forget(nonce_key)
-        error = {"code": exc.code, "message": str(exc)}
-        return _upload_page(request, UploadForm(), error=error, status=503)
+        return _upload_page(request, UploadForm(), error=exc.as_dict(), status=exc.status)
     except BaseException:
         _forget(nonce_key)
         raise

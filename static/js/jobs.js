@@ -43,7 +43,8 @@
     document.getElementById("job-state").textContent = job.state;
     document.getElementById("job-counts").textContent = job.done + " logged · " + job.refused +
       " refused · " + job.failed + " failed of " + job.total;
-    document.getElementById("job-untrained").hidden = !job.untrained;
+    document.getElementById("job-untrained").hidden = !job.warning;
+    document.getElementById("job-warning").textContent = job.warning || "";
     var list = document.getElementById("job-versions");
     list.textContent = "";
     job.versions.forEach(function (v) {

@@ -14,10 +14,12 @@ from django.db import DatabaseError
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from analysis.services import PredictionRefused, PredictionUnavailable, prediction_create
+from analysis import services as analysis_services
+from analysis.services import analyse
 from audit import services as audit_services
 from audit.checkpoints import CHECKPOINT_DIR
 from audit.models import Prediction
+from common.errors import Refused, Unavailable
 from engine.decode import decode
 from registry.models import DEFAULT_CLASS_NAMES
 from tests.conftest import shared_data_path
@@ -44,7 +46,7 @@ def _stored_bytes(prediction) -> bytes:
 
 
 def _predict(data: bytes, user, name: str = "upload"):
-    return prediction_create(upload=SimpleUploadedFile(name, data), user=user, source="api")
+    return analyse(upload=SimpleUploadedFile(name, data), user=user, source="api")
 
 
 @pytest.mark.parametrize(
@@ -146,7 +148,7 @@ def test_it_strips_jpeg_exif_and_comments(starter_model, clinician):
     ids=["empty", "text", "pixel_bomb"],
 )
 def test_it_refuses_bad_uploads_and_stores_nothing(starter_model, clinician, settings, data, code, status):
-    with pytest.raises(PredictionRefused) as info:
+    with pytest.raises(Refused) as info:
         _predict(data, clinician)
     assert (info.value.code, info.value.status) == (code, status)
     assert not Prediction.objects.exists() and _stored_files(settings) == []
@@ -154,7 +156,7 @@ def test_it_refuses_bad_uploads_and_stores_nothing(starter_model, clinician, set
 
 def test_it_refuses_a_truncated_upload(starter_model, clinician, settings):
     data = shared_data_path(*NIH_PNG).read_bytes()
-    with pytest.raises(PredictionRefused) as info:
+    with pytest.raises(Refused) as info:
         _predict(data[: len(data) // 2], clinician)
     assert (info.value.code, info.value.status) == ("truncated", 400)
     assert not Prediction.objects.exists() and _stored_files(settings) == []
@@ -162,7 +164,7 @@ def test_it_refuses_a_truncated_upload(starter_model, clinician, settings):
 
 def test_it_refuses_an_oversize_upload(starter_model, clinician, settings):
     settings.LUNGSITE_MAX_UPLOAD_MB = 1
-    with pytest.raises(PredictionRefused) as info:
+    with pytest.raises(Refused) as info:
         _predict(b"\x89PNG\r\n\x1a\n" + b"\x00" * (1024 * 1024), clinician)
     assert (info.value.code, info.value.status) == ("too_large", 413)
     assert "1 MB" in str(info.value)
@@ -171,7 +173,7 @@ def test_it_refuses_an_oversize_upload(starter_model, clinician, settings):
 
 @pytest.mark.django_db
 def test_it_is_unavailable_without_an_active_model(clinician, settings):
-    with pytest.raises(PredictionUnavailable) as info:
+    with pytest.raises(Unavailable) as info:
         _predict(shared_data_path(*NIH_PNG).read_bytes(), clinician)
     assert info.value.code == "no_model" and info.value.status == 503
     assert not Prediction.objects.exists() and _stored_files(settings) == []
@@ -182,7 +184,7 @@ def test_it_leaves_nothing_when_storage_fails(starter_model, clinician, settings
         raise OSError("disk is gone")
 
     monkeypatch.setattr(FileSystemStorage, "save", broken_save)
-    with pytest.raises(PredictionUnavailable) as info:
+    with pytest.raises(Unavailable) as info:
         _predict(shared_data_path(*NIH_PNG).read_bytes(), clinician)
     assert info.value.code == "storage_unavailable"
     assert not Prediction.objects.exists() and _stored_files(settings) == []
@@ -194,7 +196,7 @@ def test_it_leaves_no_file_when_the_row_write_fails(starter_model, clinician, se
         raise DatabaseError("database is gone")
 
     monkeypatch.setattr(audit_services, "prediction_create_chained", broken_insert)
-    with pytest.raises(PredictionUnavailable) as info:
+    with pytest.raises(Unavailable) as info:
         _predict(shared_data_path(*NIH_PNG).read_bytes(), clinician)
     assert info.value.code == "database_unavailable"
     assert not Prediction.objects.exists() and _stored_files(settings) == []
@@ -203,10 +205,8 @@ def test_it_leaves_no_file_when_the_row_write_fails(starter_model, clinician, se
 def test_it_stores_the_image_while_the_model_runs(starter_model, clinician, settings, monkeypatch):
     import threading
 
-    from engine import pipeline
-
     seen = {}
-    real_predict = pipeline.predict
+    real_predict = analysis_services.predict
 
     def predict_watching_storage(model, tensor):
         seen["predict_thread"] = threading.get_ident()
@@ -218,8 +218,8 @@ def test_it_stores_the_image_while_the_model_runs(starter_model, clinician, sett
         seen["store_thread"] = threading.get_ident()
         return real_store(**kwargs)
 
-    monkeypatch.setattr(pipeline, "predict", predict_watching_storage)
-    monkeypatch.setattr(audit_services, "image_store", store_watching)
+    monkeypatch.setattr(analysis_services, "predict", predict_watching_storage)
+    monkeypatch.setattr(analysis_services, "image_store", store_watching)
     data = shared_data_path(*NIH_PNG).read_bytes()
     prediction = _predict(data, clinician)
     assert seen["store_thread"] != seen["predict_thread"] == threading.get_ident()
@@ -229,12 +229,11 @@ def test_it_stores_the_image_while_the_model_runs(starter_model, clinician, sett
 
 
 def test_it_removes_the_stored_image_when_the_model_fails(starter_model, clinician, settings, monkeypatch):
-    from engine import pipeline
 
     def broken_predict(model, tensor):
         raise RuntimeError("the runtime crashed")
 
-    monkeypatch.setattr(pipeline, "predict", broken_predict)
+    monkeypatch.setattr(analysis_services, "predict", broken_predict)
     with pytest.raises(RuntimeError, match="crashed"):
         _predict(shared_data_path(*NIH_PNG).read_bytes(), clinician)
     assert not Prediction.objects.exists() and _stored_files(settings) == []

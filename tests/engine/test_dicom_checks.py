@@ -8,7 +8,7 @@ import io
 import pydicom
 import pytest
 
-from engine.dicom_checks import dicom_upload_refusal, frontal_chest_refusal
+from engine.dicom_checks import burned_in_refusal, frontal_chest_refusal
 from tests.conftest import shared_data_path
 from tests.reliability.conftest import post_image
 
@@ -46,8 +46,25 @@ def test_it_names_why_other_images_are_not_analysed():
     assert frontal_chest_refusal(lateral) == "lateral view (LL): only frontal chest radiographs are analysed"
 
 
-def test_it_leaves_png_uploads_to_the_decoder():
-    assert dicom_upload_refusal(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100) is None
+def test_it_refuses_what_it_cannot_read_rather_than_letting_it_through():
+    # A Modality encoded as a number (VR US) or a body part as a decimal string: fail closed.
+    header = _header("pydicom_data", "RG1_UNCR.dcm")
+    header.add_new(0x00080060, "US", 2)
+    assert "cannot be read" in frontal_chest_refusal(header)
+    header = _header("pydicom_data", "RG1_UNCR.dcm")
+    header.add_new(0x00180015, "DS", "1.5")
+    assert frontal_chest_refusal(header) is not None
+
+
+def test_it_refuses_burned_in_annotation_and_unreadable_values_of_it():
+    header = _header("pydicom_data", "RG1_UNCR.dcm")
+    assert burned_in_refusal(header) is None
+    header.BurnedInAnnotation = "YES"
+    assert "burned-in annotation" in burned_in_refusal(header)
+    header.BurnedInAnnotation = "MAYBE"
+    assert burned_in_refusal(header) is not None
+    header.BurnedInAnnotation = "NO"
+    assert burned_in_refusal(header) is None
 
 
 def test_it_refuses_a_lateral_dicom_upload_with_422_and_writes_nothing(api, clinician, starter_model):

@@ -128,7 +128,7 @@ def test_it_serves_the_page_with_progress_and_csv(client, clinician, starter_mod
     assert page.status_code == 200
     assert b"webkitdirectory" in client.get("/jobs/").content
     assert starter_model.version_name.encode() in page.content
-    assert b"Untrained model" in page.content
+    assert b"UNTRAINED model" in page.content
     table = list(csv.DictReader(io.StringIO(client.get(f"/jobs/{job.pk}/results.csv").content.decode())))
     # Django keeps the base name of an uploaded file (its multipart parser drops folders).
     assert table[0]["file_name"] == name and table[0]["state"] == "done"

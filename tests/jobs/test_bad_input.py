@@ -5,8 +5,9 @@ import pytest
 
 from audit.checkpoints import CHECKPOINT_DIR
 from audit.models import Prediction
+from common.errors import Refused
 from jobs.models import JobImage, PredictionJob
-from jobs.services import JobRefused, job_create
+from jobs.services import job_create
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -106,7 +107,7 @@ def test_it_refuses_an_image_that_does_not_decode_and_goes_on(clinician, starter
 
 
 def test_it_refuses_an_archive_that_is_not_a_zip(clinician, starter_model):
-    with pytest.raises(JobRefused) as refused:
+    with pytest.raises(Refused) as refused:
         job_create(user=clinician, source="api", files=[("x.zip", b"PK\x03\x04 this is not a zip")])
     assert refused.value.code == "bad_archive"
     assert PredictionJob.objects.count() == 0

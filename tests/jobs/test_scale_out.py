@@ -85,7 +85,7 @@ def workers(redis_broker, postgres_url, tmp_path):
     def start(name: str) -> subprocess.Popen:
         log = open(tmp_path / f"{name}.log", "w+")  # noqa: SIM115 - open while the worker runs
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "lungsite", "worker", "--pool=solo", "-n", f"{name}@%h",
+            [sys.executable, "-m", "celery", "-A", "lungsite", "worker", "-n", f"{name}@%h",
              "-c", "1", "--prefetch-multiplier", "1",
              "-Q", queue, "-l", "info", "--without-gossip", "--without-mingle", "--without-heartbeat"],
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -7,7 +7,8 @@ from rest_framework import exceptions
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from common import errors as api_errors
+from common import api_errors
+from common.errors import NoActiveModel
 
 
 def assert_error(response, status: int, code: str) -> str:
@@ -84,7 +85,7 @@ def test_it_flattens_validation_errors_into_one_message():
 
 
 def test_it_keeps_the_code_of_a_service_error():
-    exc = api_errors.ApiError("No model is active.", code="no_model", status_code=503)
+    exc = NoActiveModel("No model is active.")
 
     response = api_errors.exception_handler(exc, {})
 

@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from analysis.services import prediction_create
+from analysis.services import analyse
 from tests.conftest import shared_data_path
 
 SCHEMA_URL = "/api/v1/schema/"
@@ -109,7 +109,7 @@ def api_data(superuser, starter_model):
     cache.clear()  # throttle counts
     path = shared_data_path("nih_reproduce_chexnet", "images", "00000075_000.png")
     upload = SimpleUploadedFile(path.name, path.read_bytes(), content_type="image/png")
-    prediction = prediction_create(upload=upload, user=superuser, source="api")
+    prediction = analyse(upload=upload, user=superuser, source="api")
     yield Token.objects.create(user=superuser).key, prediction.pk, starter_model.pk
     cache.clear()
 

@@ -298,13 +298,13 @@ def test_it_serves_a_whole_prediction(fake, starter_model, clinician):
     fetched, a heatmap rendered and kept there too."""
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    from analysis.services import prediction_create
+    from analysis.services import analyse
     from audit.services import heatmap_png, image_bytes
 
     assert ("models", starter_model.storage_path) in fake.objects
     upload = SimpleUploadedFile("chest.png", _png(), content_type="image/png")
 
-    prediction = prediction_create(upload=upload, user=clinician, source="api")
+    prediction = analyse(upload=upload, user=clinician, source="api")
 
     store = storages["xray_images"]
     assert ("xray-images", prediction.image_url) in fake.objects
@@ -320,16 +320,17 @@ def test_it_serves_a_whole_prediction(fake, starter_model, clinician):
 def test_it_refuses_a_prediction_when_storage_is_down(fake, starter_model, clinician):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
-    from analysis.services import PredictionUnavailable, prediction_create
+    from analysis.services import analyse
     from audit.models import Prediction
+    from common.errors import Unavailable
     from registry.cache import get_active
 
     get_active()  # the model is loaded; only the image store is down
     fake.raise_exc = httpx.ConnectError("connection refused")
     upload = SimpleUploadedFile("chest.png", _png(), content_type="image/png")
 
-    with pytest.raises(PredictionUnavailable):
-        prediction_create(upload=upload, user=clinician, source="api")
+    with pytest.raises(Unavailable):
+        analyse(upload=upload, user=clinician, source="api")
 
     assert Prediction.objects.count() == 0
     assert not any(bucket == "xray-images" for bucket, key in fake.objects)

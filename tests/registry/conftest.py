@@ -92,3 +92,30 @@ def corrupt_stored_weights(version, *, graph: bool = True) -> None:
         with open(weights_storage().path(path), "r+b") as handle:
             handle.seek(1000)
             handle.write(b"\x00corrupted\x00")
+
+
+def version_with_nan_outputs(name: str = "older-nan"):
+    """A row as an older release could have written it, before outputs were checked: its stored
+    graph gives NaN scores for every image."""
+    import torch
+
+    from engine.export import onnx_graph
+    from engine.weights import load_model
+    from registry.models import DEFAULT_CLASS_NAMES, DEFAULT_PREPROCESSING, ModelVersion
+    from registry.storage import serving_graph_save, weights_save
+    from tests.conftest import starter_weights_bytes
+
+    model = load_model(starter_weights_bytes(), architecture="densenet121", num_classes=13)
+    with torch.no_grad():
+        model.classifier.bias[2] = float("nan")
+    name, sha256, _ = weights_save(_save(model.state_dict()))
+    graph_path, graph_sha256, _ = serving_graph_save(onnx_graph(model, "densenet121", 224))
+    return ModelVersion.objects.create(
+        version_name=name,
+        storage_path=name,
+        sha256=sha256,
+        serving_graph_path=graph_path,
+        serving_graph_sha256=graph_sha256,
+        class_names=DEFAULT_CLASS_NAMES,
+        preprocessing=DEFAULT_PREPROCESSING,
+    )

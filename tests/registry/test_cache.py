@@ -8,8 +8,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from registry import cache
+from registry.models import ModelVersion
 from registry.services import model_version_activate
 from tests.registry.conftest import corrupt_stored_weights
 
@@ -160,6 +162,23 @@ def test_it_withdraws_a_version_whose_outputs_are_not_finite(starter_model, regi
     cache.model_withdraw(serving, "NaN scores too")
     with pytest.raises(cache.NoActiveModel, match="NaN scores"):
         cache.get_active()
+
+
+def test_it_serves_a_withdrawn_version_again_once_its_row_changes(starter_model, register, loads, client):
+    serving = cache.get_active()
+    cache.model_withdraw(serving, "NaN scores")
+    assert cache.serving_state() == {"state": "withdrawn", "serving": None, "reason": "NaN scores"}
+    health = client.get("/healthz")
+    assert health.status_code == 503 and health.json()["checks"]["model"] == "withdrawn"
+    assert "NaN scores" in health.json()["error"]["message"]
+    with pytest.raises(cache.NoActiveModel, match="withdrawn"):
+        cache.get_active()
+
+    # Someone fixes it (here: activates it again, which stamps a new activation time).
+    ModelVersion.objects.filter(pk=starter_model.pk).update(activated_at=timezone.now())
+    assert cache.get_active().version.pk == starter_model.pk
+    assert cache.serving_state()["state"] == "ok"
+    assert client.get("/healthz").json()["checks"]["model"] == "ok"
 
 
 def test_it_raises_when_nothing_loadable_was_ever_served(starter_model):

@@ -10,7 +10,7 @@ import torch
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from audit.models import Prediction
-from registry.models import DEFAULT_CLASS_NAMES, DEFAULT_PREPROCESSING, ModelVersion
+from registry.models import DEFAULT_CLASS_NAMES, ModelVersion
 from registry.services import (
     ActivationError,
     RegistrationError,
@@ -18,7 +18,7 @@ from registry.services import (
     model_version_register,
 )
 from tests.conftest import shared_data_path, starter_weights_bytes
-from tests.registry.conftest import stored_objects
+from tests.registry.conftest import stored_objects, version_with_nan_outputs
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -63,29 +63,6 @@ def test_it_refuses_a_conv_of_the_wrong_shape_naming_the_layer(settings):
     assert stored_objects(settings) == []
 
 
-def _version_with_nan_outputs() -> ModelVersion:
-    """A row as an older release could have written it, before outputs were checked: its stored
-    graph gives NaN scores for every image."""
-    from engine.export import onnx_graph
-    from engine.weights import load_model
-    from registry.storage import serving_graph_save, weights_save
-
-    model = load_model(starter_weights_bytes(), architecture="densenet121", num_classes=13)
-    with torch.no_grad():
-        model.classifier.bias[2] = float("nan")
-    name, sha256, _ = weights_save(_save(model.state_dict()))
-    graph_path, graph_sha256, _ = serving_graph_save(onnx_graph(model, "densenet121", 224))
-    return ModelVersion.objects.create(
-        version_name="older-nan",
-        storage_path=name,
-        sha256=sha256,
-        serving_graph_path=graph_path,
-        serving_graph_sha256=graph_sha256,
-        class_names=DEFAULT_CLASS_NAMES,
-        preprocessing=DEFAULT_PREPROCESSING,
-    )
-
-
 def _stored_images(settings) -> list[str]:
     root = settings.STORAGES["xray_images"]["OPTIONS"]["location"]
     return sorted(str(p) for p in root.rglob("*") if p.is_file())
@@ -102,7 +79,7 @@ def test_non_finite_outputs_answer_503_and_the_last_good_version_serves(
 ):
     client = api(clinician)
     assert _post(client).status_code == 201  # the starter is loaded and serves
-    bad = _version_with_nan_outputs()
+    bad = version_with_nan_outputs()
     # Activation refuses it now (its stored graph is run on a test image)...
     with pytest.raises(ActivationError, match="Cannot activate older-nan: .*not finite"):
         model_version_activate(version=bad)

@@ -12,7 +12,7 @@ from PIL import Image
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from analysis.services import prediction_create
+from analysis.services import analyse
 from audit.models import Prediction
 from tests.reliability import corpus
 from tests.reliability.conftest import error_of, post_image
@@ -63,9 +63,7 @@ def people(clinician, other_clinician, auditor, model_admin, superuser):
 
 @pytest.fixture
 def alices_prediction(clinician, starter_model):
-    return prediction_create(
-        upload=SimpleUploadedFile("x.png", PNG, "image/png"), user=clinician, source="web"
-    )
+    return analyse(upload=SimpleUploadedFile("x.png", PNG, "image/png"), user=clinician, source="web")
 
 
 def _call(kind: str, method: str, url: str, user):

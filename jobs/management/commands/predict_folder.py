@@ -7,6 +7,7 @@ from pathlib import Path
 from celery import current_app as app
 from django.core.management.base import BaseCommand, CommandError
 
+from common.errors import LungsiteError
 from jobs import selectors, services
 from jobs.models import PredictionJob
 
@@ -39,7 +40,7 @@ class Command(BaseCommand):
         app.conf.task_always_eager = eager or here
         try:
             job = services.job_create(user=None, source="command", files=files)
-        except (services.JobRefused, services.JobUnavailable) as exc:
+        except LungsiteError as exc:
             raise CommandError(str(exc)) from exc
         finally:
             app.conf.task_always_eager = eager
