@@ -5,7 +5,8 @@ audit row and honesty statement whichever way it came in.
 
 One analysis, in order:
  1. size          empty: 400 `empty`; over LUNGSITE_MAX_UPLOAD_MB: 413 `too_large`
- 2. decode        engine.decode_pool: in a child process bounded in time and memory
+ 2. decode        engine.decode_pool: in a child process bounded in time and memory; a large file
+                  waits for a decode slot (analysis.decode_slots) so it cannot crowd others out
  3. DICOM checks  in the same child, from the header before the pixels (engine.dicom_checks):
                   burned-in annotation, frontal chest (modality CR/DX, body part, view); fail closed
  4. model         registry.cache.get_active: 503 `no_model` when nothing can serve
@@ -22,6 +23,7 @@ written when one is raised (no row without its image, no image without its row).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -33,6 +35,7 @@ from typing import IO, TYPE_CHECKING
 from django.conf import settings
 from django.db import transaction
 
+from analysis.decode_slots import decode_slot
 from analysis.results import results_json
 from audit.models import Prediction
 from audit.services import StoredUpload, image_discard, image_store, prediction_log
@@ -103,18 +106,21 @@ def read_bounded(upload: bytes | IO[bytes]) -> bytes:
     return data
 
 
-def decode_checked(data: bytes, file_name: str = "") -> np.ndarray:
+def decode_checked(data: bytes, file_name: str = "", *, fair_for: str | None = None) -> np.ndarray:
     """Steps 2-3: the decoded picture ((H, W) uint8 or float32 in [0, 1]) of bytes that passed the
-    checks. Raises DecodeError (a Refused) naming what was wrong."""
-    return decode_pool.decode_gray(
-        data,
-        file_name,
-        timeout_s=settings.LUNGSITE_DECODE_TIMEOUT_S,
-        max_mb=settings.LUNGSITE_DECODE_MAX_MB,
-        max_pixels=settings.LUNGSITE_MAX_PIXELS,
-        allow_burned_in_annotation=settings.LUNGSITE_ALLOW_BURNED_IN_ANNOTATION,
-        frontal_chest_only=True,
-    )
+    checks. Raises DecodeError (a Refused) naming what was wrong. `fair_for` (a user key) makes a
+    large file wait for a decode slot (analysis.decode_slots), as uploads on web threads do."""
+    slot = decode_slot(size=len(data), user_key=fair_for) if fair_for else contextlib.nullcontext()
+    with slot:
+        return decode_pool.decode_gray(
+            data,
+            file_name,
+            timeout_s=settings.LUNGSITE_DECODE_TIMEOUT_S,
+            max_mb=settings.LUNGSITE_DECODE_MAX_MB,
+            max_pixels=settings.LUNGSITE_MAX_PIXELS,
+            allow_burned_in_annotation=settings.LUNGSITE_ALLOW_BURNED_IN_ANNOTATION,
+            frontal_chest_only=True,
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,7 +229,9 @@ def analyse(
     when it raises."""
     started = time.perf_counter()
     data = read_bounded(upload)
-    image = decode_checked(data, file_name)
+    image = decode_checked(
+        data, file_name, fair_for=f"user-{user.pk}" if getattr(user, "pk", None) else source
+    )
     serving = serving_model()
     # The image is readable and a model will serve: store it while the model runs. Whatever fails
     # after this point removes the stored file again.

@@ -43,7 +43,10 @@ def error_body(code: str, message: str) -> dict:
 
 def exception_handler(exc, context):
     if isinstance(exc, LungsiteError):
-        return Response({"error": exc.as_dict()}, status=exc.status)
+        response = Response({"error": exc.as_dict()}, status=exc.status)
+        if exc.retry_after is not None:
+            response["Retry-After"] = str(exc.retry_after)
+        return response
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

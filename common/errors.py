@@ -14,6 +14,7 @@ from __future__ import annotations
 class LungsiteError(Exception):
     code = "error"
     status = 500
+    retry_after: int | None = None  # seconds, when trying again later can help (Retry-After)
 
     def __init__(self, message: str, *, code: str | None = None, status: int | None = None) -> None:
         super().__init__(message)

@@ -212,6 +212,12 @@ LUNGSITE_MAX_PIXELS = envint("LUNGSITE_MAX_PIXELS", 60_000_000)
 # (engine/decode_pool.py): a 60 Mpx DICOM needs about 1 GB and a few seconds.
 LUNGSITE_DECODE_TIMEOUT_S = envint("LUNGSITE_DECODE_TIMEOUT_S", 20)
 LUNGSITE_DECODE_MAX_MB = envint("LUNGSITE_DECODE_MAX_MB", 2048)
+# Fair decoding (analysis/decode_slots.py): uploads of at least this many MB are "heavy"; at most so
+# many heavy decodes per user (more: 429) and overall (more: wait up to the queue time, then 503).
+LUNGSITE_HEAVY_DECODE_MB = envint("LUNGSITE_HEAVY_DECODE_MB", 8)
+LUNGSITE_HEAVY_DECODES_PER_USER = envint("LUNGSITE_HEAVY_DECODES_PER_USER", 1)
+LUNGSITE_HEAVY_DECODES = envint("LUNGSITE_HEAVY_DECODES", max(1, (os.cpu_count() or 2) // 2))
+LUNGSITE_DECODE_QUEUE_S = envint("LUNGSITE_DECODE_QUEUE_S", 10)
 # A DICOM that says BurnedInAnnotation YES has text (names, dates) in its pixels: refused unless on.
 LUNGSITE_ALLOW_BURNED_IN_ANNOTATION = envbool("LUNGSITE_ALLOW_BURNED_IN_ANNOTATION", False)
 # Activation needs a measured evaluation (or a written override); the shadow version scores

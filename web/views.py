@@ -79,7 +79,10 @@ def upload(request):
         )
     except LungsiteError as exc:
         _forget(nonce_key)
-        return _upload_page(request, UploadForm(), error=exc.as_dict(), status=exc.status)
+        response = _upload_page(request, UploadForm(), error=exc.as_dict(), status=exc.status)
+        if exc.retry_after is not None:
+            response["Retry-After"] = str(exc.retry_after)
+        return response
     except BaseException:
         _forget(nonce_key)
         raise
