@@ -72,9 +72,9 @@ def test_it_analyses_a_chest_radiograph_and_keeps_its_results_pending_without_a_
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        (lambda: _read(NON_CHEST), "modality OT: only frontal chest radiographs are analysed"),
-        (lambda: _read(TIBIA), "body part EXTREMITY: only frontal chest radiographs are analysed"),
-        (lambda: _changed(SMALL_CHEST, ViewPosition="RL"), "lateral view (RL): only frontal chest"),
+        (lambda: _read(NON_CHEST), "Modality OT: only frontal chest radiographs are analysed"),
+        (lambda: _read(TIBIA), "Body part EXTREMITY: only frontal chest radiographs are analysed"),
+        (lambda: _changed(SMALL_CHEST, ViewPosition="RL"), "Lateral view (RL): only frontal chest"),
         (lambda: _changed(SMALL_CHEST, PixelData=None), "not an image: no pixel data"),
     ],
 )
