@@ -12,7 +12,6 @@ from audit import label_selectors, label_services
 from audit import selectors as audit_selectors
 from audit.models import FindingLabel, Prediction
 from common.api_errors import error_responses
-from common.errors import LungsiteError
 from common.permissions import has_perm
 
 CanViewPredictions = has_perm("audit.view_prediction")
@@ -73,8 +72,6 @@ class PredictionLabelsApi(APIView):
         given = self.InputSerializer(data=request.data)
         given.is_valid(raise_exception=True)
         marks = {mark["finding"]: mark["value"] for mark in given.validated_data["labels"]}
-        try:
-            label_services.finding_labels_add(prediction=prediction, marks=marks, user=request.user)
-        except label_services.LabelRefused as exc:
-            raise LungsiteError(str(exc), code="invalid", status=status.HTTP_400_BAD_REQUEST) from exc
+        # LabelRefused is a common.errors.Refused: the API's handler answers it 400 `invalid`.
+        label_services.finding_labels_add(prediction=prediction, marks=marks, user=request.user)
         return Response(self._body(prediction), status=status.HTTP_201_CREATED)

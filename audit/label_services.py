@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from django.db import transaction
 
 from audit.models import FindingLabel, Prediction
+from common.errors import Refused
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
 VALUES = {value for value, _ in FindingLabel.VALUE_CHOICES}
 
 
-class LabelRefused(Exception):
+class LabelRefused(Refused):
     """A mark that cannot be stored; the message says why (a 400)."""
 
 

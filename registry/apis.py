@@ -8,7 +8,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from common.api_errors import error_responses
-from common.errors import LungsiteError
 from common.permissions import has_perm
 from registry import services
 from registry.models import DEFAULT_CLASS_NAMES, DEFAULT_PREPROCESSING, UNTRAINED_WARNING, ModelVersion
@@ -104,17 +103,12 @@ class ModelActivateApi(APIView):
     )
     def post(self, request, pk: int):
         version = _version(pk)
-        try:
-            version = services.model_version_activate(
-                version=version,
-                user=request.user,
-                via="api",
-                override_reason=str(request.data.get("override_reason") or "")[:5000],
-            )
-        except services.ActivationGateRefused as exc:
-            raise LungsiteError(str(exc), code="evaluation_required", status=409) from exc
-        except services.ActivationUnavailable as exc:
-            raise LungsiteError(str(exc), code="storage_unavailable", status=503) from exc
-        except services.ActivationError as exc:
-            raise LungsiteError(str(exc), code="activation_failed", status=409) from exc
+        # Refusals are common.errors.LungsiteError (registry.services.ActivationError and its kinds):
+        # the API's exception handler answers them with their code and status.
+        version = services.model_version_activate(
+            version=version,
+            user=request.user,
+            via="api",
+            override_reason=str(request.data.get("override_reason") or "")[:5000],
+        )
         return Response(self.OutputSerializer(version).data)

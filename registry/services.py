@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from common.errors import LungsiteError
 from engine.architectures import ARCHITECTURES
 from engine.weights import ExportFailed, WeightsError, check_graph_outputs, serving_graph_from_weights
 from registry.models import DEFAULT_PREPROCESSING, ActivationEvent, ModelVersion
@@ -38,27 +39,41 @@ MAX_INPUT_SIZE = 1024
 _CLASS_NAME = re.compile(r"^[^/\\\x00-\x1f\x7f]{1,100}$")
 
 
-class RegistrationError(Exception):
+class RegistrationError(LungsiteError):
     """A version that was refused; the message says which check failed."""
 
+    code = "registration_refused"
+    status = 400
 
-class ActivationError(Exception):
+
+class ActivationError(LungsiteError):
     """A version that cannot be activated; the message says why."""
+
+    code = "activation_failed"
+    status = 409
 
 
 class RegistrationUnavailable(RegistrationError):
     """Registration could not finish now (the weights store is unreachable, or the child process
     that checks and exports the weights crashed): nothing was written; try again later."""
 
+    code = "storage_unavailable"
+    status = 503
+
 
 class ActivationUnavailable(ActivationError):
     """Activation could not finish now (the weights store is unreachable, or the child process
     that checks and exports the weights crashed): nothing changed; try again later."""
 
+    code = "storage_unavailable"
+    status = 503
+
 
 class ActivationGateRefused(ActivationError):
     """The evaluation gate refused the version (no evaluation, or worse than the active one on the
     same set); activating it needs a written override reason."""
+
+    code = "evaluation_required"
 
 
 def _read_weights(file) -> bytes:
