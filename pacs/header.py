@@ -10,7 +10,8 @@ In memory only: the header is read from the PACS when a result is sent (docs/pac
 from __future__ import annotations
 
 from pydicom.dataset import Dataset
-from pydicom.valuerep import DA, DT, TM, validate_value
+from pydicom.multival import MultiValue
+from pydicom.valuerep import DA, DT, TM, PersonName, validate_value
 
 # Type 2 attributes of the patient and study modules: present in every result, empty where the
 # source had none (or had an invalid value).
@@ -32,7 +33,7 @@ RAISE = 2  # pydicom.config.RAISE: validate_value raises ValueError on an invali
 
 
 def _valid(vr: str, value) -> bool:
-    values = list(value) if hasattr(value, "__iter__") and not isinstance(value, (str, bytes)) else [value]
+    values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
     for item in values:
         if item is None or item == "":
             continue
@@ -48,10 +49,10 @@ def _valid(vr: str, value) -> bool:
 def _trimmed(vr: str, value):
     if vr not in _PADDED_VRS:
         return value
-    if isinstance(value, str):
-        return value.strip(" \x00")
-    if hasattr(value, "__iter__") and not isinstance(value, bytes):
+    if isinstance(value, (list, tuple, MultiValue)):
         return [_trimmed(vr, item) for item in value]
+    if isinstance(value, (str, PersonName)):
+        return str(value).strip(" \x00")
     return value
 
 

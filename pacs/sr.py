@@ -12,6 +12,8 @@ honesty statement (pacs.honesty) is a qualitative evaluation of the whole report
 
 from __future__ import annotations
 
+import copy
+
 import highdicom as hd
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
@@ -46,6 +48,22 @@ def algorithm_identification(recorded: dict, untrained: bool) -> hd.sr.Algorithm
         parameters=[f"sha256={recorded['sha256']}", f"untrained={str(untrained).lower()}"],
         manufacturer=MANUFACTURER,
     )
+
+
+def library_image(source: Dataset) -> Dataset:
+    """The image library's view of the source. The projection radiography descriptors (TID 1603)
+    need the patient orientation and the imager pixel spacing; a source without them (or with a
+    spacing of 0) is described by its SOP class, UIDs and size only, rather than by made-up values."""
+    try:
+        spacing = [float(v) for v in source.get("ImagerPixelSpacing") or []]
+        orientation = list(source.get("PatientOrientation") or [])
+    except (TypeError, ValueError):
+        spacing, orientation = [], []
+    if len(spacing) == 2 and all(v > 0 for v in spacing) and len(orientation) == 2:
+        return source
+    described = copy.copy(source)
+    described.Modality = ""  # in this copy only: highdicom then adds no modality-specific descriptors
+    return described
 
 
 def measurement_report(*, result: ResultObject, source: Dataset) -> hd.sr.MeasurementReport:
@@ -98,7 +116,7 @@ def measurement_report(*, result: ResultObject, source: Dataset) -> hd.sr.Measur
         observation_context=context,
         procedure_reported=coding.PROCEDURE,
         imaging_measurements=groups,
-        referenced_images=[source],
+        referenced_images=[library_image(source)],
     )
     statement = hd.sr.ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
