@@ -130,7 +130,7 @@ def test_it_builds_a_parametric_map_of_each_positive_finding_on_the_source_grid(
     values = pm.pixel_array.astype(np.float32)
     expected = heat_values(received.prediction.heatmap_maps(), result.finding, (header.Columns, header.Rows))
     np.testing.assert_allclose(values, expected, atol=1e-6)
-    assert 0.0 <= values.min() and values.max() <= 1.0 and values.std() > 0
+    assert values.min() >= 0.0 and values.max() <= 1.0 and values.std() > 0
     frame = pm.PerFrameFunctionalGroupsSequence[0]
     groups = frame if "RealWorldValueMappingSequence" in frame else pm.SharedFunctionalGroupsSequence[0]
     (mapping,) = groups.RealWorldValueMappingSequence
