@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Iterator
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 REDACTED = "[redacted]"
 logger = logging.getLogger("pacs.phi")
@@ -45,8 +46,6 @@ IDENTIFYING_KEYWORDS = (
     "InstitutionName",
     "InstitutionAddress",
     "StudyDescription",
-    "RequestAttributesSequence",
-    "OtherPatientIDsSequence",
 )
 # Shorter values (sex "M", a one-letter initial) say nothing on their own and would blank out
 # ordinary words.
@@ -58,25 +57,15 @@ _values: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("pacs_
 
 
 def _strings(value) -> Iterator[str]:
-    if value is None:
-        return
-    if isinstance(value, Dataset):
-        for element in value:
-            yield from _element_strings(element)
-        return
-    if isinstance(value, (list, tuple)) or (
-        hasattr(value, "__iter__") and not isinstance(value, (str, bytes))
-    ):
-        for item in value:
-            yield from _strings(item)
-        return
-    text = str(value).strip()
-    if text:
-        yield text
+    values = value if isinstance(value, (list, tuple, MultiValue)) else [value]
+    for item in values:
+        text = "" if item is None else str(item).strip()
+        if text:
+            yield text
 
 
 def _element_strings(element) -> Iterator[str]:
-    if element.VR == "SQ":
+    if element.VR == "SQ":  # e.g. Other Patient IDs Sequence, Request Attributes Sequence
         for item in element.value or []:
             for child in item:
                 yield from _element_strings(child)

@@ -188,8 +188,10 @@ def instance_receive(*, dataset_bytes: bytes, source: str) -> ReceivedInstance:
     """Records one DICOM instance (Part 10 bytes) received from the PACS and queues its analysis
     when it is a frontal chest radiograph; anything else is recorded as skipped with the reason.
 
-    Raises InstanceRefused (unreadable bytes; a row says so) or QueueUnavailable (the row says the
-    analysis could not be queued; the sender should retry)."""
+    An instance already analysed (same SOP Instance UID and pixels) is recorded as skipped and not
+    analysed again. Raises InstanceRefused (unreadable bytes, or a SOP Instance UID analysed before
+    with other pixels; a row says so) or QueueUnavailable (the row says the analysis could not be
+    queued; the sender should retry)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
