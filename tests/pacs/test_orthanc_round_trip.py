@@ -97,7 +97,7 @@ def _check_results_in_orthanc(orthanc: Orthanc, received, source: pydicom.Datase
     assert len(groups) == len(prediction.results_json["findings"])
     (device,) = report.get_observer_contexts()
     assert device.observer_identifying_attributes.serial_number == prediction.recorded_model["sha256"]
-    assert prediction.untrained and honesty_statement(prediction).startswith("UNTRAINED MODEL")
+    assert prediction.untrained and honesty_statement(prediction).upper().startswith("UNTRAINED")
     assert honesty_statement(prediction).encode() in sr.to_json().encode()
 
     for row in results:
