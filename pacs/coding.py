@@ -4,7 +4,7 @@ Coding Scheme Identification) for a name no reviewed code exists for.
 
 Review: every SNOMED CT code below was checked against a published source named in its row: DICOM
 PS3.16 (where the concept is in a DICOM context group; pydicom's code dictionary lists those, and
-tests/pacs/test_coding.py checks the rows against it), or SNOMED CT International concepts as used
+tests/pacs/test_results.py checks the rows against it), or SNOMED CT International concepts as used
 in published public mappings of the NIH ChestX-ray14 labels. Names mean what the ChestX-ray14
 labels mean (findings seen on a frontal chest radiograph). A site that holds a SNOMED CT licence and
 a terminologist should review this table before relying on the codes; a name that is missing here

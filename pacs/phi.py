@@ -9,6 +9,9 @@ message, arguments and exception text; `install()` applies it to every record th
 Warnings raised inside `patient_data` (highdicom and pydicom quote names and values in theirs) are
 turned into log records there, so they are redacted too instead of reaching stderr as they are.
 Records of the DICOM libraries made outside any such block have their quoted values redacted.
+
+Python's warning filters are process-wide: `patient_data` is meant for the Celery worker and the
+delivery command, where one object is built at a time, as lungsite deploys them.
 """
 
 from __future__ import annotations
