@@ -387,8 +387,20 @@ CELERY_BEAT_SCHEDULE = {
 
 # PACS (docs/pacs.md): the C-STORE receiver and where results go back by STOW-RS.
 LUNGSITE_DICOM_AE_TITLE = os.environ.get("LUNGSITE_DICOM_AE_TITLE", "LUNGSITE")
-LUNGSITE_DICOM_HOST = os.environ.get("LUNGSITE_DICOM_HOST", "0.0.0.0")
+# Loopback by default: opening the receiver to the network takes an allow-list (docs/pacs.md).
+LUNGSITE_DICOM_HOST = os.environ.get("LUNGSITE_DICOM_HOST", "127.0.0.1")
 LUNGSITE_DICOM_PORT = envint("LUNGSITE_DICOM_PORT", 11112)
+# Calling AE titles that may associate, comma-separated ("*": any; empty: any, on loopback only).
+LUNGSITE_DICOM_CALLING_AETS = envlist("LUNGSITE_DICOM_CALLING_AETS", "")
+# DICOM TLS (pynetdicom ssl_context): the server certificate and key (PEM); with a CA file, callers
+# must present a certificate it signed.
+LUNGSITE_DICOM_TLS_CERT = os.environ.get("LUNGSITE_DICOM_TLS_CERT", "")
+LUNGSITE_DICOM_TLS_KEY = os.environ.get("LUNGSITE_DICOM_TLS_KEY", "")
+LUNGSITE_DICOM_TLS_CA = os.environ.get("LUNGSITE_DICOM_TLS_CA", "")
+# STOW-RS: parts per request; a request past it is refused before anything is recorded.
+LUNGSITE_STOW_MAX_PARTS = envint("LUNGSITE_STOW_MAX_PARTS", 500)
+# A result object that cannot be built is failed (with the reason, on the worklist) after this many tries.
+LUNGSITE_PACS_BUILD_ATTEMPTS = envint("LUNGSITE_PACS_BUILD_ATTEMPTS", 3)
 LUNGSITE_DICOMWEB_URL = os.environ.get("LUNGSITE_DICOMWEB_URL", "").strip().rstrip("/")
 LUNGSITE_DICOMWEB_USER = os.environ.get("LUNGSITE_DICOMWEB_USER", "")
 LUNGSITE_DICOMWEB_PASSWORD = os.environ.get("LUNGSITE_DICOMWEB_PASSWORD", "")

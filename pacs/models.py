@@ -6,6 +6,7 @@ numbers and descriptions stay in the PACS; the header is read in memory only (pa
 """
 
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 
@@ -40,6 +41,18 @@ class ReceivedInstance(models.Model):
         default="",
         help_text="Why it was skipped or failed, as the API's error code.",
     )
+    # sha256 of the Pixel Data element as received: with the SOP Instance UID, what makes a re-sent
+    # instance the same one (not analysed again) or a different one under a reused UID (flagged).
+    pixel_sha256 = models.CharField(max_length=64, blank=True)
+    duplicate_of = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The earlier row of the same SOP Instance UID (same pixels: not analysed again; "
+        "other pixels: flagged).",
+    )
     prediction = models.OneToOneField(
         "audit.Prediction", null=True, blank=True, on_delete=models.PROTECT, related_name="received_instance"
     )
@@ -52,6 +65,14 @@ class ReceivedInstance(models.Model):
     class Meta:
         db_table = "pacs_received_instances"
         ordering = ["-received_at", "-id"]
+        constraints = [
+            # One analysis per instance: two copies received at once cannot both be queued.
+            models.UniqueConstraint(
+                fields=["sop_instance_uid", "pixel_sha256"],
+                condition=Q(state__in=["queued", "done"]) & ~Q(pixel_sha256=""),
+                name="pacs_received_analysed_once",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"received instance {self.pk} ({self.state})"
@@ -67,14 +88,19 @@ class ReceivedInstance(models.Model):
 
 
 class ResultObject(models.Model):
-    """The outbox: one DICOM result object (the SR or one heatmap secondary capture) to send back
-    by STOW-RS. The bytes are not kept: they are rebuilt at send time from the audit row and the
-    patient/study module read from the PACS (docs/pacs.md), under the UIDs fixed here, so every
-    attempt sends the same object."""
+    """The outbox: one DICOM result object (the SR, or a heatmap's parametric map or secondary
+    capture) to send back by STOW-RS. The bytes are not kept: they are rebuilt at send time from
+    the audit row and the patient/study module read from the PACS (docs/pacs.md), under the UIDs
+    fixed here, so every attempt sends the same object."""
 
     KIND_SR = "sr"
     KIND_SC = "sc"
-    KIND_CHOICES = [(KIND_SR, "Structured report"), (KIND_SC, "Heatmap secondary capture")]
+    KIND_PM = "pm"
+    KIND_CHOICES = [
+        (KIND_SR, "Structured report"),
+        (KIND_SC, "Heatmap secondary capture"),
+        (KIND_PM, "Heatmap parametric map"),
+    ]
 
     PENDING = "pending"
     SENT = "sent"
@@ -83,7 +109,7 @@ class ResultObject(models.Model):
 
     received = models.ForeignKey(ReceivedInstance, on_delete=models.PROTECT, related_name="results")
     kind = models.CharField(max_length=2, choices=KIND_CHOICES)
-    finding = models.CharField(max_length=100, blank=True, help_text="The finding of a heatmap SC.")
+    finding = models.CharField(max_length=100, blank=True, help_text="The finding of a heatmap (PM or SC).")
     series_instance_uid = models.CharField(max_length=64)
     sop_instance_uid = models.CharField(max_length=64, unique=True)
     instance_number = models.PositiveIntegerField(default=1)

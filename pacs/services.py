@@ -2,7 +2,9 @@
 
 `instance_receive` is the one way in (the C-STORE handler and the STOW-RS endpoint both call it):
 it reads the header in memory, records a row without patient data, and queues the analysis with a
-copy of the dataset that holds only the pixel module and the UIDs. `instance_analyse` (run by the
+copy of the dataset that holds only the pixel module and the UIDs. An instance already analysed
+(same SOP Instance UID, same pixels) is recorded and not analysed again; one that reuses a SOP
+Instance UID with other pixels is recorded, flagged and refused. `instance_analyse` (run by the
 Celery task) predicts through analysis.services and fills the outbox; `result_deliver` sends one
 result object by STOW-RS, rebuilding it from the audit row and the patient/study header that it
 reads back from the PACS, so no patient data is ever at rest in lungsite (docs/pacs.md).
@@ -10,13 +12,14 @@ reads back from the PACS, so no patient data is ever at rest in lungsite (docs/p
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import warnings
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -26,6 +29,7 @@ from analysis.services import analyse
 from audit.models import Prediction
 from common.errors import Refused, Unavailable
 from engine.dicom_checks import burned_in_refusal, frontal_chest_refusal
+from pacs import phi
 from pacs.models import ReceivedInstance, ResultObject
 
 logger = logging.getLogger(__name__)
@@ -40,8 +44,9 @@ ANALYSIS_KEYWORDS = (
     "SeriesInstanceUID",
     "Modality",
     "BodyPartExamined",
-    "BurnedInAnnotation",
     "ViewPosition",
+    # The core refuses pixels that say they carry burned-in text (names, dates): it must see the tag.
+    "BurnedInAnnotation",
     "SamplesPerPixel",
     "PhotometricInterpretation",
     "PlanarConfiguration",
@@ -64,13 +69,20 @@ ANALYSIS_KEYWORDS = (
 )
 
 
-class InstanceRefused(Exception):
-    """The bytes are not a DICOM instance lungsite can take (unreadable, no UIDs). The row saying
-    so is written (`received`); the sender is told it failed."""
+# DIMSE statuses a refusal is answered with (C-STORE status; STOW-RS Failure Reason).
+CANNOT_UNDERSTAND = 0xC000
+DUPLICATE_SOP_INSTANCE = 0x0111
 
-    def __init__(self, message: str, *, received: ReceivedInstance) -> None:
+
+class InstanceRefused(Exception):
+    """lungsite does not take the instance: the bytes are not a DICOM instance it can read (no
+    UIDs), or its SOP Instance UID was analysed before with other pixels. The row saying so is
+    written (`received`); the sender is told it failed, with `status`."""
+
+    def __init__(self, message: str, *, received: ReceivedInstance, status: int = CANNOT_UNDERSTAND) -> None:
         super().__init__(message)
         self.received = received
+        self.status = status
 
 
 class QueueUnavailable(Exception):
@@ -126,25 +138,77 @@ def _row(source: str, ds: Dataset | None, **fields) -> ReceivedInstance:
     return ReceivedInstance.objects.create(source=source, **fields)
 
 
-def _skipped(source: str, ds: Dataset, reason: str, code: str) -> ReceivedInstance:
+def _skipped(source: str, ds: Dataset, reason: str, code: str, **fields) -> ReceivedInstance:
     logger.info("PACS instance skipped: %s", reason)
     return _row(
-        source, ds, state=ReceivedInstance.SKIPPED, reason=reason, code=code, finished_at=timezone.now()
+        source,
+        ds,
+        state=ReceivedInstance.SKIPPED,
+        reason=reason,
+        code=code,
+        finished_at=timezone.now(),
+        **fields,
     )
+
+
+def pixel_hash(ds: Dataset) -> str:
+    """sha256 of the Pixel Data element's value as received (native or encapsulated)."""
+    return hashlib.sha256(bytes(ds["PixelData"].value)).hexdigest()
+
+
+def _earlier(sop_instance_uid: str, pixel_sha256: str, source: str, ds: Dataset) -> ReceivedInstance | None:
+    """The row of the same instance when it was analysed (or queued) before: a duplicate row for
+    the same pixels; InstanceRefused (a flagged row) for other pixels under the same UID."""
+    analysed = ReceivedInstance.objects.filter(
+        sop_instance_uid=sop_instance_uid, state__in=[ReceivedInstance.QUEUED, ReceivedInstance.DONE]
+    ).exclude(pixel_sha256="")
+    same = analysed.filter(pixel_sha256=pixel_sha256).order_by("id").first()
+    if same is not None:
+        return _skipped(
+            source,
+            ds,
+            f"already analysed: received instance {same.pk} has the same SOP Instance UID and pixels",
+            "already_analysed",
+            pixel_sha256=pixel_sha256,
+            duplicate_of=same,
+        )
+    other = analysed.order_by("id").first()
+    if other is not None:
+        reason = (
+            f"SOP Instance UID reused with other pixels (received instance {other.pk} had different "
+            "pixel data): not analysed, since its results would attach to whichever copy the PACS "
+            "kept; check the sender"
+        )
+        logger.warning("PACS instance flagged: %s", reason)
+        flagged = _row(
+            source,
+            ds,
+            state=ReceivedInstance.FAILED,
+            reason=reason,
+            code="sop_instance_uid_reused",
+            pixel_sha256=pixel_sha256,
+            duplicate_of=other,
+            finished_at=timezone.now(),
+        )
+        raise InstanceRefused(reason, received=flagged, status=DUPLICATE_SOP_INSTANCE)
+    return None
 
 
 def instance_receive(*, dataset_bytes: bytes, source: str) -> ReceivedInstance:
     """Records one DICOM instance (Part 10 bytes) received from the PACS and queues its analysis
     when it is a frontal chest radiograph; anything else is recorded as skipped with the reason.
 
-    Raises InstanceRefused (unreadable bytes; a row says so) or QueueUnavailable (the row says the
-    analysis could not be queued; the sender should retry)."""
+    An instance already analysed (same SOP Instance UID and pixels) is recorded as skipped and not
+    analysed again. Raises InstanceRefused (unreadable bytes, or a SOP Instance UID analysed before
+    with other pixels; a row says so) or QueueUnavailable (the row says the analysis could not be
+    queued; the sender should retry)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = dcmread(io.BytesIO(dataset_bytes), force=True)
             sop_instance_uid = _text(ds, "SOPInstanceUID")
             study_instance_uid = _text(ds, "StudyInstanceUID")
+            values = phi.patient_values(ds)
     except Exception as exc:  # noqa: BLE001 - a hostile header can make pydicom raise anything
         reason = f"malformed DICOM: the header cannot be read ({type(exc).__name__})"
         raise InstanceRefused(
@@ -158,6 +222,11 @@ def instance_receive(*, dataset_bytes: bytes, source: str) -> ReceivedInstance:
                 finished_at=timezone.now(),
             ),
         ) from exc
+    with phi.patient_values_in_hand(values):
+        return _receive(ds, source, sop_instance_uid, study_instance_uid)
+
+
+def _receive(ds: Dataset, source: str, sop_instance_uid: str, study_instance_uid: str) -> ReceivedInstance:
     if not sop_instance_uid or not study_instance_uid:
         reason = "malformed DICOM: no SOP Instance UID or Study Instance UID"
         raise InstanceRefused(reason, received=_skipped(source, ds, reason, "malformed_dicom"))
@@ -178,7 +247,19 @@ def instance_receive(*, dataset_bytes: bytes, source: str) -> ReceivedInstance:
         reason = f"malformed DICOM: the image cannot be re-encoded ({type(exc).__name__})"
         return _skipped(source, ds, reason, "malformed_dicom")
 
-    received = _row(source, ds, state=ReceivedInstance.QUEUED)
+    pixel_sha256 = pixel_hash(ds)
+    earlier = _earlier(sop_instance_uid, pixel_sha256, source, ds)
+    if earlier is not None:
+        return earlier
+    try:
+        with transaction.atomic():
+            received = _row(source, ds, state=ReceivedInstance.QUEUED, pixel_sha256=pixel_sha256)
+    except IntegrityError:
+        # The same instance was queued by another receiver in the meantime.
+        earlier = _earlier(sop_instance_uid, pixel_sha256, source, ds)
+        if earlier is None:
+            raise
+        return earlier
     from pacs.tasks import instance_analyse_task
 
     try:
@@ -202,9 +283,9 @@ def instance_receive(*, dataset_bytes: bytes, source: str) -> ReceivedInstance:
 
 def instance_analyse(*, received_id: int, dataset_bytes: bytes) -> ReceivedInstance:
     """Analyses the analysis copy of a received instance through the analysis core (audit source
-    `pacs`), then queues its result objects (the SR, and a secondary capture per positive finding)
-    and tries to send them. Idempotent: a redelivered task finds the row no longer queued and does
-    nothing."""
+    `pacs`), then queues its result objects (the SR; a parametric map and a secondary capture per
+    positive finding) and tries to send them. Idempotent: a redelivered task finds the row no
+    longer queued and does nothing."""
     received = ReceivedInstance.objects.get(pk=received_id)
     if received.state != ReceivedInstance.QUEUED or received.prediction_id:
         return received
@@ -237,19 +318,21 @@ def instance_analyse(*, received_id: int, dataset_bytes: bytes) -> ReceivedInsta
                 sop_instance_uid=generate_uid(),
             )
         ]
-        sc_series = generate_uid()
+        # Per positive finding: its heatmap as a parametric map and as a secondary capture.
         positives = [f["name"] for f in findings if f["positive"]]
-        for number, name in enumerate(positives, start=1):
-            results.append(
-                ResultObject(
-                    received=received,
-                    kind=ResultObject.KIND_SC,
-                    finding=name,
-                    series_instance_uid=sc_series,
-                    sop_instance_uid=generate_uid(),
-                    instance_number=number,
+        for kind in (ResultObject.KIND_PM, ResultObject.KIND_SC):
+            series = generate_uid()
+            for number, name in enumerate(positives, start=1):
+                results.append(
+                    ResultObject(
+                        received=received,
+                        kind=kind,
+                        finding=name,
+                        series_instance_uid=series,
+                        sop_instance_uid=generate_uid(),
+                        instance_number=number,
+                    )
                 )
-            )
         ResultObject.objects.bulk_create(results)
     for result in ResultObject.objects.filter(received=received):
         result_deliver(result_id=result.pk)
@@ -290,24 +373,32 @@ def _claim(result_id: int) -> bool:
 def result_deliver(*, result_id: int) -> ResultObject:
     """Sends one pending, due result object by STOW-RS. On success it is `sent`; when the PACS is
     down or answers 5xx it stays `pending` with the next try after a backoff; when the PACS refuses
-    the object itself (4xx) it is `failed` with the PACS's answer (visible on the worklist)."""
+    the object itself (4xx), or the object cannot be built LUNGSITE_PACS_BUILD_ATTEMPTS times, it is
+    `failed` with the reason (visible on the worklist)."""
     from pacs import dicomweb
-    from pacs.results import result_dataset_bytes
+    from pacs.results import result_dataset
 
     if not _claim(result_id):
         return ResultObject.objects.get(pk=result_id)
     result = ResultObject.objects.select_related("received__prediction__model").get(pk=result_id)
     received = result.received
     result.attempts += 1
+    values: tuple[str, ...] = ()
     try:
         header = dicomweb.instance_header(
             study=received.study_instance_uid,
             series=received.series_instance_uid,
             sop=received.sop_instance_uid,
         )
-        data = result_dataset_bytes(result=result, header=header)
-        del header  # the patient module lives in memory for this send only
-        dicomweb.stow(data=data, study=received.study_instance_uid)
+        values = phi.patient_values(header)
+        try:
+            dataset = result_dataset(result=result, header=header)
+        except Exception as exc:  # noqa: BLE001 - whatever a source's values make a builder raise
+            return _build_failed(result, exc, values)
+        finally:
+            del header  # the patient module lives in memory for this send only
+        with phi.patient_values_in_hand(values):
+            dicomweb.stow(dataset=dataset, study=received.study_instance_uid)
     except dicomweb.DicomwebError as exc:
         result.last_error = str(exc)[:2000]
         if exc.retryable:
@@ -321,15 +412,33 @@ def result_deliver(*, result_id: int) -> ResultObject:
         return result
     except Exception as exc:
         # A bug or an unexpected answer: keep the object pending (never lost) and say why.
-        result.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+        result.last_error = phi.redact(f"{type(exc).__name__}: {exc}", values)[:2000]
         result.next_try_at = timezone.now() + retry_delay(result.attempts)
         result.save(update_fields=["attempts", "next_try_at", "last_error"])
-        logger.exception("result %s could not be built or sent", result.pk)
+        with phi.patient_values_in_hand(values):
+            logger.exception("result %s could not be sent", result.pk)
         return result
     result.state = ResultObject.SENT
     result.sent_at = timezone.now()
     result.last_error = ""
     result.save(update_fields=["state", "attempts", "sent_at", "last_error"])
+    return result
+
+
+def _build_failed(result: ResultObject, exc: Exception, values: tuple[str, ...]) -> ResultObject:
+    """A result that cannot be built: tried again later, failed with the reason after its attempts."""
+    reason = phi.redact(f"{type(exc).__name__}: {exc}", values)[:1500]
+    with phi.patient_values_in_hand(values):
+        logger.error("result %s cannot be built (attempt %s): %s", result.pk, result.attempts, reason)
+    if result.attempts >= settings.LUNGSITE_PACS_BUILD_ATTEMPTS:
+        result.state = ResultObject.FAILED
+        result.last_error = (
+            f"the result cannot be built from the source's header ({reason}); tried {result.attempts} times"
+        )
+    else:
+        result.next_try_at = timezone.now() + retry_delay(result.attempts)
+        result.last_error = f"the result cannot be built from the source's header ({reason}); trying again"
+    result.save(update_fields=["state", "attempts", "next_try_at", "last_error"])
     return result
 
 

@@ -33,6 +33,7 @@ OPERATIONS = {
     ("/api/v1/predictions/{id}/", "get"),
     ("/api/v1/predictions/{id}/heatmaps/{name}.png", "get"),
     ("/api/v1/predictions/{id}/image", "get"),
+    ("/api/v1/predictions/{id}/fhir", "get"),
     ("/api/v1/models/", "get"),
     ("/api/v1/models/{id}/", "get"),
     ("/api/v1/models/{id}/activate/", "post"),
@@ -176,6 +177,7 @@ def test_it_conforms_to_its_schema(api_data, wsgi_app):
         ("/api/v1/predictions/{id}/", "GET"): {"id": prediction_id},
         ("/api/v1/predictions/{id}/heatmaps/{name}.png", "GET"): {"id": prediction_id, "name": "Edema"},
         ("/api/v1/predictions/{id}/image", "GET"): {"id": prediction_id},
+        ("/api/v1/predictions/{id}/fhir", "GET"): {"id": prediction_id},
         ("/api/v1/models/{id}/", "GET"): {"id": model_id},
         ("/api/v1/models/{id}/activate/", "POST"): {"id": model_id},
     }

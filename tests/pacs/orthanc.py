@@ -34,7 +34,9 @@ def orthanc_binary() -> str:
 class Orthanc:
     """Orthanc on 127.0.0.1 (remote access off), started and stopped by the test."""
 
-    def __init__(self, folder: Path, *, lungsite_dicom_port: int, lungsite_url: str, token: str) -> None:
+    def __init__(
+        self, folder: Path, *, lungsite_dicom_port: int, lungsite_url: str, token: str, chunked: bool = False
+    ) -> None:
         self.binary = orthanc_binary()
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
@@ -55,7 +57,7 @@ class Orthanc:
             # Only known modalities may store; lungsite is the one.
             "DicomAlwaysAllowStore": False,
             "DicomModalities": {"lungsite": ["LUNGSITE", "127.0.0.1", lungsite_dicom_port]},
-            # Without a broker lungsite analyses before it answers (docs/pacs.md): allow for it.
+            # The tests analyse in the receiving process (Celery eager mode): allow for it.
             "DicomScuTimeout": 300,
             "HttpTimeout": 300,
             "DicomWeb": {
@@ -65,13 +67,14 @@ class Orthanc:
                     "lungsite": {
                         "Url": lungsite_url.rstrip("/") + "/dicom-web/",
                         "HttpHeaders": {"Authorization": f"Token {token}"},
-                        # The test's live server (Django's) reads no chunked request bodies;
-                        # gunicorn does (docs/pacs.md).
-                        "ChunkedTransfers": False,
                     }
                 },
             },
         }
+        if not chunked:
+            # Django's test server reads no chunked request bodies (lungsite answers it 411);
+            # gunicorn does, and test_stow_gunicorn.py keeps Orthanc's default (chunked).
+            self.config["DicomWeb"]["Servers"]["lungsite"]["ChunkedTransfers"] = False
         self.config_path = folder / "orthanc.json"
         self.config_path.write_text(json.dumps(self.config, indent=2))
         self.process: subprocess.Popen | None = None

@@ -10,16 +10,19 @@ import email.parser
 import email.policy
 import io
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
 from django.core.files.storage import storages
 from django.db import connection
 
+from pacs import coding
 from tests.pacs.orthanc import PASSWORD, USER, Orthanc
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("one_torch_thread")]
@@ -59,42 +62,19 @@ def _series_of(orthanc: Orthanc, study: str, modality: str) -> list[dict]:
     return response.json() if response.status_code == 200 else []
 
 
-def _sr_findings(sr: pydicom.Dataset) -> dict:
-    findings = {}
-    for item in sr.ContentSequence:
-        if item.ConceptNameCodeSequence[0].CodeMeaning != "Finding":
-            continue
-        values = {}
-        for child in item.ContentSequence:
-            meaning = child.ConceptNameCodeSequence[0].CodeMeaning
-            if child.ValueType == "TEXT":
-                values[meaning] = child.TextValue
-            elif child.ValueType == "NUM":
-                values[meaning] = float(child.MeasuredValueSequence[0].NumericValue)
-            elif child.ValueType == "CODE":
-                values[meaning] = child.ConceptCodeSequence[0].CodeMeaning
-        findings[values["Finding name"]] = values
-    return findings
-
-
-def _sr_texts(sr: pydicom.Dataset) -> dict:
-    return {
-        item.ConceptNameCodeSequence[0].CodeMeaning: item.TextValue
-        for item in sr.ContentSequence
-        if item.ValueType == "TEXT"
-    }
-
-
 def _check_results_in_orthanc(orthanc: Orthanc, received, source: pydicom.Dataset) -> None:
+    """Every result object as delivered to Orthanc, read back: the TID 1500 report through
+    highdicom's MeasurementReport, each parametric map's values, each secondary capture."""
+    from pacs.honesty import honesty_statement
     from pacs.models import ResultObject
 
     prediction = received.prediction
     results = list(received.results.all())
     assert [r.state for r in results] == [ResultObject.SENT] * len(results)
     sr_row = next(r for r in results if r.kind == ResultObject.KIND_SR)
-    sc_rows = [r for r in results if r.kind == ResultObject.KIND_SC]
-    positives = [f["name"] for f in prediction.results_json["findings"] if f["positive"]]
-    assert sorted(r.finding for r in sc_rows) == sorted(positives)
+    positives = sorted(f["name"] for f in prediction.results_json["findings"] if f["positive"])
+    for kind in (ResultObject.KIND_PM, ResultObject.KIND_SC):
+        assert sorted(r.finding for r in results if r.kind == kind) == positives
 
     study = source.StudyInstanceUID
     sr_series = {s["0020000E"]["Value"][0] for s in _series_of(orthanc, study, "SR")}
@@ -102,25 +82,39 @@ def _check_results_in_orthanc(orthanc: Orthanc, received, source: pydicom.Datase
     sr = _wado_instance(orthanc, study, sr_row.series_instance_uid, sr_row.sop_instance_uid)
     assert sr.StudyInstanceUID == study and sr.SOPInstanceUID == sr_row.sop_instance_uid
     assert str(sr.PatientName) == str(source.PatientName) and sr.PatientID == source.PatientID
-    findings = _sr_findings(sr)
+    report = hd.sr.MeasurementReport.from_sequence([sr])
+    groups = {group.tracking_identifier: group for group in report.get_image_measurement_groups()}
     for finding in prediction.results_json["findings"]:
-        got = findings[finding["name"]]
-        assert got["Probability"] == pytest.approx(finding["probability"], abs=1e-6)
-        assert got["Decision threshold"] == pytest.approx(finding["threshold"])
-        assert got["Positive at threshold"] == ("Yes" if finding["positive"] else "No")
-    texts = _sr_texts(sr)
-    assert texts["Algorithm Name"] == prediction.recorded_model["version_name"]
-    assert texts["Algorithm Version"] == prediction.recorded_model["sha256"]
-    assert prediction.untrained and texts["Model statement"].startswith("UNTRAINED MODEL")
+        group = groups[finding["name"]]
+        assert group.finding_type == coding.finding_concept(finding["name"])
+        (probability,) = group.get_measurements(name=coding.PROBABILITY)
+        assert probability.value == pytest.approx(finding["probability"], abs=1e-6)
+        (threshold,) = group.get_measurements(name=coding.THRESHOLD)
+        assert threshold.value == pytest.approx(finding["threshold"])
+        (evaluation,) = group.get_qualitative_evaluations()
+        assert evaluation.value == (coding.PRESENT if finding["positive"] else coding.ABSENT)
+        assert group.source_images[0].referenced_sop_instance_uid == source.SOPInstanceUID
+    assert len(groups) == len(prediction.results_json["findings"])
+    (device,) = report.get_observer_contexts()
+    assert device.observer_identifying_attributes.serial_number == prediction.recorded_model["sha256"]
+    assert prediction.untrained and honesty_statement(prediction).upper().startswith("UNTRAINED")
+    assert honesty_statement(prediction).encode() in sr.to_json().encode()
 
-    for row in sc_rows:
-        sc = _wado_instance(orthanc, study, row.series_instance_uid, row.sop_instance_uid)
-        assert sc.StudyInstanceUID == study and sc.SeriesInstanceUID == row.series_instance_uid
-        assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
-        assert str(sc.PatientName) == str(source.PatientName)
-        pixels = sc.pixel_array
-        assert pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.std() > 1
-        assert row.finding in sc.ImageComments and "UNTRAINED" in sc.ImageComments
+    for row in results:
+        if row.kind == ResultObject.KIND_SR:
+            continue
+        instance = _wado_instance(orthanc, study, row.series_instance_uid, row.sop_instance_uid)
+        assert instance.StudyInstanceUID == study and instance.SeriesInstanceUID == row.series_instance_uid
+        assert str(instance.PatientName) == str(source.PatientName)
+        assert "UNTRAINED" in instance.ImageComments and row.finding in instance.ImageComments
+        if row.kind == ResultObject.KIND_PM:
+            assert instance.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
+            assert instance.pixel_array.shape == (source.Rows, source.Columns)
+            assert instance.pixel_array.dtype == np.float32 and instance.pixel_array.max() <= 1.0
+        else:
+            assert instance.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
+            pixels = instance.pixel_array
+            assert pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.std() > 1
 
 
 def _database_text() -> str:
@@ -138,11 +132,29 @@ def _storage_bytes() -> list[tuple[Path, bytes]]:
     return [(Path(d) / n, (Path(d) / n).read_bytes()) for d, _, names in os.walk(root) for n in names]
 
 
+def _named(chest_dicom: bytes) -> tuple[bytes, pydicom.Dataset]:
+    """The same radiograph as another instance of a named patient; the referring physician's name
+    has one component, which highdicom warns about, quoting it."""
+    ds = pydicom.dcmread(io.BytesIO(chest_dicom))
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+    ds.PatientName = "Quaxley^Ermintrude^Jolanda"
+    ds.PatientID = "MRN-77341920"
+    ds.PatientBirthDate = "19440229"
+    ds.ReferringPhysicianName = "Plonkington"
+    ds.AccessionNumber = "ACC99218877"
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue(), pydicom.dcmread(io.BytesIO(buffer.getvalue()), stop_before_pixels=True)
+
+
 def test_it_round_trips_a_chest_radiograph_through_orthanc_by_c_store_and_stow_rs(
-    orthanc, starter_model, chest_dicom, auditor, client
+    orthanc, starter_model, chest_dicom, auditor, client, caplog, capfd
 ):
     from pacs.models import ReceivedInstance
 
+    caplog.set_level(logging.DEBUG)
     source = pydicom.dcmread(io.BytesIO(chest_dicom), stop_before_pixels=True)
     uploaded = orthanc.upload(chest_dicom)
 
@@ -154,12 +166,22 @@ def test_it_round_trips_a_chest_radiograph_through_orthanc_by_c_store_and_stow_r
     assert by_cstore.prediction.source == "pacs"
     _check_results_in_orthanc(orthanc, by_cstore, source)
 
+    # The same instance again, by STOW-RS: taken, recorded, not analysed a second time.
     sent = orthanc.post("/dicom-web/servers/lungsite/stow", json={"Resources": [uploaded["ID"]]})
     assert sent.status_code == 200, sent.text + orthanc.log_tail()
-    by_stow = ReceivedInstance.objects.get(source=ReceivedInstance.SOURCE_STOW)
+    again = ReceivedInstance.objects.get(source=ReceivedInstance.SOURCE_STOW)
+    assert again.state == ReceivedInstance.SKIPPED and again.duplicate_of_id == by_cstore.pk
+    assert again.prediction_id is None and not again.results.exists()
+
+    # Another instance of a named patient, by STOW-RS.
+    named_bytes, named = _named(chest_dicom)
+    named_id = orthanc.upload(named_bytes)["ID"]
+    sent = orthanc.post("/dicom-web/servers/lungsite/stow", json={"Resources": [named_id]})
+    assert sent.status_code == 200, sent.text + orthanc.log_tail()
+    by_stow = ReceivedInstance.objects.get(sop_instance_uid=named.SOPInstanceUID)
     assert by_stow.state == ReceivedInstance.DONE, by_stow.reason
-    _check_results_in_orthanc(orthanc, by_stow, source)
-    # The same image, the same version: the same numbers either way in.
+    _check_results_in_orthanc(orthanc, by_stow, named)
+    # The same pixels, the same version: the same numbers either way in.
     np.testing.assert_allclose(
         [f["probability"] for f in by_stow.prediction.results_json["findings"]],
         [f["probability"] for f in by_cstore.prediction.results_json["findings"]],
@@ -167,12 +189,11 @@ def test_it_round_trips_a_chest_radiograph_through_orthanc_by_c_store_and_stow_r
     )
 
     # No patient data at rest in lungsite: its database and its storage never saw the header.
-    phi = [
-        str(source.PatientName),
-        str(source.PatientName).split("^")[0],
-        source.PatientID,
-        source.PatientBirthDate,
-    ]
+    phi = []
+    for header in (source, named):
+        name = str(header.PatientName)
+        phi += [name, *name.split("^"), header.PatientID, header.PatientBirthDate]
+    phi += [str(named.ReferringPhysicianName), named.AccessionNumber]
     assert all(phi)
     text = _database_text()
     files = _storage_bytes()
@@ -181,6 +202,13 @@ def test_it_round_trips_a_chest_radiograph_through_orthanc_by_c_store_and_stow_r
         assert value not in text, f"{value!r} found in the database"
         for path, data in files:
             assert value.encode() not in data, f"{value!r} found in {path}"
+
+    # Nor in any log: every record of the round trip (DEBUG and up, every library), and whatever
+    # reached stdout or stderr. highdicom did warn about the one-component name, redacted.
+    logs = caplog.text + "".join(capfd.readouterr())
+    for value in phi:
+        assert value not in logs, f"{value!r} found in the logs"
+    assert "unlikely to represent the intended person name" in logs and "[redacted]" in logs
 
     client.force_login(auditor)
     page = client.get("/worklist/")

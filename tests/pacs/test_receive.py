@@ -62,7 +62,8 @@ def test_it_analyses_a_chest_radiograph_and_keeps_its_results_pending_without_a_
     top = max(f["probability"] - f["threshold"] for f in findings)
     assert received.top_margin == pytest.approx(top)
     kinds = sorted(r.kind for r in received.results.all())
-    assert kinds == ["sc"] * sum(f["positive"] for f in findings) + ["sr"]
+    positives = sum(f["positive"] for f in findings)
+    assert kinds == ["pm"] * positives + ["sc"] * positives + ["sr"]
     for result in received.results.all():
         assert result.state == ResultObject.PENDING and result.attempts == 1
         assert "LUNGSITE_DICOMWEB_URL is not set" in result.last_error
@@ -190,3 +191,46 @@ def test_it_refuses_a_stow_rs_body_over_the_upload_limit(api, pacs_user, setting
     response = api(pacs_user).post("/dicom-web/studies", data=body, content_type=content_type)
     assert response.status_code == 413
     assert ReceivedInstance.objects.count() == 0
+
+
+def test_it_refuses_a_stow_rs_request_past_the_part_limit_before_recording_anything(api, pacs_user, settings):
+    settings.LUNGSITE_STOW_MAX_PARTS = 50
+    body, content_type = _stow_body(*[b"junk part %d" % i for i in range(3000)])
+    response = api(pacs_user).post("/dicom-web/studies", data=body, content_type=content_type)
+    assert response.status_code == 413
+    assert "at most 50" in response.json()["error"]["message"]
+    assert ReceivedInstance.objects.count() == 0
+
+
+def test_it_refuses_a_chunked_body_the_server_did_not_dechunk_instead_of_answering_200(api, pacs_user):
+    body, content_type = _stow_body(_read(NON_CHEST))
+    response = api(pacs_user).generic(
+        "POST", "/dicom-web/studies", data=b"", content_type=content_type, HTTP_TRANSFER_ENCODING="chunked"
+    )
+    assert response.status_code == 411
+    assert ReceivedInstance.objects.count() == 0
+
+
+def test_it_does_not_analyse_an_instance_again_and_flags_a_reused_uid(db, starter_model, settings):
+    from audit.models import Prediction
+
+    settings.LUNGSITE_DICOMWEB_URL = ""
+    first = instance_receive(dataset_bytes=_read(SMALL_CHEST), source=ReceivedInstance.SOURCE_CSTORE)
+    again = instance_receive(dataset_bytes=_read(SMALL_CHEST), source=ReceivedInstance.SOURCE_STOW)
+    assert first.state == ReceivedInstance.DONE and first.pixel_sha256
+    assert again.state == ReceivedInstance.SKIPPED and again.duplicate_of_id == first.pk
+    assert again.reason.startswith("already analysed")
+    assert Prediction.objects.count() == 1 and ResultObject.objects.filter(received=again).count() == 0
+
+    ds = pydicom.dcmread(shared_data_path(*SMALL_CHEST), force=True)
+    pixels = bytearray(ds.PixelData)
+    pixels[:64] = bytes(64)
+    with pytest.raises(InstanceRefused) as info:
+        instance_receive(
+            dataset_bytes=_changed(SMALL_CHEST, PixelData=bytes(pixels)), source=ReceivedInstance.SOURCE_STOW
+        )
+    flagged = info.value.received
+    assert info.value.status == 0x0111  # duplicate SOP instance
+    assert flagged.state == ReceivedInstance.FAILED and flagged.duplicate_of_id == first.pk
+    assert "reused with other pixels" in flagged.reason
+    assert Prediction.objects.count() == 1
