@@ -10,7 +10,9 @@ from registry.serializers import ModelVersionSummarySerializer
 
 class PredictionUploadSerializer(serializers.Serializer):
     image = serializers.FileField(
-        help_text="The chest X-ray: PNG, JPEG or DICOM, at most LUNGSITE_MAX_UPLOAD_MB (default 50) MB."
+        # An empty file is the analysis core's to refuse (400 `empty`), as at every other door.
+        allow_empty_file=True,
+        help_text="The chest X-ray: PNG, JPEG or DICOM, at most LUNGSITE_MAX_UPLOAD_MB (default 50) MB.",
     )
 
     def validate_image(self, image):

@@ -52,6 +52,19 @@ def _cut_pixels() -> bytes:
     return _part10(ds)
 
 
+def _pixel_bomb() -> bytes:
+    """A valid PNG whose header declares 100,000 x 100,000 pixels (a few KB of zeros deflated)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * 100_001 * 16)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
 # name -> (file name, bytes factory, expected code or None for "one row")
 CASES = {
     "good_png": ("00000075_000.png", lambda: shared_data_path(*NIH_PNG).read_bytes(), None),
@@ -62,6 +75,9 @@ CASES = {
     "undecodable_dicom": ("cut.dcm", _cut_pixels, "truncated"),
     "undecodable_png": ("broken.png", lambda: b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "not_an_image"),
     "oversize": ("big.dcm", _dicom, "too_large"),
+    "empty": ("empty.png", lambda: b"", "empty"),
+    "text_file": ("notes.png", lambda: b"Patient: Jane Doe, chest pain\n" * 20, "not_an_image"),
+    "pixel_bomb": ("bomb.png", _pixel_bomb, "too_many_pixels"),
     "non_finite_version": ("chest.dcm", _dicom, "model_output_not_finite"),
 }
 DOORS = ("page", "api", "job", "pacs")
