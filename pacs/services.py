@@ -10,6 +10,8 @@ reads back from the PACS, so no patient data is ever at rest in lungsite (docs/p
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import logging
 import warnings
@@ -109,9 +111,22 @@ def analysis_copy(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
+def patient_key(ds: Dataset) -> str:
+    """What stands for the patient in lungsite: HMAC-SHA256 of the dataset's IssuerOfPatientID and
+    PatientID under LUNGSITE_PATIENT_KEY_SECRET (hex), or "" without a PatientID. The same patient
+    sent again gets the same key; the key cannot be turned back into the ID without the secret."""
+    patient_id = _text(ds, "PatientID")
+    if not patient_id:
+        return ""
+    message = f"{_text(ds, 'IssuerOfPatientID')}\x00{patient_id}".encode()
+    return hmac.new(settings.LUNGSITE_PATIENT_KEY_SECRET.encode(), message, hashlib.sha256).hexdigest()
+
+
 def _row(source: str, ds: Dataset | None, **fields) -> ReceivedInstance:
     if ds is not None:
         fields.update(
+            accession_number=_text(ds, "AccessionNumber", 16),
+            patient_key=patient_key(ds),
             study_instance_uid=_text(ds, "StudyInstanceUID"),
             series_instance_uid=_text(ds, "SeriesInstanceUID"),
             sop_instance_uid=_text(ds, "SOPInstanceUID"),
