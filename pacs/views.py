@@ -26,6 +26,7 @@ def worklist(request):
     page = Paginator(rows, WORKLIST_PAGE_SIZE).get_page(request.GET.get("page"))
     for row in page:
         row.top = finding_top(findings_ranked(row.prediction.results_json)) if row.prediction else None
+        row.delivery = _delivery(list(row.results.all()))
     query = request.GET.copy()
     query.pop("page", None)
     context = {
@@ -43,6 +44,22 @@ def worklist(request):
         "query_without_order": _without(query, "order"),
     }
     return render(request, "pacs/worklist.html", context)
+
+
+def _delivery(results: list) -> dict:
+    """One line for the worklist of the row's result objects: how many, in which states, the next
+    try and the latest error (each object stays listed under it)."""
+    pending = [r for r in results if r.state == "pending"]
+    errors = [r.last_error for r in results if r.last_error]
+    return {
+        "total": len(results),
+        "sent": sum(1 for r in results if r.state == "sent"),
+        "pending": len(pending),
+        "failed": sum(1 for r in results if r.state == "failed"),
+        "attempts": max((r.attempts for r in results), default=0),
+        "next_try": min((r.next_try_at for r in pending), default=None),
+        "error": errors[0] if errors else "",
+    }
 
 
 def _without(query, key: str) -> str:
