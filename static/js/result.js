@@ -525,11 +525,13 @@
     var w = ctx.measureText(text).width + fontSize * 0.8;
     var h = fontSize * 1.5;
     var x = clamp(((g.peakX + 0.5) * layerCanvas.width) / g.gw - w / 2, 2, layerCanvas.width - w - 2);
-    var y = clamp(((g.peakY + 0.5) * layerCanvas.height) / g.gh - h / 2, 2, layerCanvas.height - h - 2);
+    // Not under the readout along the top edge.
+    var top = 20 * canvasScale();
+    var y = clamp(((g.peakY + 0.5) * layerCanvas.height) / g.gh - h / 2, top, layerCanvas.height - h - 2);
     for (var tries = 0; tries < 12; tries++) {
       var clash = placed.some(function (r) { return x < r.x + r.w && r.x < x + w && y < r.y + r.h && r.y < y + h; });
       if (!clash) break;
-      y = y + h + 2 > layerCanvas.height - h ? 2 + tries * (h + 2) : y + h + 2;
+      y = y + h + 2 > layerCanvas.height - h ? top + tries * (h + 2) : y + h + 2;
     }
     placed.push({ x: x, y: y, w: w, h: h });
     ctx.fillStyle = "rgba(0, 0, 0, 0.78)";
