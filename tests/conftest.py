@@ -142,6 +142,8 @@ def _ensure_roles() -> None:
     roles = {
         name: list(perms) for name, perms in import_module("registry.migrations.0002_roles").ROLES.items()
     }
+    for name in import_module("registry.migrations.0003_activationevent").ROLES_VIEWING_HISTORY:
+        roles[name].append(("registry", "view_activationevent"))
     learning = import_module("learning.migrations.0002_model_admin_views_training_runs_and_evaluations")
     roles[learning.ROLE] += learning.PERMISSIONS
     for name, perms in roles.items():
