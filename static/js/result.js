@@ -747,6 +747,10 @@
   var copy = document.getElementById("report-copy");
   var line = document.getElementById("report-line");
   var copied = document.getElementById("report-copied");
+  if (line) {
+    // The whole line in view, without an inner scroll bar.
+    line.style.height = line.scrollHeight + 2 + "px";
+  }
   if (copy && line) {
     copy.addEventListener("click", function () {
       function done() { copied.textContent = "Copied. Check it against your own reading before it goes into a report."; }
