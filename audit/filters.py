@@ -1,10 +1,27 @@
 """The audit log's filter form, and the findings summaries that the list and result pages show.
 The queries behind them are in audit.selectors."""
 
+import math
+
 from django import forms
 
 from audit.selectors import finding_names
 from registry.models import ModelVersion
+
+# A finding whose score is within this many points (of 100) of its threshold is borderline: its
+# positive/negative mark could flip on a small change of the image (docs/viewer.md).
+BORDERLINE_POINTS = 5
+
+
+def score_text(probability: float) -> str:
+    """A probability as the 0-100 score the pages print: whole points, never "100" or "0" for a
+    value that is not exactly 1 or 0 (">99", "<1")."""
+    points = probability * 100.0
+    if 0.0 < points < 0.5:
+        return "<1"
+    if 99.5 <= points < 100.0:
+        return ">99"
+    return str(math.floor(points + 0.5))
 
 
 def findings_ranked(results: dict) -> list[dict]:
@@ -20,6 +37,9 @@ def findings_ranked(results: dict) -> list[dict]:
                 "probability": probability,
                 "threshold": threshold,
                 "positive": bool(finding.get("positive", probability >= threshold)),
+                "score": score_text(probability),
+                "threshold_score": score_text(threshold),
+                "borderline": abs(probability - threshold) * 100.0 < BORDERLINE_POINTS,
                 # Preformatted: they go into CSS widths, where a localised comma would break.
                 "percent": f"{probability * 100:.1f}",
                 "threshold_percent": f"{threshold * 100:.1f}",
@@ -27,6 +47,12 @@ def findings_ranked(results: dict) -> list[dict]:
         )
     rows.sort(key=lambda row: row["probability"], reverse=True)
     return rows
+
+
+def finding_top(findings: list[dict]) -> dict | None:
+    """The case's top finding: the one furthest above its threshold (or, when none is positive,
+    the closest below it), so thresholds that differ per finding are compared fairly."""
+    return max(findings, key=lambda f: f["probability"] - f["threshold"], default=None)
 
 
 _ISO_DATE = {

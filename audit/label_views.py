@@ -2,13 +2,18 @@
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpResponseBadRequest
-from django.shortcuts import redirect
+from django.http import Http404, HttpResponseBadRequest, HttpResponseRedirect
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from audit import label_services, selectors
 from audit.label_selectors import finding_labels_latest
 from audit.models import Prediction
+
+
+def _back_to_form(prediction: Prediction) -> HttpResponseRedirect:
+    # To the form, not the top of the page: the confirmation shows where the marks were made.
+    return HttpResponseRedirect(reverse("prediction-detail", args=[prediction.pk]) + "#feedback")
 
 
 @require_POST
@@ -28,11 +33,14 @@ def prediction_labels_post(request, pk: int):
             if current.get(finding) != value:
                 marks[finding] = value
     if not marks:
-        messages.info(request, "No feedback changed.")
-        return redirect("prediction-detail", pk=prediction.pk)
+        messages.info(request, "Nothing changed: no feedback saved.")
+        return _back_to_form(prediction)
     try:
         label_services.finding_labels_add(prediction=prediction, marks=marks, user=request.user)
     except label_services.LabelRefused as exc:
         return HttpResponseBadRequest(str(exc))
-    messages.success(request, f"Feedback saved for {len(marks)} finding{'s' if len(marks) != 1 else ''}.")
-    return redirect("prediction-detail", pk=prediction.pk)
+    names = ", ".join(sorted(name.replace("_", " ") for name in marks))
+    messages.success(
+        request, f"Feedback saved for {len(marks)} finding{'s' if len(marks) != 1 else ''}: {names}."
+    )
+    return _back_to_form(prediction)

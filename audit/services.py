@@ -206,37 +206,129 @@ def heatmap_png(*, prediction: Prediction, name: str) -> bytes:
     return png
 
 
+# --------------------------------------------------------------------------------------------
+# Pictures for the pages, from a bounded-size derivative of the stored copy
+
+# The viewer's pixels and the lists' thumbnails come from one derivative of the stored copy, at most
+# DISPLAY_MAX_SIDE on its longest side: the full stored copy (up to the decoder's 60 megapixels) is
+# decoded once per prediction, never per page view.
+DISPLAY_MAX_SIDE = 2048
 THUMBNAIL_PX = 96
 
 
-def thumbnail_jpeg(*, prediction: Prediction) -> bytes:
-    """A small gray JPEG of the stored image (the lists' thumbnails): rendered on first fetch, then
-    kept in storage under thumbnails/. Raises StorageUnavailable or FileNotFoundError."""
-    from PIL import Image
+@dataclass(frozen=True)
+class DisplayPixels:
+    """The gray levels of the display derivative: (height, width) uint16 holding 0..`maximum`
+    (255 for an 8-bit stored copy, 65535 for a 16-bit one), as the stored copy has them."""
 
-    storage = images_storage()
-    path = f"thumbnails/{prediction.pk}.jpg"
+    pixels: np.ndarray
+    maximum: int
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+def _kept(path: str) -> bytes | None:
     try:
+        storage = images_storage()
         if storage.exists(path):
             with storage.open(path, "rb") as handle:
                 return handle.read()
-    except Exception as exc:  # noqa: BLE001 - rendered again below
-        logger.warning("cannot read cached thumbnail %s: %s", path, exc)
-    data, _ = image_bytes(prediction=prediction)
+    except Exception as exc:  # noqa: BLE001 - rendered again by the caller
+        logger.warning("cannot read %s: %s", path, exc)
+    return None
+
+
+def _keep(path: str, data: bytes) -> None:
+    storage = images_storage()
     try:
-        with Image.open(io.BytesIO(data)) as pil:
-            pil.draft("L", (THUMBNAIL_PX * 2, THUMBNAIL_PX * 2))  # JPEG: decode at a reduced scale
-            small = pil.convert("L")
-            small.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-    except Exception as exc:  # noqa: BLE001 - our own stored file: unreadable means storage trouble
-        raise StorageUnavailable(f"The stored image of prediction {prediction.pk} is unreadable.") from exc
-    buffer = io.BytesIO()
-    small.save(buffer, format="JPEG", quality=80)
-    jpeg = buffer.getvalue()
-    try:
-        saved = storage.save(path, ContentFile(jpeg))
+        saved = storage.save(path, ContentFile(data))
         if saved != path:  # another request rendered it first; keep theirs
             storage.delete(saved)
     except Exception as exc:  # noqa: BLE001 - still returned; rendered again next time
-        logger.warning("cannot keep thumbnail %s: %s", path, exc)
+        logger.warning("cannot keep %s: %s", path, exc)
+
+
+def _gray_levels(pil) -> tuple[np.ndarray, int]:
+    """A stored copy (PNG: L or I;16; JPEG of older rows: L or RGB) as (H, W) uint16 and its maximum."""
+    import numpy as np
+
+    if pil.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return np.clip(np.asarray(pil), 0, 65535).astype(np.uint16), 65535
+    return np.asarray(pil.convert("L")).astype(np.uint16), 255
+
+
+def display_pixels(*, prediction: Prediction) -> DisplayPixels:
+    """The stored image at most DISPLAY_MAX_SIDE on its longest side, with its full bit depth (the
+    viewer windows these levels itself). Rendered on first use as a PNG under previews/, then kept.
+    Raises StorageUnavailable or FileNotFoundError."""
+    import numpy as np
+    from PIL import Image
+
+    path = f"previews/{prediction.pk}/display.png"
+    data = _kept(path)
+    rendered = data is None
+    if rendered:
+        data, _ = image_bytes(prediction=prediction)
+    try:
+        with Image.open(io.BytesIO(data)) as pil:
+            pil.draft("L", (DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE))  # a JPEG decodes at a reduced scale
+            pixels, maximum = _gray_levels(pil)
+    except Exception as exc:  # noqa: BLE001 - our own stored file: unreadable means storage trouble
+        raise StorageUnavailable(f"The stored image of prediction {prediction.pk} is unreadable.") from exc
+    if not rendered:
+        return DisplayPixels(pixels=pixels, maximum=maximum)
+    height, width = pixels.shape
+    factor = DISPLAY_MAX_SIDE / max(height, width)
+    if factor < 1:
+        # Area averaging (BOX) on float levels: no ringing, so nothing leaves 0..maximum.
+        size = (max(1, round(width * factor)), max(1, round(height * factor)))
+        small = Image.fromarray(pixels.astype(np.float32)).resize(size, Image.Resampling.BOX)
+        pixels = np.clip(np.rint(np.asarray(small)), 0, maximum).astype(np.uint16)
+    buffer = io.BytesIO()
+    # uint8 -> an 8-bit PNG (mode L), uint16 -> a 16-bit one (I;16).
+    stored = pixels.astype(np.uint8) if maximum == 255 else pixels
+    Image.fromarray(stored).save(buffer, format="PNG", compress_level=1)
+    _keep(path, buffer.getvalue())
+    return DisplayPixels(pixels=pixels, maximum=maximum)
+
+
+def display_window(pixels: np.ndarray, maximum: int) -> tuple[float, float]:
+    """The gray levels (low, high) that first show as black and white: the whole range of an 8-bit
+    image (shown as it was analysed), the 0.5th to 99.5th percentile of a 16-bit one, whose values
+    often fill a small part of 0..65535 (the viewer's "Auto"; docs/viewer.md)."""
+    import numpy as np
+
+    if maximum == 255:
+        return 0.0, 255.0
+    low, high = (float(value) for value in np.percentile(pixels, [0.5, 99.5]))
+    return (low, high) if high > low else (0.0, float(maximum))
+
+
+def thumbnail_jpeg(*, prediction: Prediction) -> bytes:
+    """A small gray JPEG of the stored image (the lists' thumbnails), windowed as the viewer first
+    shows it (display_window): rendered on first fetch from the display derivative, then kept under
+    previews/. Raises StorageUnavailable or FileNotFoundError."""
+    import numpy as np
+    from PIL import Image
+
+    path = f"previews/{prediction.pk}/thumbnail.jpg"
+    kept = _kept(path)
+    if kept is not None:
+        return kept
+    display = display_pixels(prediction=prediction)
+    low, high = display_window(display.pixels, display.maximum)
+    # 16-bit levels to 8-bit through the window (Pillow's convert("L") would clip them at 255).
+    levels = np.clip((display.pixels.astype(np.float32) - low) * (255.0 / (high - low)), 0, 255)
+    small = Image.fromarray(np.rint(levels).astype(np.uint8))
+    small.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=80)
+    jpeg = buffer.getvalue()
+    _keep(path, jpeg)
     return jpeg

@@ -7,7 +7,7 @@ from contextlib import closing
 from django.contrib.auth.decorators import login_required, permission_required
 from django.db.models import TextField
 from django.db.models.functions import Cast
-from django.http import Http404, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
@@ -50,8 +50,12 @@ def history(request):
 def audit_log(request):
     form = AuditFilterForm(request.GET)
     rows = selectors.prediction_list_for(user=request.user)
-    # Every filter is optional, so only a malformed one (a bad date) makes the form invalid.
-    rows = selectors.predictions_filter(rows, **form.cleaned_data) if form.is_valid() else rows.none()
+    # Every filter is optional, so only a malformed one (a bad date) makes the form invalid: that
+    # is a 400 saying what was wrong, never an empty export that looks complete.
+    valid = form.is_valid()
+    if not valid and request.GET.get("format") == "csv":
+        return HttpResponseBadRequest(_form_errors(form), content_type="text/plain; charset=utf-8")
+    rows = selectors.predictions_filter(rows, **form.cleaned_data) if valid else rows.none()
 
     if request.GET.get("format") == "csv":
         return _csv_response(rows)
@@ -64,8 +68,15 @@ def audit_log(request):
         "page": _page_with_top_findings(request, rows, AUDIT_PAGE_SIZE),
         "query": query.urlencode(),
         "filtered": any(value for key, value in query.items()),
+        "valid": valid,
     }
-    return render(request, "audit/audit_log.html", context)
+    return render(request, "audit/audit_log.html", context, status=200 if valid else 400)
+
+
+def _form_errors(form: AuditFilterForm) -> str:
+    labels = {name: field.label for name, field in form.fields.items()}
+    lines = [f"{labels.get(name, 'Filters')}: {' '.join(errors)}" for name, errors in form.errors.items()]
+    return "The audit filters are not valid, so nothing was exported.\n" + "\n".join(lines) + "\n"
 
 
 @require_GET

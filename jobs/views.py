@@ -8,10 +8,11 @@ from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
+from audit.filters import finding_top, findings_ranked
 from common.errors import LungsiteError
 from jobs import selectors, services
 from jobs.apis import results_csv_response
-from jobs.models import PredictionJob
+from jobs.models import JobImage, PredictionJob
 from registry.selectors import model_version_get_active
 
 
@@ -49,14 +50,28 @@ def _visible(request, pk: int) -> PredictionJob:
         raise Http404(f"Job {pk} not found.") from None
 
 
+# The job page lists this many of its images (the CSV has them all).
+JOB_IMAGES_SHOWN = 500
+
+
 @require_GET
 @login_required
 def job_detail(request, pk: int):
     job = _visible(request, pk)
+    images = list(
+        JobImage.objects.filter(job=job)
+        .select_related("prediction")
+        .defer("prediction__heatmaps", "prediction__heatmap_data")
+        .order_by("position")[:JOB_IMAGES_SHOWN]
+    )
+    for image in images:
+        image.top = finding_top(findings_ranked(image.prediction.results_json)) if image.prediction else None
     context = {
         "job": job,
         "progress": selectors.job_progress(job=job),
-        "problems": selectors.job_problems(job=job),
+        "images": images,
+        "images_more": max(0, job.total - len(images)),
+        "finished": job.state in (PredictionJob.STATE_DONE, PredictionJob.STATE_CANCELLED),
     }
     return render(request, "jobs/detail.html", context)
 

@@ -18,10 +18,12 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from learning.models import TrainingRun
+from registry.admin import ActivationEventAdmin as RegistryActivationEventAdmin
 from registry.admin import ModelVersionAdmin as RegistryModelVersionAdmin
 from registry.models import ActivationEvent, Evaluation, ModelVersion
 
 ACTIVATE_PERMISSION = "registry.activate_modelversion"
+OVERRIDE_ACTION = "Activate, overriding the evaluation gate with a written reason"
 EVALUATION_FIELDS = (
     "honesty",
     "evaluation_summary",
@@ -36,12 +38,13 @@ def roc_png(evaluation: Evaluation, *, size: int = 480) -> bytes:
     """ROC curves of every class of `evaluation` (from its stored labels and scores), drawn with
     Pillow: one polyline per class on a unit square, the chance diagonal dashed."""
     import numpy as np
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
     from sklearn.metrics import roc_curve
 
-    margin, legend = 40, 190
+    margin, legend = 56, 190
     image = Image.new("RGB", (size + legend, size), "white")
     draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=13)
     side = size - 2 * margin
 
     def xy(fpr: float, tpr: float) -> tuple[float, float]:
@@ -52,10 +55,14 @@ def roc_png(evaluation: Evaluation, *, size: int = 480) -> bytes:
         x0, y0 = xy(t / 10, 0)
         draw.line([(x0, y0), (x0, y0 + 4)], fill="black")
         draw.line([xy(0, t / 10), (margin - 4, xy(0, t / 10)[1])], fill="black")
+        if t % 2 == 0:  # numbers every 0.2, on both axes
+            draw.text((x0, y0 + 6), f"{t / 10:.1f}", fill="black", font=font, anchor="mt")
+            draw.text((margin - 7, xy(0, t / 10)[1]), f"{t / 10:.1f}", fill="black", font=font, anchor="rm")
     for t in range(0, 20, 2):
         draw.line([xy(t / 20, t / 20), xy((t + 1) / 20, (t + 1) / 20)], fill="grey")
-    draw.text((margin + side / 2 - 60, size - margin + 10), "false positive rate", fill="black")
-    draw.text((4, margin - 20), "true positive rate", fill="black")
+    axes = {"fill": "black", "font": font}
+    draw.text((margin + side / 2, size - 12), "false positive rate (1 - specificity)", **axes, anchor="ms")
+    draw.text((margin, margin - 14), "true positive rate (sensitivity)", **axes, anchor="ls")
     outputs = evaluation.outputs or {}
     names = outputs.get("class_names", [])
     labels = np.array(outputs.get("labels", []), dtype=float)
@@ -80,7 +87,7 @@ def roc_png(evaluation: Evaluation, *, size: int = 480) -> bytes:
         draw.line(
             [(size + 5, margin + row * 16 + 6), (size + 25, margin + row * 16 + 6)], fill=colour, width=3
         )
-        draw.text((size + 30, margin + row * 16), text, fill="black")
+        draw.text((size + 30, margin + row * 16), text, fill="black", font=font)
         row += 1
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -112,6 +119,13 @@ class TrainForm(forms.Form):
         return data
 
 
+def activation_reason(event: ActivationEvent) -> str:
+    """What the history says of why: "rollback", or the gate's override with the reason written."""
+    if event.override_reason:
+        return f"{event.reason or 'evaluation gate overridden'}: {event.override_reason}"
+    return event.reason
+
+
 class ReasonForm(forms.Form):
     reason = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 4, "cols": 80}),
@@ -129,7 +143,7 @@ class EvaluationAdminMixin:
     @admin.display(description="warning")
     def honesty(self, obj):
         warning = obj.honesty_warning()
-        return format_html('<strong style="color:#b00">{}</strong>', warning) if warning else "-"
+        return format_html('<strong class="lungsite-warning">{}</strong>', warning) if warning else "-"
 
     @admin.display(description="evaluation")
     def evaluation_summary(self, obj):
@@ -195,6 +209,53 @@ class EvaluationAdminMixin:
             ),
         )
 
+    @admin.display(description="activation history")
+    def activation_history(self, obj):
+        # The registry's table with the reason written by whoever overrode the evaluation gate.
+        events = list(
+            ActivationEvent.objects.with_deactivated_at().filter(version=obj).select_related("activated_by")
+        )
+        if not events:
+            return "Never activated."
+        rows = [
+            (
+                f"{e.activated_at:%Y-%m-%d %H:%M:%S %Z}",
+                f"{e.deactivated_at:%Y-%m-%d %H:%M:%S %Z}" if e.deactivated_at else "still active",
+                e.activated_by.get_username() if e.activated_by else "-",
+                e.get_via_display(),
+                activation_reason(e) or "-",
+            )
+            for e in events
+        ]
+        return self._table(("active from", "to", "by", "via", "reason"), rows)
+
+    # ---- the evaluation gate, before the confirmation page ----
+
+    def _activate_confirmation(self, request, version, *, action_url, hidden):
+        """The registry's confirmation page, saying first when the evaluation gate will refuse, and
+        where the override is (for those who may use it)."""
+        from registry.gate import activation_gate
+
+        response = super()._activate_confirmation(request, version, action_url=action_url, hidden=hidden)
+        response.context_data["gate"] = activation_gate(version)
+        response.context_data["can_override"] = request.user.has_perm(ACTIVATE_PERMISSION)
+        response.context_data["changelist_url"] = reverse("admin:registry_modelversion_changelist")
+        return response
+
+    def _activate(self, request, version) -> None:
+        from registry.gate import activation_gate
+
+        gate = activation_gate(version)
+        if gate is not None and not version.is_active:
+            self.message_user(
+                request,
+                f"Not activated: the evaluation gate refuses it. {gate} To activate it anyway, select it in "
+                f'the list and run "{OVERRIDE_ACTION}" with a written reason.',
+                messages.ERROR,
+            )
+            return
+        super()._activate(request, version)
+
     # ---- actions ----
 
     def get_actions(self, request):
@@ -205,7 +266,7 @@ class EvaluationAdminMixin:
                 actions[action_name] = (func, action_name, description)
         return actions
 
-    @admin.action(description="Activate, overriding the evaluation gate with a written reason")
+    @admin.action(description=OVERRIDE_ACTION)
     def activate_with_reason(self, request, queryset):
         from registry.gate import activation_gate
         from registry.services import ActivationError, model_version_activate
@@ -403,6 +464,18 @@ class EvaluationAdmin(admin.ModelAdmin):
 
 
 admin.site.unregister(ModelVersion)
+admin.site.unregister(ActivationEvent)
+
+
+@admin.register(ActivationEvent)
+class ActivationEventAdmin(RegistryActivationEventAdmin):
+    """The registry's activation history, with the reason of an override of the evaluation gate."""
+
+    list_display = ("version", "activated_at", "until", "activated_by", "via", "previous", "why")
+
+    @admin.display(description="reason")
+    def why(self, obj):
+        return activation_reason(obj) or "-"
 
 
 @admin.register(ModelVersion)

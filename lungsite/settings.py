@@ -34,19 +34,19 @@ DATA_DIR.mkdir(parents=True, exist_ok=True)
 DEBUG = envbool("DJANGO_DEBUG", False)
 
 
-def _secret_key() -> str:
+def _data_secret(variable: str, file_name: str) -> str:
     # A random key kept in the data folder beats a constant in the source: a fresh checkout works
     # with nothing set, and no two installations share a key by accident.
-    if os.environ.get("DJANGO_SECRET_KEY"):
-        return os.environ["DJANGO_SECRET_KEY"]
-    key_file = DATA_DIR / "secret_key"
+    if os.environ.get(variable):
+        return os.environ[variable]
+    key_file = DATA_DIR / file_name
     if not key_file.exists():
         key_file.write_text(secrets.token_urlsafe(64))
         key_file.chmod(0o600)
     return key_file.read_text().strip()
 
 
-SECRET_KEY = _secret_key()
+SECRET_KEY = _data_secret("DJANGO_SECRET_KEY", "secret_key")
 ALLOWED_HOSTS = envlist("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = envlist("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 
@@ -246,6 +246,8 @@ AXES_FAILURE_LIMIT = envint("LUNGSITE_LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = 0.25  # hours
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+# The lockout answer (429): a page saying for how long, and the way back (templates/registration).
+AXES_LOCKOUT_TEMPLATE = "registration/lockout.html"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -407,5 +409,9 @@ LUNGSITE_DICOMWEB_PASSWORD = os.environ.get("LUNGSITE_DICOMWEB_PASSWORD", "")
 LUNGSITE_DICOMWEB_TOKEN = os.environ.get("LUNGSITE_DICOMWEB_TOKEN", "")
 LUNGSITE_DICOMWEB_TIMEOUT = envint("LUNGSITE_DICOMWEB_TIMEOUT", 30)
 # Retries of a result the PACS did not take: 30 s, 1, 2, 4 ... minutes, at most an hour apart.
+# The key of the keyed hash (HMAC-SHA256) that stands for the PACS's patient ID, so the result page
+# can show the same patient's earlier results without lungsite storing the ID (docs/pacs.md).
+# Changing it ends the matching of earlier rows.
+LUNGSITE_PATIENT_KEY_SECRET = _data_secret("LUNGSITE_PATIENT_KEY_SECRET", "patient_key_secret")
 LUNGSITE_PACS_RETRY_SECONDS = envint("LUNGSITE_PACS_RETRY_SECONDS", 30)
 LUNGSITE_PACS_RETRY_MAX_SECONDS = envint("LUNGSITE_PACS_RETRY_MAX_SECONDS", 3600)

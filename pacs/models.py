@@ -1,8 +1,10 @@
 """What lungsite keeps of the studies the PACS sends: identifiers and states, never the patient.
 
-A row holds DICOM UIDs (the key an auditor needs to find the study in the PACS), the technical
-tags the frontal-chest check read, and what became of the image. Names, IDs, birth dates, accession
-numbers and descriptions stay in the PACS; the header is read in memory only (pacs.services).
+A row holds DICOM UIDs (the key an auditor needs to find the study in the PACS), the technical tags
+the frontal-chest check read, keyed hashes standing for the patient ID and the accession number
+(pacs.keys), and what became of the image.
+Names, IDs, birth dates and descriptions stay in the PACS; the header is read in memory only
+(pacs.services).
 """
 
 from django.db import models
@@ -29,6 +31,15 @@ class ReceivedInstance(models.Model):
     series_instance_uid = models.CharField(max_length=64, blank=True)
     sop_instance_uid = models.CharField(max_length=64, blank=True, db_index=True)
     sop_class_uid = models.CharField(max_length=64, blank=True)
+    accession_key = models.CharField(
+        max_length=64,
+        blank=True,
+        db_index=True,
+        help_text="Keyed hash of the accession number (pacs.services).",
+    )
+    # HMAC-SHA256 of the PACS's PatientID (and IssuerOfPatientID) under LUNGSITE_PATIENT_KEY_SECRET:
+    # equal for the same patient, useless without the key, never the ID itself. "" when none was sent.
+    patient_key = models.CharField(max_length=64, blank=True, db_index=True)
     modality = models.CharField(max_length=16, blank=True)
     body_part = models.CharField(max_length=16, blank=True)
     view_position = models.CharField(max_length=16, blank=True)

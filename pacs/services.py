@@ -30,6 +30,7 @@ from audit.models import Prediction
 from common.errors import Refused, Unavailable
 from engine.dicom_checks import burned_in_refusal, frontal_chest_refusal
 from pacs import phi
+from pacs.keys import accession_key, keyed_hash
 from pacs.models import ReceivedInstance, ResultObject
 
 logger = logging.getLogger(__name__)
@@ -124,9 +125,17 @@ def analysis_copy(ds: Dataset) -> bytes:
     return buffer.getvalue()
 
 
+def patient_key(ds: Dataset) -> str:
+    """What stands for the patient in lungsite: the keyed hash of the dataset's IssuerOfPatientID
+    and PatientID, or "" without a PatientID. The same patient sent again gets the same key."""
+    return keyed_hash(_text(ds, "IssuerOfPatientID"), _text(ds, "PatientID"))
+
+
 def _row(source: str, ds: Dataset | None, **fields) -> ReceivedInstance:
     if ds is not None:
         fields.update(
+            accession_key=accession_key(_text(ds, "AccessionNumber", 16)),
+            patient_key=patient_key(ds),
             study_instance_uid=_text(ds, "StudyInstanceUID"),
             series_instance_uid=_text(ds, "SeriesInstanceUID"),
             sop_instance_uid=_text(ds, "SOPInstanceUID"),

@@ -151,8 +151,15 @@ def _ensure_roles() -> None:
 
     from django.contrib.auth.models import Permission
 
-    # A flush re-creates permissions (post_migrate) but not the groups of the data migration.
-    for name, perms in import_module("registry.migrations.0002_roles").ROLES.items():
+    # A flush re-creates permissions (post_migrate) but not the groups of the data migrations.
+    roles = {
+        name: list(perms) for name, perms in import_module("registry.migrations.0002_roles").ROLES.items()
+    }
+    for name in import_module("registry.migrations.0003_activationevent").ROLES_VIEWING_HISTORY:
+        roles[name].append(("registry", "view_activationevent"))
+    learning = import_module("learning.migrations.0002_model_admin_views_training_runs_and_evaluations")
+    roles[learning.ROLE] += learning.PERMISSIONS
+    for name, perms in roles.items():
         group, _ = Group.objects.get_or_create(name=name)
         for app_label, codename in perms:
             group.permissions.add(

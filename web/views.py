@@ -4,15 +4,17 @@ import time
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
-from django.core.exceptions import PermissionDenied
-from django.http import Http404, JsonResponse
+from django.core.exceptions import ObjectDoesNotExist, PermissionDenied
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 
 from analysis import services
 from audit import selectors
-from audit.filters import findings_ranked
+from audit import services as audit_services
+from audit.filters import BORDERLINE_POINTS, finding_top, findings_ranked
+from audit.honesty import prediction_honesty, report_qualifier
 from audit.models import Prediction
 from common.errors import LungsiteError
 from engine import heatmaps
@@ -134,6 +136,80 @@ def _created(request, pk: int):
     return redirect(url)
 
 
+# The outline of a finding's map: where it is at least HALF_PEAK of its own peak, and at most its
+# strongest TOP_AREA of the image (docs/viewer.md). Read by static/js/result.js.
+HALF_PEAK = 0.5
+TOP_AREA = 0.15
+# Earlier results of the same patient shown beside this one.
+PRIORS_SHOWN = 4
+# What the viewer's script reads of each finding.
+_VIEWER_KEYS = ("name", "label", "score", "threshold_score", "positive", "borderline", "map_state", "map")
+
+
+def _viewer_findings(prediction: Prediction, findings: list[dict]) -> None:
+    """Adds to each finding its map (on the case's scale, for the viewer to draw), its peak and
+    what its layer shows ("shown", "faint", "empty" or "missing")."""
+    maps = {name: cam for name, cam in prediction.heatmap_maps().items() if isinstance(cam, list)}
+    peaks = heatmaps.map_peaks(maps)
+    scale = heatmaps.case_scale(maps.values())
+    for finding in findings:
+        finding["heatmap_url"] = reverse("api-prediction-heatmap", args=[prediction.pk, finding["name"]])
+        peak = peaks.get(finding["name"])
+        finding["peak_percent"] = None if peak is None else f"{peak * 100:.0f}"
+        finding["map_state"] = heatmaps.map_state(peak)
+        cam = maps.get(finding["name"])
+        finding["map"] = (
+            None
+            if cam is None or scale <= 0
+            else [[round(max(0.0, float(value)) / scale, 4) for value in row] for row in cam]
+        )
+
+
+def _report_line(version_name: str, qualifier: str, findings: list[dict]) -> str:
+    """The draft line a radiologist may copy into a report: scores and thresholds, never a diagnosis."""
+
+    def scored(finding: dict) -> str:
+        extra = ", borderline" if finding["borderline"] else ""
+        return f"{finding['label']} score {finding['score']} (threshold {finding['threshold_score']}{extra})"
+
+    positives = [f for f in findings if f["positive"]]
+    lead = f"AI findings (lungsite {version_name}, {qualifier}): "
+    if positives:
+        rest = len(findings) - len(positives)
+        text = "above threshold: " + "; ".join(scored(f) for f in positives)
+        text += f". {rest} other finding{'s' if rest != 1 else ''} below threshold"
+    elif findings:
+        text = f"no finding above its threshold (highest: {scored(findings[0])})"
+    else:
+        text = "no findings recorded"
+    borderline = [f for f in findings if f["borderline"] and not f["positive"]]
+    if borderline and positives:
+        text += "; borderline below: " + "; ".join(scored(f) for f in borderline)
+    return lead + text + ". Model output for review, not a diagnosis."
+
+
+def _priors(request, prediction: Prediction) -> list[Prediction]:
+    """Earlier predictions of the same patient, newest first, that this user may see: the PACS sent
+    them with the same patient ID (pacs.ReceivedInstance.patient_key, a keyed hash of it)."""
+    try:
+        key = prediction.received_instance.patient_key
+    except ObjectDoesNotExist:  # not from the PACS
+        return []
+    if not key:
+        return []
+    rows = (
+        selectors.prediction_list_for(user=request.user)
+        .filter(received_instance__patient_key=key, created_at__lte=prediction.created_at)
+        .exclude(pk=prediction.pk)
+        .defer("heatmaps", "heatmap_data")
+        .order_by("-created_at", "-id")[:PRIORS_SHOWN]
+    )
+    priors = list(rows)
+    for prior in priors:
+        prior.by_name = {f["name"]: f for f in findings_ranked(prior.results_json)}
+    return priors
+
+
 @require_GET
 @login_required
 def prediction_detail(request, pk: int):
@@ -143,34 +219,60 @@ def prediction_detail(request, pk: int):
         raise Http404("No prediction with this id is visible to you.") from None
 
     findings = findings_ranked(prediction.results_json)
-    stored_maps = {name: cam for name, cam in (prediction.heatmaps or {}).items() if isinstance(cam, list)}
-    peaks = heatmaps.map_peaks(stored_maps)
-    for finding in findings:
-        finding["heatmap_url"] = reverse("api-prediction-heatmap", args=[prediction.pk, finding["name"]])
-        peak = peaks.get(finding["name"])
-        finding["peak_percent"] = None if peak is None else f"{peak * 100:.0f}"
-        finding["map_state"] = heatmaps.map_state(peak)
-        finding["ratio"] = finding["probability"] / finding["threshold"] if finding["threshold"] > 0 else 0.0
+    _viewer_findings(prediction, findings)
     names = [finding["name"] for finding in findings]
+    top = finding_top(findings)
     # The top finding first; ?heatmap=Name picks another (the selector without JavaScript).
     selected = request.GET.get("heatmap") if request.GET.get("heatmap") in names else None
-    selected = next((f for f in findings if f["name"] == selected), findings[0] if findings else None)
-    # The heat layer is on by default only for a positive finding; ?overlay=1/0 overrides.
+    selected = next((f for f in findings if f["name"] == selected), top)
+    # The layer is on by default for a positive finding; ?overlay=1/0 overrides.
     overlay = request.GET.get("overlay")
     overlay_on = bool(selected and selected["positive"]) if overlay not in ("0", "1") else overlay == "1"
     recorded = prediction.recorded_model
-    leading = max(findings, key=lambda f: f["ratio"], default=None)
+    honesty = prediction_honesty(prediction)
+    priors = _priors(request, prediction)
+    for finding in findings:
+        finding["priors"] = [prior.by_name.get(finding["name"]) for prior in priors]
+    viewer = {
+        "pixels": reverse("prediction-pixels", args=[prediction.pk]),
+        "selected": selected["name"] if selected else None,
+        "layerOn": overlay_on,
+        "cutOff": heatmaps.CUT_OFF,
+        "halfPeak": HALF_PEAK,
+        "topArea": TOP_AREA,
+        "colours": [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in heatmaps.COLOUR_MAP],
+        "findings": [
+            {
+                key: finding[key]
+                for key in (
+                    "name",
+                    "label",
+                    "score",
+                    "threshold_score",
+                    "positive",
+                    "borderline",
+                    "map_state",
+                    "map",
+                )
+            }
+            for finding in findings
+        ],
+    }
     context = {
         "prediction": prediction,
         "findings": findings,
         "selected": selected,
         "overlay_on": overlay_on,
         "positives": sum(1 for finding in findings if finding["positive"]),
-        # The case at a glance: the largest probability / threshold over the findings, so 1.00 or
-        # more means at least one finding is positive (docs/viewer.md).
-        "case_score": leading["ratio"] if leading else None,
-        "case_leading": leading,
+        "borderlines": sum(1 for finding in findings if finding["borderline"]),
+        "top": top,
+        "honesty": honesty,
+        "report_line": _report_line(recorded["version_name"], report_qualifier(honesty), findings),
+        "priors": priors,
+        "viewer": viewer,
+        "borderline_points": BORDERLINE_POINTS,
         "cut_off_percent": f"{heatmaps.CUT_OFF * 100:.0f}",
+        "top_area_percent": f"{TOP_AREA * 100:.0f}",
         "colour_bar": ", ".join(f"{colour} {at * 100:.0f}%" for at, colour in heatmaps.colour_stops()),
         "untrained": prediction.untrained,
         "version_name": recorded["version_name"],
@@ -178,3 +280,27 @@ def prediction_detail(request, pk: int):
         "image_url": reverse("api-prediction-image", args=[prediction.pk]),
     }
     return render(request, "web/result.html", context)
+
+
+@require_GET
+@login_required
+def prediction_pixels(request, pk: int):
+    """The image's gray levels for the viewer's window/level on the full bit depth: raw little-endian
+    uint16, row by row, of the display derivative (at most audit.services.DISPLAY_MAX_SIDE on its
+    longest side); its size and largest level (255 or 65535) in the X-Image-* headers. A canvas
+    holds 8 bits a channel and a browser decodes every PNG to 8 bits, so the levels travel as they
+    are and the page windows them itself (docs/viewer.md)."""
+    try:
+        prediction = selectors.prediction_get_for(user=request.user, pk=pk)
+    except Prediction.DoesNotExist:
+        raise Http404("No prediction with this id is visible to you.") from None
+    try:
+        display = audit_services.display_pixels(prediction=prediction)
+    except (audit_services.StorageUnavailable, FileNotFoundError):
+        return HttpResponse("The stored image is unavailable.", status=503, content_type="text/plain")
+    response = HttpResponse(display.pixels.astype("<u2").tobytes(), content_type="application/octet-stream")
+    response["X-Image-Width"] = str(display.width)
+    response["X-Image-Height"] = str(display.height)
+    response["X-Image-Max"] = str(display.maximum)
+    response["Cache-Control"] = "private, max-age=300"
+    return response

@@ -36,13 +36,16 @@
 
   var panel = document.getElementById("job-progress");
   if (!panel || !window.fetch) { return; }
+  var running = function (state) { return state === "queued" || state === "running"; };
   function render(job) {
     var bar = document.getElementById("job-bar");
-    bar.max = job.total;
-    bar.value = job.done + job.refused + job.failed;
-    document.getElementById("job-state").textContent = job.state;
-    document.getElementById("job-counts").textContent = job.done + " logged · " + job.refused +
-      " refused · " + job.failed + " failed of " + job.total;
+    var finished = job.done + job.refused + job.failed;
+    bar.max = Math.max(job.total, 1);
+    // Indeterminate (no value) until the first batch finishes, rather than a bar stuck at 0.
+    if (finished > 0) { bar.value = finished; } else { bar.removeAttribute("value"); }
+    document.getElementById("job-state").textContent = job.state.charAt(0).toUpperCase() + job.state.slice(1);
+    document.getElementById("job-counts").textContent = finished + " of " + job.total + " finished · " +
+      job.done + " logged · " + job.refused + " refused · " + job.failed + " failed";
     document.getElementById("job-untrained").hidden = !job.warning;
     document.getElementById("job-warning").textContent = job.warning || "";
     var list = document.getElementById("job-versions");
@@ -58,8 +61,13 @@
       .then(function (response) { return response.json(); })
       .then(function (job) {
         render(job);
-        if (job.state === "queued" || job.state === "running") { setTimeout(poll, 1500); }
+        if (running(job.state)) {
+          setTimeout(poll, 1500);
+        } else {
+          // Finished: the page again, with every image's result and the CSV.
+          window.location.reload();
+        }
       });
   }
-  if (panel.dataset.state === "queued" || panel.dataset.state === "running") { poll(); }
+  if (running(panel.dataset.state)) { poll(); }
 })();

@@ -120,9 +120,29 @@ def test_it_refuses_an_inverted_date_range(client, auditor, clinician):
     _prediction(clinician, _version())
     client.force_login(auditor)
     response = client.get("/audit/", {"date_from": "2026-03-01", "date_to": "2026-02-01"})
-    assert response.status_code == 200
-    assert "The end date is before the start date." in response.content.decode()
-    assert _ids(response.content.decode()) == []
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert "The end date is before the start date." in html
+    assert _ids(html) == [] and "format=csv" not in html  # no export link for filters that are wrong
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ({"date_from": "2026-13-45"}, "From (YYYY-MM-DD): Enter a valid date."),
+        ({"date_to": "yesterday"}, "To (YYYY-MM-DD): Enter a valid date."),
+        ({"date_from": "2026-03-01", "date_to": "2026-02-01"}, "The end date is before the start date."),
+    ],
+)
+def test_it_refuses_to_export_with_a_malformed_filter(client, auditor, clinician, query, message):
+    _prediction(clinician, _version())
+    client.force_login(auditor)
+    response = client.get("/audit/", {**query, "format": "csv"})
+    assert response.status_code == 400
+    assert response["Content-Type"] == "text/plain; charset=utf-8"
+    body = response.content.decode()
+    assert body.startswith("The audit filters are not valid, so nothing was exported.")
+    assert message in body and "# end:" not in body
 
 
 def test_it_filters_by_positive_finding_across_versions(client, auditor, clinician):

@@ -3,15 +3,19 @@ STOW-RS endpoint, the C-STORE receiver (a pynetdicom SCU as the sender), and the
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import json
 import uuid
+from datetime import timedelta
 
 import pydicom
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import SecondaryCaptureImageStorage, Verification
 
+from pacs.keys import accession_key
 from pacs.models import ReceivedInstance, ResultObject
 from pacs.services import InstanceRefused, instance_receive
 from tests.conftest import shared_data_path
@@ -152,7 +156,7 @@ def test_it_answers_c_echo_and_c_store_and_keeps_serving(dicom_listener):
     assert rows == [(ReceivedInstance.SOURCE_CSTORE, ReceivedInstance.SKIPPED, "OT")] * 2
 
 
-def test_it_lists_the_worklist_newest_or_most_abnormal_first(client, auditor, clinician, db):
+def test_it_lists_the_worklist_abnormal_first_or_newest_first(client, auditor, clinician, db):
     low = ReceivedInstance.objects.create(source="c-store", state="done", top_margin=-0.2, top_finding="Mass")
     high = ReceivedInstance.objects.create(
         source="c-store", state="done", top_margin=0.3, top_finding="Edema"
@@ -163,11 +167,99 @@ def test_it_lists_the_worklist_newest_or_most_abnormal_first(client, auditor, cl
     client.force_login(clinician)
     assert client.get("/worklist/").status_code == 403
     client.force_login(auditor)
-    newest = [row.pk for row in client.get("/worklist/").context["page"]]
+    # Abnormal first, then the rest, newest first within each: a new normal study is not buried.
+    default = client.get("/worklist/")
+    assert [row.pk for row in default.context["page"]] == [high.pk, skipped.pk, low.pk]
+    assert "modality CT" in default.content.decode()
+    newest = [row.pk for row in client.get("/worklist/?order=newest").context["page"]]
     assert newest == [skipped.pk, high.pk, low.pk]
-    abnormal = client.get("/worklist/?order=abnormal")
-    assert [row.pk for row in abnormal.context["page"]] == [high.pk, low.pk, skipped.pk]
-    assert "modality CT" in abnormal.content.decode()
+    older_positive = ReceivedInstance.objects.create(
+        source="c-store", state="done", top_margin=0.05, top_finding="Mass"
+    )
+    ReceivedInstance.objects.filter(pk=older_positive.pk).update(
+        received_at=high.received_at - timedelta(days=1)
+    )
+    abnormal = [row.pk for row in client.get("/worklist/?order=abnormal").context["page"]]
+    assert abnormal == [high.pk, older_positive.pk, skipped.pk, low.pk]
+
+
+def test_it_pages_the_worklist_by_page_number_keeping_order_and_filters(client, auditor):
+    ReceivedInstance.objects.bulk_create(
+        ReceivedInstance(source="c-store", state="skipped", reason=f"row {i}", modality="OT")
+        for i in range(120)
+    )
+    client.force_login(auditor)
+    first = client.get("/worklist/", {"order": "newest", "state": "skipped"})
+    html = first.content.decode()
+    assert first.context["page"].paginator.num_pages == 3
+    assert 'href="?order=newest&amp;state=skipped&amp;page=2" rel="next"' in html
+    second = client.get("/worklist/", {"order": "newest", "state": "skipped", "page": "2"})
+    assert second.status_code == 200 and second.context["page"].number == 2
+    assert len(second.context["page"].object_list) == 50
+    assert 'aria-current="page">2</a>' in second.content.decode()
+    assert set(first.context["page"].object_list).isdisjoint(second.context["page"].object_list)
+    third = client.get("/worklist/", {"order": "newest", "state": "skipped", "page": "3"})
+    assert len(third.context["page"].object_list) == 20 and "51–100 of 120" in second.content.decode()
+
+
+def test_it_filters_the_worklist_by_state_positive_result_and_accession_number(client, auditor):
+    done = ReceivedInstance.objects.create(
+        source="c-store", state="done", top_margin=0.2, accession_key=accession_key("A-1")
+    )
+    normal = ReceivedInstance.objects.create(
+        source="c-store", state="done", top_margin=-0.3, accession_key=accession_key("A-2")
+    )
+    failed = ReceivedInstance.objects.create(source="stow-rs", state="failed", reason="queue down")
+    client.force_login(auditor)
+
+    def rows(**query):
+        return {row.pk for row in client.get("/worklist/", query).context["page"]}
+
+    assert rows(state="failed") == {failed.pk}
+    assert rows(state="done") == {done.pk, normal.pk}
+    assert rows(positive="1") == {done.pk}
+    assert rows(accession="A-2") == {normal.pk}
+    assert rows(state="nonsense") == {done.pk, normal.pk, failed.pk}
+    html = client.get("/worklist/", {"accession": "A-1"}).content.decode()
+    assert "<strong>A-1</strong>" in html and 'value="A-1"' in html
+
+
+def test_it_keeps_keyed_hashes_for_the_accession_number_and_the_patient_id(db, starter_model, settings):
+    settings.LUNGSITE_DICOMWEB_URL = ""
+    settings.LUNGSITE_PATIENT_KEY_SECRET = "secret-one"
+    first = instance_receive(
+        dataset_bytes=_changed(SMALL_CHEST, PatientID="PID-42", AccessionNumber="ACC77"),
+        source=ReceivedInstance.SOURCE_CSTORE,
+    )
+    again = instance_receive(
+        dataset_bytes=_changed(SMALL_CHEST, PatientID="PID-42", SOPInstanceUID=pydicom.uid.generate_uid()),
+        source=ReceivedInstance.SOURCE_CSTORE,
+    )
+    other = instance_receive(
+        dataset_bytes=_changed(SMALL_CHEST, PatientID="PID-43", SOPInstanceUID=pydicom.uid.generate_uid()),
+        source=ReceivedInstance.SOURCE_CSTORE,
+    )
+    nobody = instance_receive(
+        dataset_bytes=_changed(SMALL_CHEST, SOPInstanceUID=pydicom.uid.generate_uid()),
+        source=ReceivedInstance.SOURCE_CSTORE,
+    )
+    assert first.accession_key == accession_key("ACC77") and len(first.accession_key) == 64
+    expected = hmac.new(b"secret-one", b"\x00PID-42", hashlib.sha256).hexdigest()
+    assert first.patient_key == again.patient_key == expected
+    assert other.patient_key != first.patient_key and len(other.patient_key) == 64
+    assert nobody.patient_key == ""  # no PatientID sent: nothing to match
+    # The ID itself is nowhere in the row.
+    assert all(
+        "PID-42" not in str(value)
+        for value in ReceivedInstance.objects.filter(pk=first.pk).values().get().values()
+    )
+    settings.LUNGSITE_PATIENT_KEY_SECRET = "secret-two"
+    from pacs.services import patient_key
+
+    assert (
+        patient_key(pydicom.dcmread(io.BytesIO(_changed(SMALL_CHEST, PatientID="PID-42")), force=True))
+        != expected
+    )
 
 
 def test_it_queues_a_copy_without_the_patient_for_the_worker():
