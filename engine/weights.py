@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import pickle
 import subprocess
 import sys
@@ -131,19 +132,20 @@ def _whole_model_classes(data: bytes) -> list[str]:
     return sorted(names, key=lambda name: (name.startswith("torch.nn."), name))
 
 
-def _is_safetensors(data: bytes) -> bool:
+def is_safetensors(data: bytes) -> bool:
+    """Whether `data` (the whole file or its first bytes) starts as a safetensors file does."""
     # The format's first 8 bytes are the little-endian length of a JSON header that follows.
     if len(data) < 10:
         return False
     header = int.from_bytes(data[:8], "little")
-    return 2 <= header <= len(data) - 8 and data[8:9] == b"{"
+    return header >= 2 and data[8:9] == b"{"
 
 
 def _read(data: bytes):
     """The object a weights file holds (tensors, dicts of them), read without running its code."""
     import torch
 
-    if _is_safetensors(data):
+    if is_safetensors(data):
         from safetensors import SafetensorError
         from safetensors.torch import load as safetensors_load
 
@@ -428,7 +430,8 @@ def _prepare(
         converted = True
         origin.update(
             outputs=int(head.shape[0]),
-            op_threshs=op_threshs,
+            # JSON has no NaN (Postgres' jsonb refuses it): an untrained output's point is null.
+            op_threshs=None if op_threshs is None else [v if math.isfinite(v) else None for v in op_threshs],
             served_outputs=plan.order,
             dropped=plan.dropped,
             extra_outputs=extra_outputs,

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_POST
 
 from engine.architectures import ARCHITECTURES
 from engine.preprocessing import preprocessing_complete, preprocessing_describe
-from engine.weights import SOURCES
+from engine.weights import SOURCES, is_safetensors
 from registry.models import DEFAULT_CLASS_NAMES, PUBLISHED_AUROC_LABEL, ActivationEvent, ModelVersion
 from registry.services import (
     ActivationError,
@@ -554,7 +554,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 status=503,
                 content_type="text/plain",
             )
-        filename = f"{version.version_name}-{version.short_sha256}.pt"
+        suffix = "pt"
+        if getattr(handle, "seekable", lambda: False)():  # the file's format names the download
+            suffix = "safetensors" if is_safetensors(handle.read(16)) else "pt"
+            handle.seek(0)
+        filename = f"{version.version_name}-{version.short_sha256}.{suffix}"
         response = FileResponse(
             handle, as_attachment=True, filename=filename, content_type="application/octet-stream"
         )

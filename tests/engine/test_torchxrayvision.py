@@ -3,6 +3,7 @@ lungsite: the probabilities equal xrv's own forward on xrv's own preprocessing o
 decisions equal xrv's operating points, and every heatmap equals pytorch_grad_cam's on xrv's model.
 Nothing is downloaded (tests/xrv.py)."""
 
+import json
 import math
 
 import numpy as np
@@ -197,6 +198,9 @@ def test_it_keeps_the_one_channel_layer_and_drops_op_threshs_from_what_it_stores
     order = prepared.source["served_outputs"]
     assert torch.equal(state["classifier.weight"], nih.classifier.weight.detach()[order])
     assert all(math.isnan(nih.op_threshs[i]) for i in range(18) if i not in order)
+    # What the row keeps is valid JSON (Postgres' jsonb has no NaN): untrained outputs' points are null.
+    json.dumps(prepared.source, allow_nan=False)
+    assert prepared.source["op_threshs"][14:] == [None] * 4
 
 
 def test_it_refuses_xrv_weights_for_an_architecture_xrv_does_not_publish(nih):
@@ -216,3 +220,19 @@ def test_a_one_channel_file_read_as_torchvision_says_what_to_do(nih):
             findings=FINDINGS,
             isolate=False,
         )
+
+
+def test_the_child_process_prepares_what_this_process_prepares(nih):
+    """A torch-free worker registering xrv weights runs the conversion and export in
+    `python -m engine.weights`: the same graph, the same converted weights, the same mapping."""
+    data = state_dict_bytes(nih)
+    arguments = {
+        "architecture": "densenet121",
+        "class_names": None,
+        "findings": FINDINGS,
+        "extra_outputs": "drop",
+    }
+    here = weights_prepare(data, isolate=False, **arguments)
+    child = weights_prepare(data, isolate=True, **arguments)
+    assert child == here
+    assert child.class_names == FINDINGS and child.weights != data

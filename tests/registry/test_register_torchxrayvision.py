@@ -197,7 +197,9 @@ def test_the_command_refuses_a_whole_pickled_model_with_the_two_lines(tmp_path, 
 
 
 @pytest.mark.parametrize("architecture", ["efficientnet_b0", "convnext_tiny"])
-def test_the_command_registers_the_new_architectures_from_safetensors(tmp_path, architecture):
+def test_the_command_registers_the_new_architectures_from_safetensors(
+    tmp_path, architecture, client, model_admin
+):
     from safetensors.torch import save
 
     from engine.architectures import architecture_get
@@ -208,4 +210,9 @@ def test_the_command_registers_the_new_architectures_from_safetensors(tmp_path, 
     path.write_bytes(save(network.state_dict()))
     row = run(str(path), "--version-name", architecture, "--architecture", architecture)
     assert row["architecture"] == architecture and row["class_names"] == DEFAULT_CLASS_NAMES
-    assert ModelVersion.objects.get().sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    version = ModelVersion.objects.get()
+    assert version.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()  # stored as given
+    client.force_login(model_admin)
+    response = client.get(reverse("admin:registry_modelversion_weights", args=[version.pk]))
+    assert f'{architecture}-{version.short_sha256}.safetensors"' in response["Content-Disposition"]
+    assert b"".join(response.streaming_content) == path.read_bytes()
