@@ -132,20 +132,20 @@ def _whole_model_classes(data: bytes) -> list[str]:
     return sorted(names, key=lambda name: (name.startswith("torch.nn."), name))
 
 
-def is_safetensors(data: bytes) -> bool:
-    """Whether `data` (the whole file or its first bytes) starts as a safetensors file does."""
-    # The format's first 8 bytes are the little-endian length of a JSON header that follows.
+def is_safetensors(data: bytes, size: int | None = None) -> bool:
+    """Whether `data`, a file or its first bytes (the whole file being `size` bytes, when known),
+    starts as a safetensors file does: the little-endian length of a JSON header that follows."""
     if len(data) < 10:
         return False
     header = int.from_bytes(data[:8], "little")
-    return header >= 2 and data[8:9] == b"{"
+    return header >= 2 and data[8:9] == b"{" and (size is None or header <= size - 8)
 
 
 def _read(data: bytes):
     """The object a weights file holds (tensors, dicts of them), read without running its code."""
     import torch
 
-    if is_safetensors(data):
+    if is_safetensors(data, len(data)):
         from safetensors import SafetensorError
         from safetensors.torch import load as safetensors_load
 
