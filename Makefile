@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	# Pinned in requirements-dev.txt as "# no-deps: pkg==X": installed without their dependencies.
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps $$(sed -n 's/^# no-deps: //p' requirements-dev.txt)
 	touch $@
 
 install: $(VENV)/.installed

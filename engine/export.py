@@ -7,11 +7,11 @@ The exporter is torch's TorchScript-based one (`dynamo=False`): the default dyna
 torch 2.14 needs onnxscript, which this project does not install. DenseNet121 exports in seconds.
 
 Outputs, for one image of the starter model (224 input, 13 findings):
-    input     (N, 3, 224, 224) float32
+    input     (N, C, 224, 224) float32   C = the version's preprocessing channels (3, or 1)
     logits    (N, 13)            the classifier's outputs
     cams      (N, 13, 7, 7)      every finding's Grad-CAM map (see ServingModule)
-    features  (N, 1024, 7, 7)    the trunk's output A: DenseNet's norm5 before the ReLU, ResNet's
-                                 layer4 (for tests and diagnostics)
+    features  (N, 1024)          the pooled feature vector the head reads: the spatial mean of the
+                                 last feature map (DenseNet: after its ReLU), before any head norm
 """
 
 from __future__ import annotations
@@ -30,22 +30,28 @@ OPSET = 17
 
 
 class ServingModule(nn.Module):
-    """A global-average-pool + linear classifier returning, from one forward pass, its logits and
-    every finding's Grad-CAM map, without a backward pass.
+    """A global-average-pool + linear classifier returning, from one forward pass, its logits, every
+    finding's Grad-CAM map and the pooled feature vector, without a backward pass.
 
     With A the trunk's output (the Grad-CAM target layer's), P = ReLU(A) when the network applies a
-    ReLU before pooling (DenseNet) or P = A when A is already the pooled activation (ResNet), the
-    logits are W . mean_ij(P) + b. Grad-CAM's channel weight for finding c is the spatial mean of
-    d logit_c / dA, i.e. alpha_ck = W[c, k] * mean_ij(dP_k/dA_k) / (h*w), where dP/dA is (A > 0) for
-    the ReLU and 1 otherwise, and its map ReLU(sum_k alpha_ck * P_k) (pytorch_grad_cam sees P for
-    DenseNet because torchvision applies that ReLU in place on the hooked tensor). All findings'
-    maps are one (K x C) @ (C x h*w) product per image."""
+    ReLU before pooling (DenseNet) or P = A otherwise (ResNet, EfficientNet, ConvNeXt), and
+    x = mean_ij(P) the pooled vector, the logits are W . n(x) + b, where n is the head's LayerNorm
+    (ConvNeXt) or the identity. Grad-CAM's channel weight for finding c is the spatial mean of
+    d logit_c / dA, i.e. alpha_ck = G[c, k] * mean_ij(dP_k/dA_k) / (h*w), with dP/dA = (A > 0) for
+    the ReLU and 1 otherwise, and G = W . dn/dx (W itself without a norm); its map is
+    ReLU(sum_k alpha_ck * P_k) (pytorch_grad_cam sees P for DenseNet because torchvision applies
+    that ReLU in place on the hooked tensor). All findings' maps are one (K x C) @ (C x h*w)
+    product per image.
+
+    For LayerNorm n(x) = g * (x - mu) / s + beta over the C channels, with u = W * g and
+    xh = (x - mu) / s: G[c] = (u_c - mean(u_c) - xh * mean(u_c * xh)) / s."""
 
     def __init__(self, model: nn.Module, architecture: str) -> None:
         super().__init__()
         spec = architecture_get(architecture)
         self.trunk = spec.trunk(model)
         self.head = spec.head(model)
+        self.norm = spec.norm(model)
         self.relu_before_pool = spec.relu_before_pool
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -57,16 +63,31 @@ class ServingModule(nn.Module):
         else:
             pooled_input = features
             slope = torch.ones_like(features[:, :, 0, 0])
-        logits = self.head(pooled_input.mean(dim=(2, 3)))  # (N, K)
-        alpha = self.head.weight.unsqueeze(0) * (slope / (h * w)).unsqueeze(1)  # (N, K, C)
+        pooled = pooled_input.mean(dim=(2, 3))  # (N, C)
+        weight = self.head.weight.unsqueeze(0)  # (1, K, C)
+        if self.norm is None:
+            logits = self.head(pooled)  # (N, K)
+        else:
+            logits = self.head(self.norm(pooled[:, :, None, None]).flatten(1))
+            mu = pooled.mean(dim=1, keepdim=True)
+            s = torch.sqrt(((pooled - mu) ** 2).mean(dim=1, keepdim=True) + self.norm.eps)
+            xh = ((pooled - mu) / s).unsqueeze(1)  # (N, 1, C)
+            u = weight * self.norm.weight  # (1, K, C)
+            weight = (
+                u - u.mean(dim=2, keepdim=True) - xh * (u * xh).mean(dim=2, keepdim=True)
+            ) / s.unsqueeze(1)  # (N, K, C)
+        alpha = weight * (slope / (h * w)).unsqueeze(1)  # (N, K, C)
         cams = F.relu(alpha @ pooled_input.reshape(n, channels, h * w))  # (N, K, h*w)
-        return logits, cams.reshape(n, -1, h, w), features
+        return logits, cams.reshape(n, -1, h, w), pooled
 
 
-def onnx_graph(model: nn.Module, architecture: str, input_size: int, channels: int = 3) -> bytes:
+def onnx_graph(model: nn.Module, architecture: str, input_size: int, channels: int | None = None) -> bytes:
     """The serialised ONNX serving graph of a network of `architecture` (inputs and outputs in the
-    module docstring). Deterministic: the same weights give the same bytes, so stored graphs can be
-    named by their sha256."""
+    module docstring); `channels` defaults to what the network's first convolution takes.
+    Deterministic: the same weights give the same bytes, so stored graphs can be named by their
+    sha256."""
+    if channels is None:
+        channels = model.get_submodule(architecture_get(architecture).first_conv).in_channels
     module = ServingModule(model.eval(), architecture).eval()
     buffer = io.BytesIO()
     with warnings.catch_warnings():

@@ -8,12 +8,14 @@ closed the gap. Why no torch: the graph is exported once, at registration (engin
 stored beside the weights; a worker that only opens it never imports torch, and `import torch` alone
 costs about 500 MB of resident memory per worker with the pinned (CUDA) build.
 
-The graph returns the logits and every finding's class activation map in the same run, so heatmaps
-cost no second pass (see engine.export for its inputs and outputs).
+The graph returns the logits, every finding's class activation map and the pooled feature vector
+in the same run, so heatmaps cost no second pass (see engine.export for its inputs and outputs).
 
-Shapes, for the starter model (224 input, 13 findings):
-    ServingRuntime.run             (1, 3, 224, 224) float32 -> logits (13,), cams (13, 7, 7)
-    ServingRuntime.forward_features (1, 3, 224, 224) float32 -> logits (13,), features (1024, 7, 7)
+Shapes, for the starter model (224 input, 13 findings; C = 3 input channels, or 1):
+    ServingRuntime.run              (1, C, 224, 224) float32 -> logits (13,), cams (13, 7, 7)
+    ServingRuntime.run_all          (1, C, 224, 224) float32 -> logits (13,), cams (13, 7, 7),
+                                                                features (1024,)
+    ServingRuntime.forward_features (1, C, 224, 224) float32 -> logits (13,), features (1024,)
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class ServingRuntime:
         self.session = session
         self.input_size = input_size
         self.build_ms = build_ms
+        # The graph's input is (batch, C, S, S) with C and S fixed at export.
+        shape = session.get_inputs()[0].shape
+        self.channels = shape[1] if isinstance(shape[1], int) else 3
 
     @classmethod
     def from_graph(cls, graph: bytes, input_size: int = 224, *, threads: int | None = None) -> ServingRuntime:
@@ -94,8 +99,14 @@ class ServingRuntime:
         logits, cams = self.session.run([LOGITS, CAMS], {INPUT: self._input(x)})
         return logits[0], cams[0]
 
+    def run_all(self, x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One image (1, C, S, S) float32 -> logits (K,), every finding's map (K, h, w) and the pooled
+        feature vector (C',) the head reads."""
+        logits, cams, features = self.session.run([LOGITS, CAMS, FEATURES], {INPUT: self._input(x)})
+        return logits[0], cams[0], features[0]
+
     def forward_features(self, x) -> tuple[np.ndarray, np.ndarray]:
-        """One image -> logits (K,) and the trunk's feature map (C, h, w) (DenseNet: norm5, before the
-        ReLU; ResNet: layer4)."""
+        """One image -> logits (K,) and the pooled feature vector (C',): the spatial mean of the last
+        feature map (DenseNet: of ReLU(norm5); ResNet: of layer4), before any head norm."""
         logits, features = self.session.run([LOGITS, FEATURES], {INPUT: self._input(x)})
         return logits[0], features[0]

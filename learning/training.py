@@ -365,6 +365,7 @@ def model_card(result: TrainResult, *, base: str, data_source: str, label_report
             "device": result.device,
             "history": result.history,
         },
+        "preprocessing": result.preprocessing,
         "evaluation_set": f"validation split of {data_source} ({result.split['val_images']} images, "
         f"{result.split['val_patients']} patients)",
         "auroc": result.per_class,
@@ -377,10 +378,39 @@ def model_card(result: TrainResult, *, base: str, data_source: str, label_report
 
 
 def model_card_markdown(card: dict) -> str:
+    """The card as Markdown: a trained version's (training, split, measured AUROC) or registered
+    weights' (their source and preprocessing); either with the preprocessing and any AUROC
+    published with the weights, which is never a measurement made here."""
+    from engine.preprocessing import preprocessing_describe
+
+    lines = ["# Model card", ""]
+    if "training" in card:
+        lines += _trained_card_lines(card)
+    else:
+        lines += [
+            f"- Architecture: {card.get('architecture', '-')}",
+            f"- Weights: {card.get('weights_source', '-')} (registered, not trained here)",
+        ]
+    if card.get("preprocessing"):
+        lines += ["", f"**Preprocessing.** {preprocessing_describe(card['preprocessing'])}"]
+    published = card.get("published_auroc")
+    if published:
+        lines += [
+            "",
+            "**AUROC published with the weights (published, not measured here; not an evaluation).** "
+            f"Source: {published.get('source')}",
+            "",
+            "| Finding | Published AUROC |",
+            "|---|---|",
+        ]
+        per_class = published.get("per_class") or {}
+        lines += [f"| {name} | {value:.3f} |" for name, value in per_class.items()]
+    return "\n".join(lines)
+
+
+def _trained_card_lines(card: dict) -> list[str]:
     training = card.get("training", {})
     lines = [
-        "# Model card",
-        "",
         f"**Intended use.** {card.get('intended_use', '')}",
         "",
         f"- Base: {card.get('base')}",
@@ -404,7 +434,7 @@ def model_card_markdown(card: dict) -> str:
         )
     mean = card.get("mean_auroc")
     lines += ["", f"Mean AUROC: {'-' if mean is None else f'{mean:.3f}'}"]
-    return "\n".join(lines)
+    return lines
 
 
 def training_register(result: TrainResult, *, version_name: str, architecture: str, card: dict, user=None):

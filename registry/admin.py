@@ -15,7 +15,9 @@ from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
 from engine.architectures import ARCHITECTURES
-from registry.models import DEFAULT_CLASS_NAMES, ActivationEvent, ModelVersion
+from engine.preprocessing import preprocessing_complete, preprocessing_describe
+from engine.weights import SOURCES, is_safetensors
+from registry.models import DEFAULT_CLASS_NAMES, PUBLISHED_AUROC_LABEL, ActivationEvent, ModelVersion
 from registry.services import (
     ActivationError,
     RegistrationError,
@@ -76,17 +78,34 @@ class ModelVersionAddForm(forms.ModelForm):
     the form's error, so the admin registers exactly as the command does."""
 
     weights = forms.FileField(
-        help_text="A .pt/.pth state_dict or checkpoint of the declared architecture. Saving checks the "
-        "weights and exports their serving graph: it takes about 10 s (up to a minute on a busy "
-        "server); submit once and wait."
+        help_text="A state_dict or checkpoint (.pt/.pth) or a .safetensors file of the declared "
+        "architecture; TorchXRayVision state dicts as saved from xrv.models.DenseNet/ResNet. Saving "
+        "checks the weights and exports their serving graph: it takes about 10 s (up to a minute on a "
+        "busy server); submit once and wait."
     )
     class_names_text = forms.CharField(
         label="Class names",
+        required=False,
         widget=forms.Textarea(attrs={"rows": 13, "cols": 40}),
-        initial="\n".join(DEFAULT_CLASS_NAMES),
-        help_text="In the order of the model's outputs: one per line or comma separated.",
+        help_text="In the order of the model's outputs: one per line or comma separated. Empty: the 13 "
+        f"findings ({', '.join(DEFAULT_CLASS_NAMES)}), or TorchXRayVision's 18 labels for its weights.",
     )
     architecture = forms.ChoiceField(choices=[(a, a) for a in ARCHITECTURES], initial="densenet121")
+    source = forms.ChoiceField(
+        label="Weights source",
+        required=False,
+        choices=[(s, s) for s in SOURCES],
+        initial="auto",
+        help_text="auto: TorchXRayVision's layout when the file holds op_threshs, torchvision's otherwise.",
+    )
+    extra_outputs = forms.ChoiceField(
+        label="TorchXRayVision outputs beyond lungsite's findings",
+        required=False,
+        choices=[("keep", "keep them as extra outputs"), ("drop", "drop them")],
+        initial="keep",
+        help_text="Hernia, Lung Lesion, Fracture, Lung Opacity, Enlarged Cardiomediastinum. Outputs the "
+        "weights were not trained for (no label, NaN op_threshs) are always dropped.",
+    )
     auroc = forms.FloatField(
         label="Mean AUROC",
         required=False,
@@ -94,17 +113,33 @@ class ModelVersionAddForm(forms.ModelForm):
         max_value=1.0,
         help_text="Measured elsewhere (optional).",
     )
+    published_auroc_json = forms.CharField(
+        label="Published AUROC (JSON)",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text='Optional, per finding as published with the weights, e.g. {"Effusion": 0.87}. Shown as '
+        f'"{PUBLISHED_AUROC_LABEL}"; never counts as an evaluation.',
+    )
+    published_auroc_source = forms.CharField(
+        label="Published AUROC source",
+        required=False,
+        max_length=500,
+        help_text="Where those figures were published (paper, model card, page). Required with them.",
+    )
     thresholds_json = forms.CharField(
         label="Thresholds (JSON)",
         required=False,
         widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
-        help_text='Optional, e.g. {"Effusion": 0.42}. Classes not named use 0.5.',
+        help_text='Optional, e.g. {"Effusion": 0.42}. Classes not named use 0.5 (TorchXRayVision '
+        "weights: their op_threshs).",
     )
     preprocessing_json = forms.CharField(
         label="Preprocessing (JSON)",
         required=False,
         widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
-        help_text="Optional; keys input_size, channels, mean, std. Default: 224 px, ImageNet mean/std.",
+        help_text='Optional; a profile ({"profile": "imagenet"} or "torchxrayvision") and/or keys '
+        "input_size, channels (1 or 3), value_range, crop (none, center), resize (bilinear, skimage), "
+        "mean, std. Default: the weights' own (ImageNet's 224 px; TorchXRayVision's for its weights).",
     )
 
     class Meta:
@@ -119,25 +154,36 @@ class ModelVersionAddForm(forms.ModelForm):
     def clean_preprocessing_json(self):
         return _parse_json_object(self.cleaned_data.get("preprocessing_json"), "Preprocessing")
 
+    def clean_published_auroc_json(self):
+        return _parse_json_object(self.cleaned_data.get("published_auroc_json"), "Published AUROC")
+
     def clean(self):
         cleaned = super().clean()
         if self.errors:
             return cleaned
-        names = [n.strip() for line in cleaned["class_names_text"].splitlines() for n in line.split(",")]
+        text = cleaned.get("class_names_text") or ""
+        names = [n.strip() for line in text.splitlines() for n in line.split(",") if n.strip()]
         try:
             self.instance = model_version_register(
                 file=cleaned["weights"],
                 version_name=cleaned["version_name"],
-                class_names=[n for n in names if n],
+                class_names=names or None,
                 architecture=cleaned["architecture"],
+                source=cleaned.get("source") or "auto",
+                extra_outputs=cleaned.get("extra_outputs") or "keep",
                 preprocessing=cleaned.get("preprocessing_json"),
                 thresholds=cleaned.get("thresholds_json"),
                 auroc=cleaned.get("auroc"),
+                published_auroc=cleaned.get("published_auroc_json"),
+                published_auroc_source=cleaned.get("published_auroc_source", ""),
                 notes=cleaned.get("notes", ""),
                 untrained=cleaned.get("untrained", False),
                 user=self.request_user,
             )
         except RegistrationError as exc:
+            lines = str(exc).split("\n")
+            if len(lines) > 1:  # e.g. the two lines that turn a whole pickled model into a state dict
+                raise ValidationError(format_html("{}<pre>{}</pre>", lines[0], "\n".join(lines[1:]))) from exc
             raise ValidationError(str(exc)) from exc
         return cleaned
 
@@ -179,7 +225,9 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "mean_auroc",
         "per_class_table",
         "thresholds_table",
-        "preprocessing",
+        "published_auroc_table",
+        "preprocessing_text",
+        "weights_source_text",
         "created_at",
         "created_by",
         "activation_history",
@@ -189,7 +237,19 @@ class ModelVersionAdmin(admin.ModelAdmin):
         (None, {"fields": ("weights", "version_name", "class_names_text", "architecture")}),
         (
             "Optional",
-            {"fields": ("auroc", "thresholds_json", "preprocessing_json", "untrained", "notes")},
+            {
+                "fields": (
+                    "source",
+                    "extra_outputs",
+                    "auroc",
+                    "published_auroc_json",
+                    "published_auroc_source",
+                    "thresholds_json",
+                    "preprocessing_json",
+                    "untrained",
+                    "notes",
+                )
+            },
         ),
     )
 
@@ -259,6 +319,41 @@ class ModelVersionAdmin(admin.ModelAdmin):
     def thresholds_table(self, obj):
         rows = [(name, f"{obj.threshold_for(name):.3f}") for name in obj.class_names or []]
         return self._table(("finding", "threshold (default 0.5)"), rows)
+
+    @admin.display(description=f"published AUROC ({PUBLISHED_AUROC_LABEL})")
+    def published_auroc_table(self, obj):
+        published = obj.published_auroc or {}
+        if not published.get("per_class"):
+            return "None recorded."
+        rows = [(name, _auroc(value)) for name, value in published["per_class"].items()]
+        table = self._table(("finding", "published AUROC"), rows)
+        return format_html(
+            "<p><strong>{}</strong>: figures published with the weights, not measured on this "
+            "installation's data. They are not an evaluation: the version counts as not evaluated "
+            "until evaluate_model measures it.</p>{}<p>Source: {}</p>",
+            PUBLISHED_AUROC_LABEL.capitalize(),
+            table,
+            published.get("source", "not recorded"),
+        )
+
+    @admin.display(description="preprocessing")
+    def preprocessing_text(self, obj):
+        spec = preprocessing_complete(obj.preprocessing)
+        return format_html("<p>{}</p><pre>{}</pre>", preprocessing_describe(spec), json.dumps(spec, indent=1))
+
+    @admin.display(description="weights source")
+    def weights_source_text(self, obj):
+        source = obj.weights_source or {}
+        if not source:
+            return "torchvision layout (as registered)."
+        lines = [f"Format: {source.get('format', 'torchvision')}."]
+        if source.get("file_sha256"):
+            lines.append(
+                f"Converted at registration from the file with sha256 {source['file_sha256']} "
+                "(the stored weights are the served outputs only, without op_threshs)."
+            )
+        lines += source.get("report", [])
+        return format_html_join("", "<p>{}</p>", ((line,) for line in lines))
 
     @admin.display(description="weights file")
     def weights_download(self, obj):
@@ -459,7 +554,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 status=503,
                 content_type="text/plain",
             )
-        filename = f"{version.version_name}-{version.short_sha256}.pt"
+        suffix = "pt"
+        if getattr(handle, "seekable", lambda: False)():  # the file's format names the download
+            suffix = "safetensors" if is_safetensors(handle.read(16)) else "pt"
+            handle.seek(0)
+        filename = f"{version.version_name}-{version.short_sha256}.{suffix}"
         response = FileResponse(
             handle, as_attachment=True, filename=filename, content_type="application/octet-stream"
         )

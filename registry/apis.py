@@ -31,6 +31,7 @@ MODEL_EXAMPLE = {
     "thresholds": dict.fromkeys(DEFAULT_CLASS_NAMES, 0.5),
     "accuracy_auroc": None,
     "per_class_auroc": {},
+    "published_auroc": None,
     "untrained": True,
     "notes": "UNTRAINED: a DenseNet121 with random weights (seed 0).",
     "warning": UNTRAINED_WARNING,

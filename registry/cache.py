@@ -83,6 +83,7 @@ def _load(version: ModelVersion) -> ServingModel:
         architecture=version.architecture,
         num_classes=len(version.class_names),
         input_size=input_size,
+        preprocessing=version.preprocessing,
     )
     return ServingModel(version=version, model=ServingRuntime.from_graph(graph, input_size))
 

@@ -5,6 +5,7 @@ from django.utils import timezone
 
 # One exception for "append-only" across the project: the prediction log and the activation history.
 from common.append_only import AppendOnlyError
+from engine.preprocessing import IMAGENET, preprocessing_complete
 
 # The 13 findings of the starter model, in the order of its outputs: NIH ChestX-ray14 without Hernia.
 DEFAULT_CLASS_NAMES = [
@@ -23,12 +24,10 @@ DEFAULT_CLASS_NAMES = [
     "Pneumothorax",
 ]
 
-DEFAULT_PREPROCESSING = {
-    "input_size": 224,
-    "channels": 3,
-    "mean": [0.485, 0.456, 0.406],
-    "std": [0.229, 0.224, 0.225],
-}
+# The ImageNet profile (engine.preprocessing): 224 px, three channels, ImageNet mean and std.
+DEFAULT_PREPROCESSING = dict(IMAGENET)
+
+PUBLISHED_AUROC_LABEL = "published, not measured here"
 
 
 # Said with every result of such a version: on pages, in API and job responses, in DICOM objects.
@@ -84,6 +83,20 @@ class ModelVersion(models.Model):
     is_shadow = models.BooleanField(
         default=False, help_text="Scores live predictions off the record; never shown to clinicians."
     )
+    # Claims that came with the weights: never an evaluation (registry.gate reads Evaluation rows,
+    # the honesty states read evaluated_at; neither reads this).
+    published_auroc = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='AUROC per finding as published with the weights, {"per_class": {name: auroc}, '
+        '"source": "where it was published"}: published, not measured here.',
+    )
+    weights_source = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Where the weights came from and what registration did to them (e.g. TorchXRayVision: "
+        "the file's sha256, its outputs, which were served or dropped, its op_threshs).",
+    )
 
     class Meta:
         db_table = "models"
@@ -105,6 +118,11 @@ class ModelVersion(models.Model):
     @property
     def short_sha256(self) -> str:
         return self.sha256[:12]
+
+    @property
+    def preprocessing_spec(self) -> dict:
+        """The preprocessing with every key (rows from before a key existed get its old meaning)."""
+        return preprocessing_complete(self.preprocessing)
 
     def threshold_for(self, name: str) -> float:
         return float((self.thresholds or {}).get(name, 0.5))

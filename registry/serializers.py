@@ -4,21 +4,38 @@ API (the summary), /healthz and the registry commands."""
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from registry.models import ModelVersion
+from registry.models import PUBLISHED_AUROC_LABEL, ModelVersion
 
 
 class PreprocessingSerializer(serializers.Serializer):
+    """engine.preprocessing: value range, crop, resize, then (x - mean) / std per channel."""
+
     input_size = serializers.IntegerField(help_text="Side of the square network input, in pixels.")
-    channels = serializers.IntegerField()
+    channels = serializers.IntegerField(help_text="3 (the grey image repeated) or 1.")
+    value_range = serializers.ListField(
+        child=serializers.FloatField(), help_text="The [0, 1] picture mapped linearly onto [low, high] first."
+    )
+    crop = serializers.CharField(help_text='"none", or "center": the centred square of the shorter side.')
+    resize = serializers.CharField(help_text='"bilinear" (Pillow) or "skimage" (TorchXRayVision\'s resizer).')
     mean = serializers.ListField(child=serializers.FloatField())
     std = serializers.ListField(child=serializers.FloatField())
+
+
+class PublishedAurocSerializer(serializers.Serializer):
+    per_class = serializers.DictField(child=serializers.FloatField())
+    source = serializers.CharField()
+    status = serializers.SerializerMethodField(help_text='Always "published, not measured here".')
+
+    def get_status(self, value) -> str:
+        return PUBLISHED_AUROC_LABEL
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
     class_names = serializers.ListField(
         child=serializers.CharField(), help_text="Finding names, in the order of the model's outputs."
     )
-    preprocessing = PreprocessingSerializer()
+    preprocessing = PreprocessingSerializer(source="preprocessing_spec")
+    published_auroc = serializers.SerializerMethodField()
     thresholds = serializers.SerializerMethodField()
     per_class_auroc = serializers.DictField(
         child=serializers.FloatField(allow_null=True),
@@ -47,6 +64,7 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "thresholds",
             "accuracy_auroc",
             "per_class_auroc",
+            "published_auroc",
             "untrained",
             "notes",
             "warning",
@@ -62,6 +80,14 @@ class ModelVersionSerializer(serializers.ModelSerializer):
     )
     def get_thresholds(self, version: ModelVersion) -> dict:
         return {name: version.threshold_for(name) for name in version.class_names}
+
+    @extend_schema_field(PublishedAurocSerializer(allow_null=True))
+    def get_published_auroc(self, version: ModelVersion) -> dict | None:
+        """AUROC published with the weights, or null: a claim, never an evaluation (the warning and
+        the evaluation gate ignore it)."""
+        if not (version.published_auroc or {}).get("per_class"):
+            return None
+        return PublishedAurocSerializer(version.published_auroc).data
 
     @extend_schema_field(
         {

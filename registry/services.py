@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -15,8 +16,28 @@ from django.utils import timezone
 
 from common.errors import LungsiteError
 from engine.architectures import ARCHITECTURES
-from engine.weights import ExportFailed, WeightsError, check_graph_outputs, serving_graph_from_weights
-from registry.models import DEFAULT_PREPROCESSING, ActivationEvent, ModelVersion
+from engine.preprocessing import (
+    PreprocessingError,
+    preprocessing_check,
+    preprocessing_complete,
+    preprocessing_describe,
+)
+from engine.weights import (
+    SOURCES,
+    ExportFailed,
+    WeightsError,
+    check_graph_outputs,
+    serving_graph_from_weights,
+    weights_prepare,
+)
+from engine.xrv_format import EXTRA_OUTPUTS
+from registry.models import (
+    DEFAULT_CLASS_NAMES,
+    DEFAULT_PREPROCESSING,
+    PUBLISHED_AUROC_LABEL,
+    ActivationEvent,
+    ModelVersion,
+)
 from registry.storage import (
     WeightsIntegrityError,
     WeightsStorageUnavailable,
@@ -33,8 +54,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 VIA_VALUES = {value for value, _ in ActivationEvent.VIA_CHOICES}
-PREPROCESSING_KEYS = set(DEFAULT_PREPROCESSING)
-MAX_INPUT_SIZE = 1024
+MAX_SOURCE_LENGTH = 500
 # Names end up in URLs (`/heatmaps/<name>.png`) and in CSV headers: no slashes or control characters.
 _CLASS_NAME = re.compile(r"^[^/\\\x00-\x1f\x7f]{1,100}$")
 
@@ -122,18 +142,45 @@ def _is_fraction(value) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool) and 0.0 <= float(value) <= 1.0
 
 
-def _check_thresholds(thresholds, class_names: list[str]) -> dict[str, float]:
-    if thresholds in (None, ""):
+def _check_fractions(values, what: str, class_names: list[str] | None) -> dict[str, float]:
+    """A JSON object of class name -> number in [0, 1]; the names are checked when known."""
+    if values in (None, ""):
         return {}
-    if not isinstance(thresholds, dict):
-        raise RegistrationError("Thresholds must be a JSON object mapping class names to numbers.")
-    unknown = sorted(set(thresholds) - set(class_names))
-    if unknown:
-        raise RegistrationError(f"Thresholds name classes the model does not have: {', '.join(unknown)}.")
-    bad = sorted(name for name, value in thresholds.items() if not _is_fraction(value))
+    if not isinstance(values, dict):
+        raise RegistrationError(f"{what} must be a JSON object mapping class names to numbers.")
+    if class_names is not None:
+        unknown = sorted(set(values) - set(class_names))
+        if unknown:
+            raise RegistrationError(f"{what} name classes the model does not have: {', '.join(unknown)}.")
+    bad = sorted(
+        name for name, value in values.items() if not _is_fraction(value) or math.isnan(float(value))
+    )
     if bad:
-        raise RegistrationError(f"Thresholds must be numbers between 0 and 1; not so for: {', '.join(bad)}.")
-    return {name: float(value) for name, value in thresholds.items()}
+        raise RegistrationError(f"{what} must be numbers between 0 and 1; not so for: {', '.join(bad)}.")
+    return {name: float(value) for name, value in values.items()}
+
+
+def _check_thresholds(thresholds, class_names: list[str] | None) -> dict[str, float]:
+    return _check_fractions(thresholds, "Thresholds", class_names)
+
+
+def _check_published_auroc(per_class, source: str, class_names: list[str] | None) -> dict:
+    """{"per_class": {...}, "source": "..."} or {} (nothing published)."""
+    per_class = _check_fractions(per_class, "Published AUROC", class_names)
+    source = (source or "").strip()
+    if not per_class:
+        if source:
+            raise RegistrationError("A source for the published AUROC was given without the AUROC values.")
+        return {}
+    if not source:
+        raise RegistrationError(
+            "Published AUROC needs its source (the paper, model card or page that published it)."
+        )
+    if len(source) > MAX_SOURCE_LENGTH:
+        raise RegistrationError(
+            f"The published AUROC's source is longer than {MAX_SOURCE_LENGTH} characters."
+        )
+    return {"per_class": per_class, "source": source}
 
 
 def _check_auroc(auroc) -> float | None:
@@ -144,36 +191,15 @@ def _check_auroc(auroc) -> float | None:
     return float(auroc)
 
 
-def _check_preprocessing(preprocessing) -> dict:
+def _check_preprocessing(preprocessing) -> dict | None:
+    """The complete preprocessing (engine.preprocessing), or None when none was given (the weights'
+    source decides: ImageNet's, or TorchXRayVision's for its weights)."""
     if not preprocessing:
-        return dict(DEFAULT_PREPROCESSING)
-    if not isinstance(preprocessing, dict):
-        raise RegistrationError("Preprocessing must be a JSON object.")
-    unknown = sorted(set(preprocessing) - PREPROCESSING_KEYS)
-    if unknown:
-        raise RegistrationError(
-            f"Unknown preprocessing keys: {', '.join(unknown)} "
-            f"(accepted: {', '.join(sorted(PREPROCESSING_KEYS))})."
-        )
-    spec = {**DEFAULT_PREPROCESSING, **preprocessing}
-    size = spec["input_size"]
-    if not isinstance(size, int) or isinstance(size, bool) or not 32 <= size <= MAX_INPUT_SIZE:
-        raise RegistrationError(f"preprocessing.input_size must be an integer from 32 to {MAX_INPUT_SIZE}.")
-    if spec["channels"] != 3:
-        raise RegistrationError(
-            "preprocessing.channels must be 3: every supported network's first layer takes 3."
-        )
-    for key in ("mean", "std"):
-        values = spec[key]
-        if (
-            not isinstance(values, list)
-            or len(values) not in (1, 3)
-            or not all(isinstance(v, Real) and not isinstance(v, bool) for v in values)
-        ):
-            raise RegistrationError(f"preprocessing.{key} must be a list of 1 or 3 numbers.")
-    if any(float(v) <= 0 for v in spec["std"]):
-        raise RegistrationError("preprocessing.std values must be greater than 0.")
-    return spec
+        return None
+    try:
+        return preprocessing_check(preprocessing)
+    except PreprocessingError as exc:
+        raise RegistrationError(str(exc)) from exc
 
 
 def model_version_register(
@@ -181,11 +207,15 @@ def model_version_register(
     file=None,
     data: bytes | None = None,
     version_name: str,
-    class_names: list[str],
+    class_names: list[str] | None = None,
     architecture: str = "densenet121",
     preprocessing: dict | None = None,
     thresholds: dict | None = None,
     auroc: float | None = None,
+    source: str = "auto",
+    extra_outputs: str = "keep",
+    published_auroc: dict | None = None,
+    published_auroc_source: str = "",
     notes: str = "",
     untrained: bool = False,
     user: AbstractBaseUser | None = None,
@@ -194,43 +224,74 @@ def model_version_register(
     """Checks a weights file, exports its serving graph, stores both by content and writes its row.
     `file` is bytes or a Django File/UploadedFile (`data=` bytes is the older spelling). Every
     metadata check, the load into `architecture` with len(class_names) outputs (shapes and finite
-    values, layer by layer), the export and a check that the graph's outputs are finite run before
-    anything is written: a refused file leaves no row and no stored object. The export takes a few
-    seconds (about 3 s for DenseNet121 on an idle core, longer on a busy machine); `progress`, when
-    given, is told in words which step starts (register_model prints them)."""
+    values, layer by layer, keys as torch's load_state_dict accepts them), the export and a check
+    that the graph's outputs are finite run before anything is written: a refused file leaves no
+    row and no stored object. The export takes a few seconds (about 3 s for DenseNet121 on an idle
+    core, longer on a busy machine); `progress`, when given, is told in words which step starts
+    (register_model prints them).
+
+    `source` ("auto", "torchvision", "torchxrayvision"; auto reads a file holding `op_threshs` as
+    TorchXRayVision's): TorchXRayVision weights register as they are (engine.xrv_format): their
+    outputs mapped to lungsite's findings (the labels beyond them kept or dropped, `extra_outputs`),
+    their op_threshs as thresholds (thresholds given here win), their preprocessing unless one is
+    given. `class_names`, in output order, defaults to xrv's 18 labels for TorchXRayVision weights
+    and to the 13 findings for any other. `published_auroc` ({name: auroc}) with `published_auroc_source`
+    records figures published with the weights: shown as "published, not measured here", never an
+    evaluation."""
     say = progress or (lambda message: None)
     if file is not None and data is not None:
         raise RegistrationError("Give the weights once: either file= or data=.")
     content = _read_weights(file if file is not None else data if data is not None else b"")
     version_name = _check_version_name(version_name)
-    class_names = _check_class_names(class_names)
+    if source not in SOURCES:
+        raise RegistrationError(f"Unknown weights source {source!r}; known: {', '.join(SOURCES)}.")
+    if extra_outputs not in EXTRA_OUTPUTS:
+        raise RegistrationError(f"extra_outputs must be one of: {', '.join(EXTRA_OUTPUTS)}.")
+    if class_names is not None:
+        class_names = _check_class_names(class_names)
     if architecture not in ARCHITECTURES:
         raise RegistrationError(
             f"Unknown architecture {architecture!r}; supported: {', '.join(ARCHITECTURES)}."
         )
     thresholds = _check_thresholds(thresholds, class_names)
+    published = _check_published_auroc(published_auroc, published_auroc_source, class_names)
     auroc = _check_auroc(auroc)
     preprocessing = _check_preprocessing(preprocessing)
     try:
-        graph = _checked_graph(
+        prepared = weights_prepare(
             content,
             architecture=architecture,
             class_names=class_names,
             preprocessing=preprocessing,
+            source=source,
+            extra_outputs=extra_outputs,
+            findings=DEFAULT_CLASS_NAMES,
             progress=say,
         )
     except WeightsError as exc:
         raise RegistrationError(str(exc)) from exc
     except ExportFailed as exc:
         raise RegistrationUnavailable(f"{exc} Nothing was registered.") from exc
+    if prepared.class_names != class_names:
+        # The file's format named or chose the outputs (TorchXRayVision): check what was given
+        # against the outputs that serve.
+        class_names = _check_class_names(prepared.class_names)
+        thresholds = _check_thresholds(thresholds, class_names)
+        published = _check_published_auroc(published_auroc, published_auroc_source, class_names)
+    thresholds = {**prepared.thresholds, **thresholds}
+    weights_source = dict(prepared.source)
+    if prepared.weights is not content:
+        weights_source["file_sha256"] = hashlib.sha256(content).hexdigest()
+    if prepared.report:
+        weights_source["report"] = prepared.report
 
     say("Storing the weights and the serving graph...")
     written = []  # names this call stored, removed again if the row cannot be written
     try:
-        name, sha256, created = weights_save(content)
+        name, sha256, created = weights_save(prepared.weights)
         if created:
             written.append(name)
-        graph_path, graph_sha256, created = serving_graph_save(graph)
+        graph_path, graph_sha256, created = serving_graph_save(prepared.graph)
         if created:
             written.append(graph_path)
     except WeightsStorageUnavailable as exc:
@@ -246,9 +307,17 @@ def model_version_register(
                 serving_graph_sha256=graph_sha256,
                 class_names=class_names,
                 architecture=architecture,
-                preprocessing=preprocessing,
+                preprocessing=prepared.preprocessing,
                 thresholds=thresholds,
                 accuracy_auroc=auroc,
+                published_auroc=published,
+                weights_source=weights_source,
+                model_card=_registration_card(
+                    architecture=architecture,
+                    preprocessing=prepared.preprocessing,
+                    weights_source=weights_source,
+                    published=published,
+                ),
                 notes=notes or "",
                 untrained=untrained,
                 created_by=user if getattr(user, "pk", None) else None,
@@ -261,6 +330,22 @@ def model_version_register(
         raise
     logger.info("registered model version %s (%s)", version.version_name, version.short_sha256)
     return version
+
+
+def _registration_card(
+    *, architecture: str, preprocessing: dict, weights_source: dict, published: dict
+) -> dict:
+    """The model card of registered weights: what is known without an evaluation here (a trained or
+    evaluated version's card replaces it, learning.evaluation_services)."""
+    card = {
+        "architecture": architecture,
+        "weights_source": weights_source.get("format", "torchvision"),
+        "preprocessing": preprocessing,
+        "preprocessing_text": preprocessing_describe(preprocessing),
+    }
+    if published:
+        card["published_auroc"] = {**published, "status": PUBLISHED_AUROC_LABEL}
+    return card
 
 
 def _checked_graph(
@@ -279,6 +364,7 @@ def _checked_graph(
         architecture=architecture,
         num_classes=len(class_names),
         input_size=int(preprocessing.get("input_size", 224)),
+        preprocessing=preprocessing,
         progress=progress,
     )
 
@@ -297,14 +383,14 @@ def _serving_graph_ensure(version: ModelVersion, data: bytes) -> bool:
     graph is missing or damaged, gets it (re)written: it is derived data, and the same weights give
     the same bytes under the same name. An intact stored graph is run on a test image: a version
     registered before outputs were checked is refused here if it would give non-finite results."""
-    preprocessing = version.preprocessing or DEFAULT_PREPROCESSING
+    preprocessing = preprocessing_complete(version.preprocessing or DEFAULT_PREPROCESSING)
     if version.serving_graph_sha256:
         try:
             graph = serving_graph_read(version)
         except WeightsIntegrityError as exc:
             logger.warning("rewriting the serving graph of %s: %s", version.version_name, exc)
         else:
-            check_graph_outputs(graph, int(preprocessing.get("input_size", 224)))
+            check_graph_outputs(graph, preprocessing)
             return False
     graph = _checked_graph(
         data,

@@ -18,7 +18,7 @@ from engine.architectures import ARCHITECTURES, architecture_get
 from engine.decode import decode
 from engine.export import ServingModule, onnx_graph
 from engine.heatmaps import cams_normalised
-from engine.pipeline import NonFiniteOutput, predict, preprocess
+from engine.pipeline import NonFiniteOutput, predict, predict_batch, preprocess
 from engine.serving import ServingRuntime
 from engine.weights import load_model
 from registry.models import DEFAULT_PREPROCESSING
@@ -47,6 +47,9 @@ def trained_looking_model(architecture: str = "densenet121", seed: int = 1) -> n
                 module.running_var.uniform_(0.5, 2.0)
                 module.weight.uniform_(0.5, 1.5)
                 module.bias.uniform_(-0.2, 0.2)
+            if isinstance(module, nn.LayerNorm):  # ConvNeXt's, the head's among them
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
         spec.head(model).weight.mul_(20)  # spread the probabilities away from 0.5
     return model.eval()
 
@@ -71,6 +74,18 @@ def trained_looking():
 def resnet():
     model = trained_looking_model("resnet50")
     return model, runtime_of(model, "resnet50")
+
+
+@pytest.fixture(scope="module")
+def efficientnet():
+    model = trained_looking_model("efficientnet_b0")
+    return model, runtime_of(model, "efficientnet_b0")
+
+
+@pytest.fixture(scope="module")
+def convnext():
+    model = trained_looking_model("convnext_tiny")
+    return model, runtime_of(model, "convnext_tiny")
 
 
 @pytest.fixture(scope="module")
@@ -129,28 +144,85 @@ def test_the_exported_module_gives_the_networks_own_logits(architecture, tensors
         logits, cams, features = ServingModule(model, architecture)(x)
         expected = model(x)
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
-    assert cams.shape == (1, 13, 7, 7) and features.shape[2:] == (7, 7)
+    assert cams.shape == (1, 13, 7, 7) and features.ndim == 2 and features.shape[0] == 1
 
 
-def test_it_returns_logits_and_the_norm5_feature_map(trained_looking, tensors):
+def test_it_returns_logits_and_the_pooled_feature_vector(trained_looking, tensors):
     model, runtime = trained_looking
     logits, features = runtime.forward_features(tensors[0])
+    x = torch.from_numpy(tensors[0])
     with torch.inference_mode():
-        expected_features = model.features(torch.from_numpy(tensors[0]))[0].numpy()
-        expected_logits = model(torch.from_numpy(tensors[0]))[0].numpy()
-    assert logits.shape == (13,) and features.shape == (1024, 7, 7)
+        # What torchvision's DenseNet.forward hands its classifier: ReLU(norm5) averaged.
+        expected_features = torch.relu(model.features(x)).mean(dim=(2, 3))[0].numpy()
+        expected_logits = model(x)[0].numpy()
+    assert logits.shape == (13,) and features.shape == (1024,)
     np.testing.assert_allclose(logits, expected_logits, atol=1e-3)
-    np.testing.assert_allclose(features, expected_features, atol=1e-3)
+    np.testing.assert_allclose(features, expected_features, rtol=1e-4, atol=1e-5)
     # torch tensors are accepted as well as arrays
     np.testing.assert_allclose(runtime.forward_features(torch.from_numpy(tensors[0]))[0], logits, atol=1e-6)
+    # predict and predict_batch hand the same vector on, from the same run as the maps.
+    np.testing.assert_allclose(predict(runtime, tensors[0]).features, features, atol=1e-6)
+    batch = predict_batch(runtime, np.concatenate(tensors[:2]))
+    np.testing.assert_allclose(batch[0].features, features, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("which, architecture", [("trained_looking", "densenet121"), ("resnet", "resnet50")])
+@pytest.mark.parametrize("architecture", ["resnet50", "efficientnet_b0", "convnext_tiny"])
+def test_the_features_are_what_each_networks_head_reads(architecture, tensors):
+    model = trained_looking_model(architecture, seed=6)
+    x = torch.from_numpy(tensors[0])
+    spec = architecture_get(architecture)
+    with torch.inference_mode():
+        _, _, features = ServingModule(model, architecture)(x)
+        expected = spec.trunk(model)(x).mean(dim=(2, 3))  # the networks' own avgpool: a spatial mean
+    torch.testing.assert_close(features, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "which, architecture",
+    [
+        ("trained_looking", "densenet121"),
+        ("resnet", "resnet50"),
+        ("efficientnet", "efficientnet_b0"),
+        ("convnext", "convnext_tiny"),
+    ],
+)
 def test_it_matches_pytorch_grad_cam_directly(which, architecture, request, tensors):
     model, runtime = request.getfixturevalue(which)
     tensor = tensors[0]
     ours = cams_normalised(predict(runtime, tensor).cams, 224)
     np.testing.assert_allclose(ours, _grad_cam(model, architecture, tensor), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "which, architecture", [("efficientnet", "efficientnet_b0"), ("convnext", "convnext_tiny")]
+)
+def test_the_closed_form_equals_grad_cam_for_every_finding_of_the_new_architectures(
+    which, architecture, request, tensors
+):
+    """EfficientNet-B0 (pooling its last block's SiLU output) and ConvNeXt-Tiny (a LayerNorm between
+    the pooling and the Linear): the same closed form. The maps of these random networks can be
+    nearly flat (EfficientNet-B0's vary by 0.6 % over the image here), and the library's min-max
+    normalisation multiplies float32 noise by max / (max - min); the bound says so. Measured: the
+    library's raw maps (a batch of 13 copies, whose depthwise convolutions sum in another order)
+    differ from the single image's by up to 1e-5 of their maximum."""
+    model, runtime = request.getfixturevalue(which)
+    for tensor in tensors[:2]:
+        reference = _grad_cam(model, architecture, tensor)
+        with torch.inference_mode():
+            _, cams, _ = ServingModule(model, architecture)(torch.from_numpy(tensor))
+        raw = cams[0].numpy()
+        closed_form = cams_normalised(raw, 224)
+        served = cams_normalised(predict(runtime, tensor).cams, 224)
+        for finding in range(13):
+            spread = float(raw[finding].max() - raw[finding].min())
+            amplification = float(raw[finding].max()) / spread if spread > 0 else 1.0
+            bound = 2e-5 + 1.5e-5 * amplification
+            np.testing.assert_allclose(
+                closed_form[finding], reference[finding], atol=bound, err_msg=f"{finding}"
+            )
+            np.testing.assert_allclose(
+                served[finding], reference[finding], atol=5 * bound, err_msg=f"{finding}"
+            )
 
 
 def test_it_exports_a_valid_and_reproducible_onnx_graph():
@@ -159,6 +231,8 @@ def test_it_exports_a_valid_and_reproducible_onnx_graph():
     proto = onnx.load_from_string(graph)
     onnx.checker.check_model(proto)
     assert [o.name for o in proto.graph.output] == ["logits", "cams", "features"]
+    features = next(o for o in proto.graph.output if o.name == "features")
+    assert [d.dim_param or d.dim_value for d in features.type.tensor_type.shape.dim] == ["batch", 1024]
     assert [i.name for i in proto.graph.input] == ["input"]
     # The same weights give the same bytes: stored graphs are named by their sha256.
     assert onnx_graph(trained_looking_model(), "densenet121", 224) == graph

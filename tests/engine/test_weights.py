@@ -273,3 +273,157 @@ def test_it_reports_each_step_to_progress():
         progress=steps.append,
     )
     assert len(steps) == 2 and "exporting the serving graph" in steps[0] and "outputs" in steps[1]
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints as people saved them: accepted exactly when torch's own load_state_dict accepts them
+
+
+def _torch_accepts(obj: dict, prefix: str = "") -> bool:
+    """What torch itself does with the state dict: torchvision's DenseNet121, strict loading, after
+    torch's own DataParallel prefix helper."""
+    from collections import OrderedDict
+
+    from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+    from torchvision.models import densenet121
+
+    state = OrderedDict(obj)
+    if hasattr(obj, "_metadata"):
+        state._metadata = OrderedDict(obj._metadata)
+    if prefix:
+        consume_prefix_in_state_dict_if_present(state, prefix)
+    try:
+        densenet121(weights=None, num_classes=13).load_state_dict(state)
+    except RuntimeError:
+        return False
+    return True
+
+
+def _without_num_batches_tracked(state, *, metadata_version: int | None):
+    """A state_dict as PyTorch before 0.4.1 saved it (no num_batches_tracked). With
+    metadata_version=None it has no `_metadata` (torch.save of a plain dict); otherwise every
+    module's recorded version is that number (2: BatchNorm's version that has the key)."""
+    from collections import OrderedDict
+
+    kept = OrderedDict((k, v) for k, v in state.items() if not k.endswith("num_batches_tracked"))
+    if metadata_version is not None:
+        kept._metadata = OrderedDict((path, {"version": metadata_version}) for path in state._metadata)
+    return kept
+
+
+@pytest.fixture(scope="module")
+def saved_state():
+    """The starter's state_dict as model.state_dict() returns it (with its `_metadata`)."""
+    model = load_model(starter_weights_bytes(), architecture="densenet121", num_classes=13)
+    return model.state_dict()
+
+
+@pytest.mark.parametrize(
+    "metadata_version, accepted",
+    [(None, True), (1, True), (2, False)],
+    ids=["no-metadata", "saved-by-old-torch", "claims-version-2"],
+)
+def test_it_accepts_missing_num_batches_tracked_exactly_when_torch_does(
+    saved_state, metadata_version, accepted
+):
+    obj = _without_num_batches_tracked(saved_state, metadata_version=metadata_version)
+    assert _torch_accepts(obj) is accepted
+    for layout in (obj, {"state_dict": {"module." + k: v for k, v in obj.items()}}):
+        if layout is not obj and hasattr(obj, "_metadata"):
+            from collections import OrderedDict
+
+            layout["state_dict"] = OrderedDict(layout["state_dict"])
+            layout["state_dict"]._metadata = OrderedDict(
+                ((f"module.{path}" if path else "module"), entry) for path, entry in obj._metadata.items()
+            )
+            assert _torch_accepts(layout["state_dict"], "module.") is accepted
+        if accepted:
+            model = load_model(_bytes(layout), architecture="densenet121", num_classes=13)
+            assert torch.equal(model.features.norm5.running_var, saved_state["features.norm5.running_var"])
+            assert int(model.features.norm5.num_batches_tracked) == 0  # what torch fills in
+        else:
+            with pytest.raises(
+                WeightsError, match=r"do not fit densenet121: 121 missing keys \(.*num_batches_tracked"
+            ):
+                load_model(_bytes(layout), architecture="densenet121", num_classes=13)
+
+
+def test_it_accepts_the_arnoweng_chexnet_layout_as_old_pytorch_saved_it(saved_state):
+    """DataParallel(DenseNet121 wrapper) with a Sequential(Linear, Sigmoid) head, `norm.1` names,
+    no num_batches_tracked, under "state_dict" with the epoch and optimizer as that repository saved."""
+    old = _without_num_batches_tracked(saved_state, metadata_version=None)
+    obj = {
+        "epoch": 99,
+        "state_dict": {
+            "module.densenet121." + key.replace("classifier.", "classifier.0."): value
+            for key, value in _legacy(old).items()
+        },
+        "best_loss": 0.15,
+    }
+    model = load_model(_bytes(obj), architecture="densenet121", num_classes=13)
+    assert torch.equal(model.classifier.weight, saved_state["classifier.weight"])
+    assert torch.equal(
+        model.features.denseblock3.denselayer7.norm2.weight,
+        saved_state["features.denseblock3.denselayer7.norm2.weight"],
+    )
+
+
+def test_it_accepts_a_model_state_dict_wrapper_and_safetensors(state):
+    from safetensors.torch import save
+
+    wrapped = _bytes({"model_state_dict": state, "optimizer_state_dict": {}, "epoch": 3})
+    _assert_same(load_state_dict(wrapped), state)
+    model = load_model(save(dict(state)), architecture="densenet121", num_classes=13)
+    assert torch.equal(model.features.conv0.weight, state["features.conv0.weight"])
+    with pytest.raises(WeightsError, match="Not a readable safetensors file"):
+        load_state_dict(save({"w": torch.zeros(4)})[:-8])
+
+
+def test_it_refuses_a_whole_pickled_model_with_the_two_lines_that_fix_it(tmp_path):
+    from engine.weights import WHOLE_MODEL_FIX
+
+    model = load_model(starter_weights_bytes(), architecture="densenet121", num_classes=13)
+    path = tmp_path / "model.pt"
+    torch.save(model, path)
+    with pytest.raises(WeightsError) as caught:
+        load_model(path.read_bytes(), architecture="densenet121", num_classes=13)
+    message = str(caught.value)
+    assert message.startswith(
+        "Refused: the file is a whole pickled model (torchvision.models.densenet.DenseNet)"
+    )
+    assert message.splitlines()[-2:] == list(WHOLE_MODEL_FIX)
+    # The two lines, run as written on that (trusted) file, give a state dict that registers.
+    namespace = {"torch": torch}
+    code = (
+        "\n".join(WHOLE_MODEL_FIX)
+        .replace('"model.pt"', repr(str(path)))
+        .replace('"state_dict.pt"', repr(str(tmp_path / "state_dict.pt")))
+    )
+    exec(code, namespace)
+    fixed = load_model((tmp_path / "state_dict.pt").read_bytes(), architecture="densenet121", num_classes=13)
+    assert torch.equal(fixed.classifier.weight, model.classifier.weight)
+
+
+@pytest.mark.parametrize("architecture", ["efficientnet_b0", "convnext_tiny"])
+def test_it_loads_the_new_architectures(architecture):
+    torch.manual_seed(0)
+    network = architecture_get(architecture).build(13)
+    model = load_model(
+        _bytes({"state_dict": network.state_dict()}), architecture=architecture, num_classes=13
+    )
+    head = architecture_get(architecture).head(model)
+    assert torch.equal(head.weight, architecture_get(architecture).head(network).weight)
+    with pytest.raises(WeightsError, match=f"no {architecture} classifier layer"):
+        load_model(starter_weights_bytes(), architecture=architecture, num_classes=13)
+
+
+def test_it_builds_one_channel_networks_from_one_channel_weights(state):
+    one = dict(state)
+    one["features.conv0.weight"] = state["features.conv0.weight"].sum(dim=1, keepdim=True)
+    model = load_model(_bytes(one), architecture="densenet121", num_classes=13)
+    assert model.features.conv0.in_channels == 1
+    x = torch.rand(1, 1, 64, 64)
+    reference = load_model(starter_weights_bytes(), architecture="densenet121", num_classes=13)
+    with torch.inference_mode():
+        # The summed filter on one grey plane is the original filter on that plane repeated 3 times.
+        torch.testing.assert_close(model(x), reference(x.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-5)

@@ -96,9 +96,19 @@ def test_it_refuses_a_duplicate_name_and_stores_nothing_more(settings, register)
         ({"thresholds": {"Edema": True}}, "between 0 and 1"),
         ({"auroc": 1.2}, "AUROC must be a number between 0 and 1"),
         ({"auroc": float("nan")}, "AUROC"),
-        ({"preprocessing": {"input_size": 224, "resize": "crop"}}, "Unknown preprocessing keys: resize"),
-        ({"preprocessing": {"channels": 1}}, "channels must be 3"),
+        ({"preprocessing": {"input_size": 224, "resize_to": 256}}, "Unknown preprocessing keys: resize_to"),
+        ({"preprocessing": {"resize": "crop"}}, "resize must be one of: bilinear, skimage"),
+        ({"preprocessing": {"crop": "top"}}, "crop must be one of: none, center"),
+        ({"preprocessing": {"channels": 2}}, "channels must be 1 or 3"),
+        ({"preprocessing": {"channels": 1}}, "mean must be a list of 1 numbers for 1 channel"),
+        ({"preprocessing": {"value_range": [1024, -1024]}}, "value_range must be two numbers"),
+        ({"preprocessing": {"profile": "chexpert"}}, "Unknown preprocessing profile 'chexpert'"),
         ({"preprocessing": {"std": [0, 1, 1]}}, "greater than 0"),
+        ({"source": "keras"}, "Unknown weights source 'keras'"),
+        ({"published_auroc": {"Edema": 0.8}}, "needs its source"),
+        ({"published_auroc": {"Nope": 0.8}, "published_auroc_source": "a paper"}, "does not have: Nope"),
+        ({"published_auroc": {"Edema": 1.8}, "published_auroc_source": "a paper"}, "between 0 and 1"),
+        ({"published_auroc_source": "a paper"}, "without the AUROC values"),
         ({"version_name": "1234"}, "only digits"),
         ({"version_name": "  "}, "version name is required"),
         ({"class_names": DEFAULT_CLASS_NAMES[:-1] + ["Edema"]}, "must not repeat: Edema"),
@@ -211,6 +221,7 @@ def test_a_crashed_weights_checker_is_unavailable_not_refused(settings, register
     older.refresh_from_db()
     before = stored_objects(settings)
     monkeypatch.setattr(services, "serving_graph_from_weights", crash)
+    monkeypatch.setattr(services, "weights_prepare", crash)
 
     # Registration: "try again later", not "your file is bad", and nothing written.
     with pytest.raises(services.RegistrationUnavailable, match="exit status -9.*Nothing was registered"):
