@@ -1,9 +1,6 @@
 """REST API of the batch jobs: thin views over jobs.services and jobs.selectors. A job the caller
 may not see is a 404."""
 
-import csv
-import io
-
 from django.conf import settings
 from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema
@@ -12,6 +9,7 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from common.csv_export import csv_text
 from common.errors import ApiError, error_responses
 from common.permissions import has_perm
 from jobs import selectors, services
@@ -116,9 +114,10 @@ class JobResultsCsvApi(APIView):
 
 
 def results_csv_response(job: PredictionJob) -> HttpResponse:
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows(selectors.job_results_rows(job=job))
-    response = HttpResponse(buffer.getvalue(), content_type="text/csv; charset=utf-8")
+    # Member names come from the uploader: csv_text escapes those a spreadsheet would run.
+    response = HttpResponse(
+        csv_text(selectors.job_results_rows(job=job)), content_type="text/csv; charset=utf-8"
+    )
     response["Content-Disposition"] = f'attachment; filename="job-{job.pk}-results.csv"'
     return response
 

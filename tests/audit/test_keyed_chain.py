@@ -146,7 +146,7 @@ def test_old_unkeyed_rows_verify_and_new_rows_continue_them(key_a, version):
     """Rows written as chain version 2 (sha256, no key) before the keyed chain was installed keep
     verifying; a version 2 row written after that is a break."""
     old = []
-    for n in range(3):
+    for _ in range(3):
         old.append(_insert_as_a_writer(version, None, chain_version=2, hash_with=integrity._public_hash))
         assert compute_chain_hash(old[-1].prev_hash, old[-1]) == old[-1].chain_hash
     ChainGenesis.objects.all().update(keyed_from_id=old[-1].pk + 1)  # as migration 0013 records it
