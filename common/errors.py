@@ -123,6 +123,7 @@ ERROR_DESCRIPTIONS = {
     409: "Refused because of the current state (e.g. weights that cannot be loaded).",
     413: "Upload larger than LUNGSITE_MAX_UPLOAD_MB, or too many pixels.",
     415: "Unsupported media type (request body or image format).",
+    422: "Refused: not a frontal chest radiograph, or an Idempotency-Key already used for another image.",
     429: "Too many predictions: wait for the number of seconds in Retry-After.",
     503: "No model can serve, or the database or storage is unreachable.",
 }
@@ -156,6 +157,7 @@ _EXAMPLE_CODES = {
     409: "activation_failed",
     413: "too_large",
     415: "unsupported_media_type",
+    422: "not_frontal_chest",
     429: "throttled",
     503: "model_unavailable",
 }

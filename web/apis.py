@@ -4,6 +4,8 @@ Visibility is the selectors' (owner, auditors, superusers); anything not visible
 reveals nothing about other people's predictions.
 """
 
+import hashlib
+
 from django.conf import settings
 from django.http import HttpResponse
 from django.urls import reverse
@@ -17,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from analysis import services as inference_services
+from audit import idempotency
 from audit import selectors as audit_selectors
 from audit import services as audit_services
 from audit.models import Prediction
@@ -111,27 +114,77 @@ class PredictionCreateApi(APIView):
             "(permission audit.add_prediction). Rate-limited per user (LUNGSITE_PREDICTION_RATE)."
         ),
         request={"multipart/form-data": PredictionUploadSerializer},
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                {"type": "string", "minLength": 1, "maxLength": 255, "pattern": idempotency.KEY_PATTERN},
+                OpenApiParameter.HEADER,
+                description=(
+                    "Optional. A key of your choice (a UUID) unique to this image: a retry with the same key "
+                    "gets the prediction the first request made (200, header Idempotent-Replayed: true) "
+                    "instead of a second one; the same key with another image is refused (422)."
+                ),
+            )
+        ],
         responses={
             201: OpenApiResponse(PredictionSerializer, examples=PREDICTION_EXAMPLES),
-            **error_responses(400, 401, 403, 413, 415, 429, 503),
+            200: OpenApiResponse(
+                PredictionSerializer,
+                description="The prediction an earlier request with the same Idempotency-Key made.",
+            ),
+            **error_responses(400, 401, 403, 413, 415, 422, 429, 503),
         },
         tags=["predictions"],
     )
     def post(self, request):
         _refuse_oversize_body(request)
+        key = _idempotency_key(request)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        upload = serializer.validated_data["image"]
+
+        def analyse() -> Prediction:
+            try:
+                return inference_services.prediction_create(
+                    upload=upload, user=request.user, source=Prediction.SOURCE_API
+                )
+            except inference_services.PredictionRefused as exc:
+                raise ApiError(str(exc), code=exc.code, status_code=exc.status) from exc
+            except inference_services.PredictionUnavailable as exc:
+                raise ApiError(str(exc), code=exc.code, status_code=503) from exc
+
+        # With an Idempotency-Key, a retry gets the first request's prediction (audit.idempotency).
         try:
-            prediction = inference_services.prediction_create(
-                upload=serializer.validated_data["image"], user=request.user, source=Prediction.SOURCE_API
+            prediction, replayed = idempotency.prediction_once(
+                user=request.user, key=key, image_sha256=_upload_sha256(upload) if key else "", create=analyse
             )
-        except inference_services.PredictionRefused as exc:
-            raise ApiError(str(exc), code=exc.code, status_code=exc.status) from exc
-        except inference_services.PredictionUnavailable as exc:
-            raise ApiError(str(exc), code=exc.code, status_code=503) from exc
+        except idempotency.KeyReused as exc:
+            raise ApiError(str(exc), code="idempotency_key_reused", status_code=422) from exc
         data = self.OutputSerializer(prediction, context={"request": request}).data
-        location = reverse("api-prediction-detail", kwargs={"pk": prediction.pk})
-        return Response(data, status=status.HTTP_201_CREATED, headers={"Location": location})
+        headers = {"Location": reverse("api-prediction-detail", kwargs={"pk": prediction.pk})}
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(
+            data, status=status.HTTP_200_OK if replayed else status.HTTP_201_CREATED, headers=headers
+        )
+
+
+def _idempotency_key(request) -> str | None:
+    value = request.headers.get("Idempotency-Key")
+    if value is None:
+        return None
+    try:
+        return idempotency.key_checked(value)
+    except idempotency.InvalidKey as exc:
+        raise exceptions.ValidationError({"Idempotency-Key": [str(exc)]}) from exc
+
+
+def _upload_sha256(upload) -> str:
+    digest = hashlib.sha256()
+    for chunk in upload.chunks():
+        digest.update(chunk)
+    upload.seek(0)
+    return digest.hexdigest()
 
 
 class PredictionCursorPagination(CursorPagination):
