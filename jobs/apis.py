@@ -3,8 +3,8 @@ may not see is a 404."""
 
 from django.conf import settings
 from django.http import HttpResponse
-from drf_spectacular.utils import extend_schema
-from rest_framework import exceptions, serializers, status
+from drf_spectacular.utils import OpenApiRequest, extend_schema
+from rest_framework import exceptions, status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -13,6 +13,7 @@ from common.csv_export import csv_text
 from common.errors import ApiError, error_responses
 from common.permissions import has_perm
 from jobs import selectors, services
+from jobs.intake import is_zip
 from jobs.models import PredictionJob
 
 CanCreateJobs = has_perm(selectors.CREATE)
@@ -39,10 +40,31 @@ def _progress(request, job: PredictionJob) -> dict:
 
 
 def files_from_request(request) -> list[tuple[str, bytes]]:
-    """The uploaded parts: every `images` part and an optional `archive` (ZIP) part."""
+    """The uploaded parts: every `images` part and an optional `archive` (ZIP) part. A text field
+    under either name is refused: it is not a file, and ignoring it would analyse less than was sent."""
+    for name in ("images", "archive"):
+        if request.POST.getlist(name):
+            raise ApiError(
+                f"`{name}` must be sent as file parts (filename=...); a text field was sent.",
+                code="not_a_file",
+                status_code=400,
+            )
+    if len(request.FILES.getlist("archive")) > 1:
+        raise ApiError("Send at most one `archive` part.", code="invalid", status_code=400)
     limit = settings.LUNGSITE_MAX_JOB_MB * 1024 * 1024
     files = []
+    for archive in request.FILES.getlist("archive"):
+        head = archive.read(4)
+        archive.seek(0)
+        if head and not is_zip(head):
+            raise ApiError(
+                f"The `archive` part {archive.name!r} is not a ZIP archive; send images as `images` parts.",
+                code="not_a_zip",
+                status_code=415,
+            )
     for upload in request.FILES.getlist("archive") + request.FILES.getlist("images"):
+        if not upload.size:
+            raise ApiError(f"The part {upload.name!r} is empty (0 bytes).", code="empty", status_code=400)
         if upload.size is not None and upload.size > limit:
             raise ApiError(
                 f"{upload.name!r} is larger than the job limit.", code="too_large", status_code=413
@@ -51,9 +73,31 @@ def files_from_request(request) -> list[tuple[str, bytes]]:
     return files
 
 
-class JobUploadSerializer(serializers.Serializer):
-    images = serializers.ListField(child=serializers.FileField(), required=False)
-    archive = serializers.FileField(required=False, help_text="A ZIP of images.")
+# The upload as the schema describes it: `images` file parts, an `archive` file part, or both (with
+# neither: 400 no_files; "one of" is left out of the schema, where multipart cannot express it).
+JOB_UPLOAD_REQUEST = OpenApiRequest(
+    {
+        "type": "object",
+        "properties": {
+            "images": {
+                "type": "array",
+                "items": {"type": "string", "format": "binary", "minLength": 1},
+                # No minItems: multipart cannot tell an empty list from none (then `archive` is needed).
+                "description": "Images (PNG, JPEG or DICOM), one file part each.",
+            },
+            "archive": {
+                "type": "string",
+                "format": "binary",
+                "minLength": 1,
+                "description": "A ZIP of images.",
+            },
+        },
+    },
+    encoding={
+        "images": {"contentType": "image/png, image/jpeg, application/dicom, application/octet-stream"},
+        "archive": {"contentType": "application/zip"},
+    },
+)
 
 
 class JobListCreateApi(APIView):
@@ -75,7 +119,7 @@ class JobListCreateApi(APIView):
             "Members that cannot be analysed are counted as refused with a reason; the rest are "
             "queued for the Celery workers. Returns 202 with the job's progress."
         ),
-        request={"multipart/form-data": JobUploadSerializer},
+        request={"multipart/form-data": JOB_UPLOAD_REQUEST},
         responses={202: dict, **error_responses(400, 401, 403, 413, 415, 503)},
         tags=["jobs"],
     )

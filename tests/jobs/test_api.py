@@ -159,3 +159,17 @@ def test_it_keeps_spreadsheet_formulas_out_of_the_results_csv(
     # No line of the file starts a cell with a formula character.
     for line in text.splitlines()[1:]:
         assert not any(cell.startswith(("=", "+", "-", "@")) for cell in next(csv.reader([line])))
+
+
+def test_it_refuses_text_parts_empty_parts_and_an_archive_that_is_not_a_zip(
+    api, clinician, starter_model, nih_pngs
+):
+    [(name, png)] = nih_pngs(1)
+    client = api(clinician)
+    text = client.post("/api/v1/jobs/", {"images": "not a file"}, format="multipart")
+    assert text.status_code == 400 and text.json()["error"]["code"] == "not_a_file"
+    empty = client.post("/api/v1/jobs/", {"images": [SimpleUploadedFile("e.png", b"")]}, format="multipart")
+    assert empty.status_code == 400 and empty.json()["error"]["code"] == "empty"
+    not_zip = client.post("/api/v1/jobs/", {"archive": SimpleUploadedFile(name, png)}, format="multipart")
+    assert not_zip.status_code == 415 and not_zip.json()["error"]["code"] == "not_a_zip"
+    assert PredictionJob.objects.count() == 0
