@@ -47,6 +47,7 @@ from audit.idempotency import key_bind_pending
 from audit.keys import Keyring, UnknownKey, keyring
 from audit.models import ChainGenesis, Prediction
 from audit.streaming import rows_streamed
+from common import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -214,6 +215,10 @@ def prediction_create_chained(*, stored_data: bytes | None = None, **fields) -> 
         row.save(using=using, force_insert=True)
         # An Idempotency-Key of the request that made this row commits with it, or neither does.
         key_bind_pending(row, using=using)
+        version_name = getattr(fields.get("model"), "version_name", None) or str(row.model_id)
+        transaction.on_commit(
+            lambda: metrics.prediction_counted(version=version_name, source=row.source), using=using
+        )
         # A checkpoint each time the ids pass a multiple of `every` (ids may skip, so not `== 0`).
         every = getattr(settings, "LUNGSITE_AUDIT_CHECKPOINT_EVERY", 1000)
         if every and row.pk // every > (last[0] if last else 0) // every:

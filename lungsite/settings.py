@@ -73,6 +73,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: counts and times every answer, those of the middleware below included (common.metrics).
+    "common.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Around everything that may query the database (sessions included): a stalled database gives
@@ -233,6 +235,8 @@ LUNGSITE_AUDIT_CHECKPOINT_SECONDS = envint("LUNGSITE_AUDIT_CHECKPOINT_SECONDS", 
 # The audit chain's HMAC keys, which the database never holds (audit/keys.py, docs/audit.md): one or
 # more comma-separated, the first signs. Unset: the file below (created with a random key).
 LUNGSITE_AUDIT_KEY = os.environ.get("LUNGSITE_AUDIT_KEY", "").strip()
+# /metrics answers a scraper sending `Authorization: Bearer <this>` (and superusers); unset: superusers only.
+LUNGSITE_METRICS_TOKEN = os.environ.get("LUNGSITE_METRICS_TOKEN", "").strip()
 LUNGSITE_AUDIT_KEY_FILE = os.environ.get("LUNGSITE_AUDIT_KEY_FILE", "").strip() or str(
     DATA_DIR / "audit_keys"
 )

@@ -10,7 +10,13 @@ from django.conf import settings
 from django.http import HttpResponse
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiRequest,
+    OpenApiResponse,
+    extend_schema,
+)
 from rest_framework import exceptions, status
 from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -67,6 +73,26 @@ PREDICTION_EXAMPLES = [
 ]
 
 
+# The upload as the schema describes it: one non-empty binary part. (No schema can say "the bytes
+# of a readable chest X-ray": bytes that are not one get a 400, 413, 415 or 422 that says why.)
+UPLOAD_REQUEST = OpenApiRequest(
+    {
+        "type": "object",
+        "properties": {
+            "image": {
+                "type": "string",
+                "format": "binary",
+                "minLength": 1,
+                "description": PredictionUploadSerializer().fields["image"].help_text
+                + " A file part: a text field named image is refused.",
+            }
+        },
+        "required": ["image"],
+    },
+    encoding={"image": {"contentType": "image/png, image/jpeg, application/dicom, application/octet-stream"}},
+)
+
+
 def _refuse_oversize_body(request) -> None:
     """Refuses an announced body over the limit before reading it, rather than after spooling it."""
     try:
@@ -113,7 +139,7 @@ class PredictionCreateApi(APIView):
             "Grad-CAM heatmap and the version that produced the result. Needs the clinician role "
             "(permission audit.add_prediction). Rate-limited per user (LUNGSITE_PREDICTION_RATE)."
         ),
-        request={"multipart/form-data": PredictionUploadSerializer},
+        request={"multipart/form-data": UPLOAD_REQUEST},
         parameters=[
             OpenApiParameter(
                 "Idempotency-Key",

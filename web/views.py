@@ -14,6 +14,7 @@ from analysis import services
 from audit import selectors
 from audit.filters import findings_ranked
 from audit.models import Prediction
+from common import metrics
 from engine import heatmaps
 from registry.selectors import model_version_get_active
 from web.forms import ACCEPT, UploadForm
@@ -25,6 +26,8 @@ def _wants_json(request) -> bool:
 
 
 def _upload_page(request, form, *, error=None, status=200):
+    if error:
+        metrics.refusal_counted(door="page", code=error["code"], status=status)
     if error and _wants_json(request):
         return JsonResponse({"error": error}, status=status)
     context = {
