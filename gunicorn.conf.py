@@ -98,6 +98,12 @@ loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
 control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "").strip() or "gunicorn.ctl"
 control_socket_disable = not os.environ.get("GUNICORN_CONTROL_SOCKET", "").strip()
 
+# Prometheus values of every worker in one folder (prometheus_client's multiprocess mode), added up
+# by each scrape of /metrics (common/metrics.py). Set here, before any worker imports the client.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip():
+    _data = os.environ.get("LUNGSITE_DATA_DIR", "").strip() or os.path.join(os.path.dirname(__file__), "var")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(os.path.abspath(_data), "prometheus")
+
 # The workers' heartbeat files on tmpfs: a slow or overlay disk cannot stall them.
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"
@@ -109,6 +115,7 @@ def on_starting(server):
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lungsite.settings")
     from django.conf import settings
 
+    _metrics_folder_ready(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     manifest = os.path.join(str(settings.STATIC_ROOT), "staticfiles.json")
     if not settings.DEBUG and not os.path.exists(manifest):
         server.log.error("No %s: run `python manage.py collectstatic --no-input` first.", manifest)
@@ -120,6 +127,34 @@ def on_starting(server):
         os.environ["LUNGSITE_TORCH_THREADS"],
         CORES,
     )
+
+
+def _metrics_folder_ready(folder: str) -> None:
+    """Creates the metrics folder and removes the files of processes that are gone (an earlier run's
+    workers): their counts would otherwise be added to this run's forever. A Celery worker of this
+    host that shares the folder (docs/ops.md) keeps its files while it runs."""
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):
+        pid = name.rsplit("_", 1)[-1].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            os.remove(os.path.join(folder, name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def child_exit(server, worker):
+    """A worker that exits leaves its counters (still counted) but no live gauges."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
 
 
 def post_worker_init(worker):

@@ -1,7 +1,9 @@
 """The hash chain of the prediction log: a removed, inserted or altered row is detectable.
 
 Every row stores `prev_hash` (the chain hash of the row before it, by id; "" for the first row) and
-`chain_hash` = sha256(prev_hash + canonical JSON of the row's immutable fields). A row is appended
+`chain_hash` = HMAC-SHA256(audit key, prev_hash + canonical JSON of the row's immutable fields),
+with a key the database does not hold (audit.keys): whoever may only INSERT cannot make a row
+that verifies. (Rows of chain versions 1 and 2 used sha256 without a key.) A row is appended
 in one transaction: take the chain's lock, read the last row's hash, hash the new row, save() it.
 Concurrent writers therefore cannot fork the chain, and id order is chain order.
 
@@ -9,11 +11,13 @@ The hash is computed before the insert (the log is append-only: the row cannot b
 so it covers what the writer knows then: created_at is set here, not by the database, and the id
 is left out (its place is given by the link to the previous row).
 
-Two canonical forms exist, named by the row's `chain_version` (which the hash covers):
+Three forms exist, named by the row's `chain_version` (which the hash covers):
 - 1: the heatmaps as JSON lists of floats inside the row (rows written before heatmap_data existed);
 - 2: the heatmaps as bytes in heatmap_data (engine.heatmap_codec), hashed as the sha256 of those bytes, plus
-  file_name.
-Rows keep the form they were written in, so old chains verify unchanged.
+  file_name;
+- 3: version 2's fields plus the id of the key (`chain_key_id`), hashed with HMAC-SHA256 under that key.
+Rows keep the form they were written in, so old chains verify unchanged; from the id recorded in
+ChainGenesis.keyed_from_id on (and after any version 3 row), a row of version 1 or 2 is a break.
 
 A chain alone cannot reveal that the newest rows were cut off: audit.checkpoints records the head
 (count and last hash) outside the database, and verify_audit compares the chain with it.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -38,12 +43,16 @@ from django.db.models import TextField
 from django.db.models.functions import Cast
 from django.utils import timezone
 
+from audit.idempotency import key_bind_pending
+from audit.keys import Keyring, UnknownKey, keyring
 from audit.models import ChainGenesis, Prediction
 from audit.streaming import rows_streamed
+from common import metrics
 
 logger = logging.getLogger(__name__)
 
-CHAIN_VERSION = 2
+CHAIN_VERSION = 3
+KEYED_VERSION = 3  # the first version whose hash needs the audit key
 # Any constant works; this one spells "lung" so a DBA reading pg_locks can tell whose it is.
 _ADVISORY_LOCK_KEY = 0x6C756E67
 
@@ -115,10 +124,12 @@ def _payload(row, results_json, heatmaps) -> dict:
     }
     if row.chain_version == 1:
         return payload
-    if row.chain_version != 2:
+    if row.chain_version not in (2, 3):
         raise ValueError(f"unknown chain version {row.chain_version!r}")
     payload["heatmap_data"] = hashlib.sha256(bytes(row.heatmap_data or b"")).hexdigest()
     payload["file_name"] = row.file_name
+    if row.chain_version == 3:
+        payload["key_id"] = row.chain_key_id
     return payload
 
 
@@ -138,11 +149,20 @@ def chain_body(row: Prediction) -> str:
     return _body(chain_payload(row))
 
 
-def compute_chain_hash(prev_hash: str, row: Prediction) -> str:
-    return _hash(prev_hash, chain_body(row))
+def compute_chain_hash(prev_hash: str, row: Prediction, keys: Keyring | None = None) -> str:
+    """The row's chain hash: keyed under its `chain_key_id` from version 3 on (UnknownKey when that
+    key is not in the keyring)."""
+    return _hash(prev_hash, chain_body(row), row.chain_version, row.chain_key_id, keys)
 
 
-def _hash(prev_hash: str, body: str) -> str:
+def _hash(prev_hash: str, body: str, version: int, key_id: str = "", keys: Keyring | None = None) -> str:
+    if version >= KEYED_VERSION:
+        return (keys or keyring()).mac(key_id, prev_hash + body)
+    return _public_hash(prev_hash, body)
+
+
+def _public_hash(prev_hash: str, body: str) -> str:
+    """The unkeyed hash of versions 1 and 2: anyone can compute it."""
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
@@ -174,13 +194,14 @@ def prediction_create_chained(*, stored_data: bytes | None = None, **fields) -> 
     (model, image_url, results_json, image_sha256, file_name, user, source, latency_ms,
     heatmap_data or heatmaps) and the bytes stored under image_url (`stored_data`), whose sha256
     the chain covers; without them the stored file is read back to hash it."""
-    for name in ("id", "pk", "created_at", "prev_hash", "chain_hash", "chain_version"):
+    for name in ("id", "pk", "created_at", "prev_hash", "chain_hash", "chain_version", "chain_key_id"):
         if name in fields:
             raise TypeError(f"prediction_create_chained sets {name} itself")
     if "stored_sha256" not in fields:
         fields["stored_sha256"] = _stored_sha256(fields.get("image_url", ""), stored_data)
     using = router.db_for_write(Prediction)
-    row = Prediction(chain_version=CHAIN_VERSION, **fields)
+    keys = keyring()
+    row = Prediction(chain_version=CHAIN_VERSION, chain_key_id=keys.signing_id, **fields)
     # The JSON fields are hashed as the database will return them.
     row.results_json = json.loads(json.dumps(row.results_json))
     row.heatmaps = json.loads(json.dumps(row.heatmaps))
@@ -190,8 +211,14 @@ def prediction_create_chained(*, stored_data: bytes | None = None, **fields) -> 
         last = Prediction.objects.using(using).order_by("-id").values_list("id", "chain_hash").first()
         row.prev_hash = last[1] if last else ""
         row.created_at = timezone.now()
-        row.chain_hash = compute_chain_hash(row.prev_hash, row)
+        row.chain_hash = compute_chain_hash(row.prev_hash, row, keys)
         row.save(using=using, force_insert=True)
+        # An Idempotency-Key of the request that made this row commits with it, or neither does.
+        key_bind_pending(row, using=using)
+        version_name = getattr(fields.get("model"), "version_name", None) or str(row.model_id)
+        transaction.on_commit(
+            lambda: metrics.prediction_counted(version=version_name, source=row.source), using=using
+        )
         # A checkpoint each time the ids pass a multiple of `every` (ids may skip, so not `== 0`).
         every = getattr(settings, "LUNGSITE_AUDIT_CHECKPOINT_EVERY", 1000)
         if every and row.pk // every > (last[0] if last else 0) // every:
@@ -205,7 +232,8 @@ def prediction_create_chained(*, stored_data: bytes | None = None, **fields) -> 
 @dataclass(frozen=True)
 class ChainBreak:
     id: int | None
-    kind: str  # "unchained", "link", "altered", "truncated"
+    # "unchained", "link", "altered", "unkeyed", "unknown_key", "truncated", "checkpoint_forged", ...
+    kind: str
     message: str
 
     def as_dict(self) -> dict:
@@ -216,6 +244,14 @@ def unchained_through_id(using: str = "default") -> int:
     """The last id that may lack a chain hash (rows from before the chain; audit.ChainGenesis)."""
     genesis = ChainGenesis.objects.using(using).order_by("id").values_list("unchained_through_id", flat=True)
     return max(genesis.first() or 0, 0)
+
+
+def keyed_from_id(using: str = "default") -> int:
+    """The first id that must be keyed (chain version 3): every row written after the keyed chain
+    was installed (audit migration 0013 records it)."""
+    genesis = ChainGenesis.objects.using(using).order_by("id").values_list("keyed_from_id", flat=True)
+    found = genesis.first()
+    return 1 if found is None else max(found, 1)
 
 
 # What the walk reads of each row: the chain's fields, with the JSON fields as their stored text.
@@ -236,6 +272,7 @@ WalkedRow = namedtuple(
         "latency_ms",
         "heatmap_data",
         "file_name",
+        "chain_key_id",
         "results_text",
         "heatmaps_text",
     ],
@@ -255,6 +292,8 @@ def chain_walk(
     The rows are read in constant memory, without temp files (audit.streaming); the JSON fields
     as text, parsed once into canonical form (json_canonical)."""
     legacy_through = unchained_through_id(using)
+    keyed_from = keyed_from_id(using)
+    keys = keyring()
     rows = Prediction.objects.using(using).order_by("id")
     expected_prev = ""
     if after_id:
@@ -267,12 +306,13 @@ def chain_walk(
         results_text=Cast("results_json", TextField()), heatmaps_text=Cast("heatmaps", TextField())
     ).values_list(*_WALK_FIELDS)
     with closing(rows_streamed(rows, chunk_size=chunk_size)) as streamed:
-        yield from _walked(streamed, legacy_through, expected_prev)
+        yield from _walked(streamed, legacy_through, expected_prev, keyed_from, keys)
 
 
 def _walked(
-    streamed, legacy_through: int, expected_prev: str
+    streamed, legacy_through: int, expected_prev: str, keyed_from: int, keys: Keyring
 ) -> Iterator[tuple[WalkedRow, ChainBreak | None]]:
+    keyed_seen = False
     for values in streamed:
         row = WalkedRow._make(values)
         problem = None
@@ -291,16 +331,44 @@ def _walked(
                 f"(expected {expected_prev[:12] or 'empty'}, found {row.prev_hash[:12] or 'empty'}): "
                 "a row before it was removed, inserted or altered",
             )
+        elif row.chain_version < KEYED_VERSION and (keyed_seen or row.id >= keyed_from):
+            problem = ChainBreak(
+                row.id,
+                "unkeyed",
+                f"row of chain version {row.chain_version} (hashed without the audit key) where every row "
+                "must be keyed: anyone allowed to INSERT could have written it",
+            )
         else:
-            payload = _payload(row, json_canonical(row.results_text), json_canonical(row.heatmaps_text))
-            recomputed = _hash(row.prev_hash, _body(payload))
-            if recomputed != row.chain_hash:
-                problem = ChainBreak(
-                    row.id,
-                    "altered",
-                    f"the row's fields no longer match its chain hash (stored {row.chain_hash[:12]}, "
-                    f"recomputed {recomputed[:12]})",
-                )
+            keyed_seen = keyed_seen or row.chain_version >= KEYED_VERSION
+            problem = _hash_problem(row, keys)
         # Follow the stored hashes so one break is reported once, not at every row after it.
         expected_prev = row.chain_hash
         yield row, problem
+
+
+def _hash_problem(row: WalkedRow, keys: Keyring) -> ChainBreak | None:
+    body = _body(_payload(row, json_canonical(row.results_text), json_canonical(row.heatmaps_text)))
+    try:
+        recomputed = _hash(row.prev_hash, body, row.chain_version, row.chain_key_id, keys)
+    except UnknownKey:
+        return ChainBreak(
+            row.id,
+            "unknown_key",
+            f"the row is signed with audit key {row.chain_key_id or '(none)'}, which is not among the keys "
+            "configured (LUNGSITE_AUDIT_KEY or LUNGSITE_AUDIT_KEY_FILE): it cannot be verified",
+        )
+    if hmac.compare_digest(recomputed, row.chain_hash):
+        return None
+    if row.chain_version >= KEYED_VERSION and _public_hash(row.prev_hash, body) == row.chain_hash:
+        return ChainBreak(
+            row.id,
+            "unkeyed",
+            "the row's hash was made with the public algorithm, not the audit key: it was written by "
+            "someone without the key",
+        )
+    return ChainBreak(
+        row.id,
+        "altered",
+        f"the row's fields no longer match its chain hash (stored {row.chain_hash[:12]}, "
+        f"recomputed {recomputed[:12]}): changed after it was written, or not made with the audit key",
+    )

@@ -5,6 +5,7 @@ visible is a 404, as for the prediction itself."""
 
 from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, serializers, status
+from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -12,13 +13,14 @@ from audit import label_selectors, label_services
 from audit import selectors as audit_selectors
 from audit.models import FindingLabel, Prediction
 from common.api_errors import error_responses
+from common.fields import TextField
 from common.permissions import has_perm
 
 CanViewPredictions = has_perm("audit.view_prediction")
 
 
 class MarkSerializer(serializers.Serializer):
-    finding = serializers.CharField(max_length=100)
+    finding = TextField(max_length=100)
     value = serializers.ChoiceField(choices=[value for value, _ in FindingLabel.VALUE_CHOICES])
 
 
@@ -38,6 +40,8 @@ class LabelsOutputSerializer(serializers.Serializer):
 
 class PredictionLabelsApi(APIView):
     permission_classes = [CanViewPredictions]
+    # A list of marks has no form encoding: JSON only (a form body is a 415 that says so).
+    parser_classes = [JSONParser]
 
     class InputSerializer(serializers.Serializer):
         labels = MarkSerializer(many=True, allow_empty=False)
@@ -57,14 +61,18 @@ class PredictionLabelsApi(APIView):
             }
         ).data
 
-    @extend_schema(responses={200: LabelsOutputSerializer, **error_responses(401, 403, 404)})
+    @extend_schema(
+        operation_id="predictions_labels_retrieve",
+        responses={200: LabelsOutputSerializer, **error_responses(401, 403, 404)},
+    )
     def get(self, request, pk: int):
         """The clinician feedback on a prediction: current labels and every mark behind them."""
         return Response(self._body(self._prediction(request, pk)))
 
     @extend_schema(
+        operation_id="predictions_labels_create",
         request=InputSerializer,
-        responses={201: LabelsOutputSerializer, **error_responses(400, 401, 403, 404)},
+        responses={201: LabelsOutputSerializer, **error_responses(400, 401, 403, 404, 415)},
     )
     def post(self, request, pk: int):
         """Marks findings present, absent or unsure; appended, the latest mark is the label."""

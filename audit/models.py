@@ -5,7 +5,7 @@ from django.utils import timezone
 from common.append_only import AppendOnlyError
 from registry.models import UNTRAINED_WARNING
 
-__all__ = ["AppendOnlyError", "ChainGenesis", "Prediction"]
+__all__ = ["AppendOnlyError", "ChainGenesis", "IdempotencyKey", "Prediction"]
 
 
 class PredictionQuerySet(models.QuerySet):
@@ -19,6 +19,9 @@ class PredictionQuerySet(models.QuerySet):
 class Prediction(models.Model):
     """One prediction as it was returned. Append-only: on Postgres a trigger refuses UPDATE and
     DELETE; everywhere the model layer refuses them too."""
+
+    # The application's database role may only read and append (common.db_roles).
+    database_privileges = ("SELECT", "INSERT")
 
     SOURCE_WEB = "web"
     SOURCE_API = "api"
@@ -73,8 +76,10 @@ class Prediction(models.Model):
     # of ~6 KB of JSON, small enough to stay inline (no TOAST). The chain hashes these bytes.
     heatmap_data = models.BinaryField(blank=True, default=b"", editable=False)
     # Which canonical form the chain hashes for this row (audit.integrity); rows written before
-    # version 2 existed are version 1.
-    chain_version = models.PositiveSmallIntegerField(default=2, editable=False)
+    # version 2 existed are version 1, before the keyed chain version 2.
+    chain_version = models.PositiveSmallIntegerField(default=3, editable=False)
+    # Chain version 3: the id of the audit key (audit.keys) whose HMAC is chain_hash.
+    chain_key_id = models.CharField(max_length=32, blank=True, default="", editable=False)
     # Hash chain (audit.integrity): each row's chain_hash covers its fields and the previous row's.
     # stored_sha256 is the stored (metadata-stripped) image's own hash; image_sha256 is the upload's.
     stored_sha256 = models.CharField(max_length=64, blank=True, default="", editable=False)
@@ -159,7 +164,12 @@ class ChainGenesis(models.Model):
     before the chain existed and are accepted without hashes (audit migration 0007 records it once,
     from the data it finds). Every other row without a chain hash fails verify_audit."""
 
+    database_privileges = ("SELECT",)  # common.db_roles: the application only reads it
+
     unchained_through_id = models.BigIntegerField(default=0)
+    # Rows from this id on must be keyed (chain version 3): audit migration 0013 records the first
+    # id after the rows that existed when the keyed chain was installed.
+    keyed_from_id = models.BigIntegerField(default=1)
     recorded_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -181,6 +191,8 @@ class FindingLabel(models.Model):
     """A clinician's or auditor's mark on one finding of one prediction. Append-only: a new mark
     supersedes the old one, and the latest mark per (prediction, finding) is the label
     (audit.label_selectors)."""
+
+    database_privileges = ("SELECT", "INSERT")  # common.db_roles
 
     PRESENT, ABSENT, UNSURE = "present", "absent", "unsure"
     VALUE_CHOICES = [(PRESENT, "Present"), (ABSENT, "Absent"), (UNSURE, "Unsure")]
@@ -208,3 +220,23 @@ class FindingLabel(models.Model):
 
     def delete(self, *args, **kwargs):
         raise AppendOnlyError("Feedback labels are append-only: rows cannot be deleted.")
+
+
+class IdempotencyKey(models.Model):
+    """An `Idempotency-Key` a client sent with POST /api/v1/predictions/ and the prediction it made
+    (audit.idempotency): the same user sending the same key again gets that prediction back
+    instead of a second row. Written in the transaction that writes the prediction."""
+
+    database_privileges = ("SELECT", "INSERT")  # common.db_roles
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    key = models.CharField(max_length=255)
+    prediction = models.OneToOneField(Prediction, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "prediction_idempotency_keys"
+        constraints = [models.UniqueConstraint(fields=["user", "key"], name="idempotency_key_per_user")]
+
+    def __str__(self) -> str:
+        return f"key {self.key!r} of user {self.user_id}: prediction {self.prediction_id}"

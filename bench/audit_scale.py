@@ -78,6 +78,7 @@ def _fill(rows: int) -> dict:
 
     from analysis.results import results_json
     from audit.integrity import CHAIN_VERSION, compute_chain_hash
+    from audit.keys import keyring
     from audit.models import Prediction
     from audit.services import heatmap_data
     from registry.models import DEFAULT_CLASS_NAMES, ModelVersion
@@ -116,10 +117,12 @@ def _fill(rows: int) -> dict:
         "heatmaps",
         "heatmap_data",
         "chain_version",
+        "chain_key_id",
         "stored_sha256",
         "prev_hash",
         "chain_hash",
     ]
+    keys = keyring()
     sql = f"COPY predictions ({', '.join(columns)}) FROM STDIN"
     prev = ""
     started = time.perf_counter()
@@ -134,6 +137,7 @@ def _fill(rows: int) -> dict:
                 version = versions[n * VERSIONS // rows]  # versions succeed one another over time
                 row = Prediction(
                     chain_version=CHAIN_VERSION,
+                    chain_key_id=keys.signing_id,
                     created_at=start + step * n,
                     model_id=version.pk,
                     image_url=f"images/scale/{n}.png",
@@ -149,7 +153,7 @@ def _fill(rows: int) -> dict:
                     prev_hash=prev,
                 )
                 row.results_json = json.loads(json.dumps(row.results_json))
-                row.chain_hash = compute_chain_hash(prev, row)
+                row.chain_hash = compute_chain_hash(prev, row, keys)
                 prev = row.chain_hash
                 copy.write_row(
                     [
@@ -165,6 +169,7 @@ def _fill(rows: int) -> dict:
                         "{}",
                         row.heatmap_data,
                         row.chain_version,
+                        row.chain_key_id,
                         row.stored_sha256,
                         row.prev_hash,
                         row.chain_hash,

@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from common.errors import LungsiteError
+from common.metrics import refusal_counted
 
 API_PREFIX = "/api/"
 
@@ -46,6 +47,7 @@ def exception_handler(exc, context):
         response = Response({"error": exc.as_dict()}, status=exc.status)
         if exc.retry_after is not None:
             response["Retry-After"] = str(exc.retry_after)
+        refusal_counted(door="api", code=exc.code, status=exc.status)
         return response
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
@@ -64,6 +66,7 @@ def exception_handler(exc, context):
     elif isinstance(getattr(exc, "detail", None), exceptions.ErrorDetail):
         code = exc.detail.code or code
     response.data = error_body(code, _flatten(getattr(exc, "detail", exc)))
+    refusal_counted(door="api", code=code, status=response.status_code)
     return response
 
 
@@ -74,32 +77,47 @@ def _is_api(request) -> bool:
     return request.path.startswith(API_PREFIX)
 
 
+def _counted(request, code: str, response):
+    refusal_counted(door="api" if _is_api(request) else "page", code=code, status=response.status_code)
+    return response
+
+
 def handler400(request, exception=None):
     if _is_api(request):
         if isinstance(exception, RequestDataTooBig):
-            return JsonResponse(error_body("too_large", PayloadTooLarge.default_detail), status=413)
-        return JsonResponse(error_body("bad_request", "The request could not be read."), status=400)
-    return defaults.bad_request(request, exception)
+            return _counted(
+                request,
+                "too_large",
+                JsonResponse(error_body("too_large", PayloadTooLarge.default_detail), status=413),
+            )
+        body = error_body("bad_request", "The request could not be read.")
+        return _counted(request, "bad_request", JsonResponse(body, status=400))
+    return _counted(request, "bad_request", defaults.bad_request(request, exception))
 
 
 def handler403(request, exception=None):
     if _is_api(request):
         message = "You do not have permission to perform this action."
-        return JsonResponse(error_body("permission_denied", message), status=403)
-    return defaults.permission_denied(request, exception)
+        return _counted(
+            request, "permission_denied", JsonResponse(error_body("permission_denied", message), status=403)
+        )
+    return _counted(request, "permission_denied", defaults.permission_denied(request, exception))
 
 
 def handler404(request, exception=None):
     if _is_api(request):
-        return JsonResponse(error_body("not_found", f"No API endpoint at {request.path}."), status=404)
-    return defaults.page_not_found(request, exception)
+        body = error_body("not_found", f"No API endpoint at {request.path}.")
+        return _counted(request, "not_found", JsonResponse(body, status=404))
+    return _counted(request, "not_found", defaults.page_not_found(request, exception))
 
 
 def handler500(request):
     if _is_api(request):
         message = "An unexpected error happened on the server; it has been logged."
-        return JsonResponse(error_body("server_error", message), status=500)
-    return defaults.server_error(request)
+        return _counted(
+            request, "server_error", JsonResponse(error_body("server_error", message), status=500)
+        )
+    return _counted(request, "server_error", defaults.server_error(request))
 
 
 # The shape as documented in the OpenAPI schema.
@@ -124,7 +142,7 @@ ERROR_DESCRIPTIONS = {
     413: "Upload larger than LUNGSITE_MAX_UPLOAD_MB, or too many pixels.",
     415: "Unsupported media type (request body or image format).",
     422: "The image was read but cannot be analysed (not a frontal chest radiograph, burned-in "
-    "annotation, too slow or too large to decode).",
+    "annotation, too slow or too large to decode), or an Idempotency-Key already used for another image.",
     429: "Too many predictions: wait for the number of seconds in Retry-After.",
     503: "No model can serve, or the database or storage is unreachable.",
 }

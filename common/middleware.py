@@ -6,6 +6,7 @@ from django.urls import reverse
 from django.utils.cache import add_never_cache_headers
 
 from common.api_errors import error_body
+from common.metrics import refusal_counted
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,9 @@ class ServiceUnavailableMiddleware:
 def database_unavailable(request, exception: Exception) -> HttpResponse:
     """The 503 for a request the database cannot serve: JSON for the API, plain text for pages."""
     logger.error("database unavailable: %s", exception)
-    if request.path.startswith("/api/") or request.path == "/healthz":
+    api = request.path.startswith("/api/") or request.path == "/healthz"
+    refusal_counted(door="api" if api else "page", code="database_unavailable", status=503)
+    if api:
         return JsonResponse(error_body("database_unavailable", UNAVAILABLE_MESSAGE), status=503)
     return HttpResponse(UNAVAILABLE_MESSAGE, status=503, content_type="text/plain")
 

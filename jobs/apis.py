@@ -1,22 +1,21 @@
 """REST API of the batch jobs: thin views over jobs.services and jobs.selectors. A job the caller
 may not see is a 404."""
 
-import csv
-import io
-
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.http import HttpResponse
-from drf_spectacular.utils import extend_schema
-from rest_framework import exceptions, serializers, status
+from drf_spectacular.utils import OpenApiRequest, extend_schema
+from rest_framework import exceptions, status
 from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from common.api_errors import error_responses
+from common.csv_export import csv_text
 from common.errors import LungsiteError
 from common.permissions import has_perm
 from jobs import selectors, services
+from jobs.intake import is_zip
 from jobs.models import PredictionJob
 
 CanCreateJobs = has_perm(selectors.CREATE)
@@ -38,9 +37,28 @@ def _progress(request, job: PredictionJob) -> dict:
 
 def files_from_request(request) -> list[tuple[str, UploadedFile]]:
     """The uploaded parts (Django spools large ones to disk; jobs.intake reads them in chunks):
-    every `images` part and an optional `archive` (ZIP) part."""
+    every `images` part and an optional `archive` (ZIP) part. A text field under either name is
+    refused: it is not a file, and ignoring it would analyse less than was sent."""
+    for name in ("images", "archive"):
+        if request.POST.getlist(name):
+            raise LungsiteError(
+                f"`{name}` must be sent as file parts (filename=...); a text field was sent.",
+                code="not_a_file",
+                status=400,
+            )
+    if len(request.FILES.getlist("archive")) > 1:
+        raise LungsiteError("Send at most one `archive` part.", code="invalid", status=400)
     limit = settings.LUNGSITE_MAX_JOB_MB * 1024 * 1024
     files = []
+    for archive in request.FILES.getlist("archive"):
+        head = archive.read(4)
+        archive.seek(0)
+        if head and not is_zip(head):
+            raise LungsiteError(
+                f"The `archive` part {archive.name!r} is not a ZIP archive; send images as `images` parts.",
+                code="not_a_zip",
+                status=415,
+            )
     for upload in request.FILES.getlist("archive") + request.FILES.getlist("images"):
         if upload.size is not None and upload.size > limit:
             raise LungsiteError(
@@ -50,9 +68,32 @@ def files_from_request(request) -> list[tuple[str, UploadedFile]]:
     return files
 
 
-class JobUploadSerializer(serializers.Serializer):
-    images = serializers.ListField(child=serializers.FileField(), required=False)
-    archive = serializers.FileField(required=False, help_text="A ZIP of images.")
+# The upload as the schema describes it: `images` file parts, an `archive` file part, or both (with
+# neither: 400 no_files; "one of" is left out of the schema, where multipart cannot express it).
+JOB_UPLOAD_REQUEST = OpenApiRequest(
+    {
+        "type": "object",
+        "properties": {
+            "images": {
+                "type": "array",
+                # An empty image is refused as a member of the job (code `empty`), as at every door.
+                "items": {"type": "string", "format": "binary"},
+                # No minItems: multipart cannot tell an empty list from none (then `archive` is needed).
+                "description": "Images (PNG, JPEG or DICOM), one file part each.",
+            },
+            "archive": {
+                "type": "string",
+                "format": "binary",
+                "minLength": 1,
+                "description": "A ZIP of images.",
+            },
+        },
+    },
+    encoding={
+        "images": {"contentType": "image/png, image/jpeg, application/dicom, application/octet-stream"},
+        "archive": {"contentType": "application/zip"},
+    },
+)
 
 
 class JobListCreateApi(APIView):
@@ -74,7 +115,7 @@ class JobListCreateApi(APIView):
             "Members that cannot be analysed are counted as refused with a reason; the rest are "
             "queued for the Celery workers. Returns 202 with the job's progress."
         ),
-        request={"multipart/form-data": JobUploadSerializer},
+        request={"multipart/form-data": JOB_UPLOAD_REQUEST},
         responses={202: dict, **error_responses(400, 401, 403, 413, 415, 503)},
         tags=["jobs"],
     )
@@ -108,9 +149,10 @@ class JobResultsCsvApi(APIView):
 
 
 def results_csv_response(job: PredictionJob) -> HttpResponse:
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows(selectors.job_results_rows(job=job))
-    response = HttpResponse(buffer.getvalue(), content_type="text/csv; charset=utf-8")
+    # Member names come from the uploader: csv_text escapes those a spreadsheet would run.
+    response = HttpResponse(
+        csv_text(selectors.job_results_rows(job=job)), content_type="text/csv; charset=utf-8"
+    )
     response["Content-Disposition"] = f'attachment; filename="job-{job.pk}-results.csv"'
     return response
 

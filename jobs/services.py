@@ -28,6 +28,7 @@ from django.utils import timezone
 
 from analysis.services import Case, analyse_batch
 from common.errors import LungsiteError, Refused, StorageUnavailable
+from common.metrics import refusal_counted
 from jobs.intake import ArchiveRefused, Limits, submission_members
 from jobs.models import JobImage, PredictionJob
 from registry.selectors import model_version_get_active
@@ -197,11 +198,19 @@ def _analyse_batch(job: PredictionJob, items: list[JobImage]) -> None:
     for item, outcome in zip(analysed, outcomes, strict=True):
         if isinstance(outcome, Refused):
             _item_finish(
-                item, state=JobImage.STATE_REFUSED, reason=f"{item.name!r}: {outcome}", code=outcome.code
+                item,
+                state=JobImage.STATE_REFUSED,
+                reason=f"{item.name!r}: {outcome}",
+                code=outcome.code,
+                status=outcome.status,
             )
         elif isinstance(outcome, LungsiteError):  # non-finite outputs: retrying cannot help
             _item_finish(
-                item, state=JobImage.STATE_FAILED, reason=f"{item.name!r}: {outcome}", code=outcome.code
+                item,
+                state=JobImage.STATE_FAILED,
+                reason=f"{item.name!r}: {outcome}",
+                code=outcome.code,
+                status=outcome.status,
             )
         else:  # logged (and linked in its transaction), or already logged by another worker
             _delete_quietly(item.staged_name)
@@ -237,10 +246,12 @@ def _link(item: JobImage):
     return link
 
 
-def _item_finish(item: JobImage, *, state: str, reason: str, code: str) -> None:
+def _item_finish(item: JobImage, *, state: str, reason: str, code: str, status: int = 400) -> None:
     updated = JobImage.objects.filter(pk=item.pk, state=JobImage.STATE_PENDING).update(
         state=state, reason=reason, code=code
     )
+    if updated:
+        refusal_counted(door="job", code=code, status=status)
     if updated:
         _delete_quietly(item.staged_name)
 

@@ -73,6 +73,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: counts and times every answer, those of the middleware below included (common.metrics).
+    "common.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Around everything that may query the database (sessions included): a stalled database gives
@@ -162,6 +164,16 @@ else:
         "CONN_HEALTH_CHECKS": True,
     }
 DATABASES = {"default": _db}
+# Separate roles (docs/audit.md, "Database roles"): DATABASE_URL names the application's role, which
+# may only read and append the logs; DATABASE_MIGRATE_URL the tables' owner, used by
+# `manage.py migrate --database owner` and nothing else.
+DATABASE_MIGRATE_URL = os.environ.get("DATABASE_MIGRATE_URL", "")
+if DATABASE_URL and DATABASE_MIGRATE_URL:
+    _owner = dj_database_url.parse(DATABASE_MIGRATE_URL, conn_max_age=0)
+    # The same bounded connection, without the statement timeout: a migration may run long.
+    _owner["OPTIONS"] = {**{k: v for k, v in _options.items() if k != "options"}, **_owner.get("OPTIONS", {})}
+    _owner["TEST"] = {"MIRROR": "default"}
+    DATABASES["owner"] = _owner
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Storage: every byte goes through these aliases; nothing else knows where bytes live.
@@ -222,8 +234,18 @@ LUNGSITE_DECODE_QUEUE_S = envint("LUNGSITE_DECODE_QUEUE_S", 10)
 LUNGSITE_ALLOW_BURNED_IN_ANNOTATION = envbool("LUNGSITE_ALLOW_BURNED_IN_ANNOTATION", False)
 # Activation needs a measured evaluation (or a written override); the shadow version scores
 # at most this fraction of live predictions (0 to 1), off the request path.
-# The audit chain's head (row count, last hash) is checkpointed outside the database every N rows.
+# The audit chain's head (row count, last hash) is checkpointed outside the database every N rows,
+# and every LUNGSITE_AUDIT_CHECKPOINT_SECONDS by Celery beat (or `manage.py audit_checkpoint`).
 LUNGSITE_AUDIT_CHECKPOINT_EVERY = envint("LUNGSITE_AUDIT_CHECKPOINT_EVERY", 1000)
+LUNGSITE_AUDIT_CHECKPOINT_SECONDS = envint("LUNGSITE_AUDIT_CHECKPOINT_SECONDS", 300)
+# The audit chain's HMAC keys, which the database never holds (audit/keys.py, docs/audit.md): one or
+# more comma-separated, the first signs. Unset: the file below (created with a random key).
+LUNGSITE_AUDIT_KEY = os.environ.get("LUNGSITE_AUDIT_KEY", "").strip()
+# /metrics answers a scraper sending `Authorization: Bearer <this>` (and superusers); unset: superusers only.
+LUNGSITE_METRICS_TOKEN = os.environ.get("LUNGSITE_METRICS_TOKEN", "").strip()
+LUNGSITE_AUDIT_KEY_FILE = os.environ.get("LUNGSITE_AUDIT_KEY_FILE", "").strip() or str(
+    DATA_DIR / "audit_keys"
+)
 LUNGSITE_ACTIVATION_GATE = envbool("LUNGSITE_ACTIVATION_GATE", True)
 LUNGSITE_SHADOW_RATE = float(os.environ.get("LUNGSITE_SHADOW_RATE", "1.0") or 1.0)
 
@@ -385,6 +407,10 @@ CELERY_WORKER_CONCURRENCY = envint("LUNGSITE_WORKER_CONCURRENCY", 1)
 # Results the PACS did not take yet are sent again by Celery beat (or `manage.py pacs_deliver`).
 CELERY_BEAT_SCHEDULE = {
     "pacs-deliver-due": {"task": "pacs.tasks.results_deliver_due", "schedule": 30.0},
+    "audit-checkpoint": {
+        "task": "audit.tasks.chain_checkpoint",
+        "schedule": float(LUNGSITE_AUDIT_CHECKPOINT_SECONDS),
+    },
 }
 
 # PACS (docs/pacs.md): the C-STORE receiver and where results go back by STOW-RS.

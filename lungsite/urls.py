@@ -6,6 +6,7 @@ from lungsite import views
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", views.metrics, name="metrics"),
     path("login/", auth_views.LoginView.as_view(), name="login"),
     # The login page then says that the session ended and the browser's copies were cleared.
     path("logout/", auth_views.LogoutView.as_view(next_page="/login/?logged_out=1"), name="logout"),

@@ -1,4 +1,5 @@
 import logging
+import time
 
 from django.core.files.storage import storages
 from django.db import DatabaseError
@@ -140,3 +141,108 @@ def api_index(request):
             "endpoints": endpoints,
         }
     )
+
+
+# --- /metrics -------------------------------------------------------------------------------------
+
+
+def _scraper_allowed(request) -> bool | None:
+    """True for the scraper's bearer token (LUNGSITE_METRICS_TOKEN) or a superuser (session or API
+    token); False for anyone else signed in; None for an anonymous request."""
+    import hmac
+
+    from django.conf import settings
+    from rest_framework.authentication import TokenAuthentication, get_authorization_header
+    from rest_framework.exceptions import AuthenticationFailed
+
+    header = get_authorization_header(request).decode("latin-1")
+    expected = settings.LUNGSITE_METRICS_TOKEN
+    if expected and header.startswith("Bearer ") and hmac.compare_digest(header[7:].strip(), expected):
+        return True
+    user = request.user if request.user.is_authenticated else None
+    if user is None and header.startswith("Token "):
+        try:
+            found = TokenAuthentication().authenticate(request)
+        except AuthenticationFailed:
+            found = None
+        user = found[0] if found else None
+    if user is None:
+        return None
+    return user.is_superuser
+
+
+def _gauges() -> dict:
+    """What the database, the broker and the checkpoint store say now (None: could not be read)."""
+    from django.conf import settings
+    from django.core.cache import cache
+
+    from audit.checkpoints import checkpoint_age_seconds
+    from jobs.models import JobImage
+    from pacs.models import ResultObject
+
+    def read(what, how):
+        try:
+            return how()
+        except Exception as exc:  # noqa: BLE001 - a scrape reports what it can
+            logger.warning("metrics: cannot read %s: %s", what, exc)
+            return None
+
+    def broker_messages():
+        from lungsite.celery import app
+
+        with app.connection_for_read() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+            declared = connection.default_channel.queue_declare(
+                settings.CELERY_TASK_DEFAULT_QUEUE, passive=True
+            )
+            return declared.message_count
+
+    def checkpoint_age():
+        # Listing the checkpoints is a storage request: at most once a minute per worker.
+        age = cache.get("metrics:checkpoint-age")
+        if age is None:
+            age = checkpoint_age_seconds()
+            cache.set("metrics:checkpoint-age", (age, time.time()), timeout=60)
+            return age
+        value, at = age
+        return None if value is None else value + (time.time() - at)
+
+    return {
+        "lungsite_queue_messages": (
+            "Tasks waiting in the Celery queue (batch jobs, PACS analysis).",
+            read("the broker", broker_messages),
+        ),
+        "lungsite_job_images_pending": (
+            "Images of batch jobs not analysed yet.",
+            read("job images", lambda: JobImage.objects.filter(state=JobImage.STATE_PENDING).count()),
+        ),
+        "lungsite_pacs_results_pending": (
+            "Results (SR, SC) not yet taken by the PACS: the outbox backlog.",
+            read("the PACS outbox", lambda: ResultObject.objects.filter(state=ResultObject.PENDING).count()),
+        ),
+        "lungsite_audit_checkpoint_age_seconds": (
+            "Seconds since the audit chain's newest checkpoint was written.",
+            read("the audit checkpoints", checkpoint_age),
+        ),
+    }
+
+
+@never_cache
+def metrics(request):
+    """Prometheus metrics (common.metrics): for the scraper's bearer token or a superuser only."""
+    from django.http import HttpResponse
+
+    from common.metrics import CONTENT_TYPE, exposition
+
+    allowed = _scraper_allowed(request)
+    if allowed is None:
+        response = JsonResponse(
+            error_body("not_authenticated", "Send the metrics token as a bearer token."), status=401
+        )
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    if not allowed:
+        return JsonResponse(
+            error_body("permission_denied", "Only superusers may read the metrics."), status=403
+        )
+    return HttpResponse(exposition(_gauges()), content_type=CONTENT_TYPE)

@@ -28,6 +28,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 from analysis.services import analyse
 from audit.models import Prediction
 from common.errors import Refused, Unavailable
+from common.metrics import refusal_counted
 from engine.dicom_checks import burned_in_refusal, frontal_chest_refusal
 from pacs import phi
 from pacs.keys import accession_key, keyed_hash
@@ -149,6 +150,7 @@ def _row(source: str, ds: Dataset | None, **fields) -> ReceivedInstance:
 
 def _skipped(source: str, ds: Dataset, reason: str, code: str, **fields) -> ReceivedInstance:
     logger.info("PACS instance skipped: %s", reason)
+    refusal_counted(door="pacs", code=code, status=422)
     return _row(
         source,
         ds,
@@ -349,6 +351,7 @@ def instance_analyse(*, received_id: int, dataset_bytes: bytes) -> ReceivedInsta
 
 
 def _finish(received: ReceivedInstance, state: str, reason: str, code: str = "") -> ReceivedInstance:
+    refusal_counted(door="pacs", code=code, status=422 if state == ReceivedInstance.SKIPPED else 503)
     received.state = state
     received.reason = reason
     received.code = code

@@ -2,12 +2,13 @@
 service as the admin action and `manage.py activate_model`."""
 
 from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema
-from rest_framework import exceptions
+from rest_framework import exceptions, serializers
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from common.api_errors import error_responses
+from common.fields import TextField
 from common.permissions import has_perm
 from registry import services
 from registry.models import DEFAULT_CLASS_NAMES, DEFAULT_PREPROCESSING, UNTRAINED_WARNING, ModelVersion
@@ -39,6 +40,21 @@ MODEL_EXAMPLE = {
 MODEL_EXAMPLES = [OpenApiExample("the untrained starter", value=MODEL_EXAMPLE, response_only=True)]
 
 
+class ModelPagination(PageNumberPagination):
+    """50 a page; `?page=` (empty) is the first page, as the schema says."""
+
+    def get_schema_operation_parameters(self, view):
+        return [
+            {
+                "name": self.page_query_param,
+                "required": False,
+                "in": "query",
+                "description": "Page number, from 1 (empty: the first page; past the last: 404).",
+                "schema": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "maxLength": 0}]},
+            }
+        ]
+
+
 def _version(pk: int) -> ModelVersion:
     version = ModelVersion.objects.filter(pk=pk).first() if pk <= MAX_ID else None
     if version is None:
@@ -48,7 +64,7 @@ def _version(pk: int) -> ModelVersion:
 
 class ModelListApi(APIView):
     permission_classes = [CanViewModels]
-    pagination_class = PageNumberPagination
+    pagination_class = ModelPagination
     OutputSerializer = ModelVersionSerializer
 
     @extend_schema(
@@ -82,8 +98,19 @@ class ModelDetailApi(APIView):
         return Response(self.OutputSerializer(_version(pk)).data)
 
 
+class ModelActivateInputSerializer(serializers.Serializer):
+    override_reason = TextField(
+        required=False,
+        allow_blank=True,
+        max_length=5000,
+        help_text="Why a version without a passing evaluation is activated anyway (the evaluation gate, "
+        "LUNGSITE_ACTIVATION_GATE): recorded with the activation. Not needed for an evaluated version.",
+    )
+
+
 class ModelActivateApi(APIView):
     permission_classes = [CanActivateModels]
+    InputSerializer = ModelActivateInputSerializer
     OutputSerializer = ModelVersionSerializer
 
     @extend_schema(
@@ -93,23 +120,26 @@ class ModelActivateApi(APIView):
             "Makes this version the one that serves predictions, on every worker at its next request "
             "(no restart). Refused with 409 when its weights cannot be loaded or do not match their "
             "sha256. Activating the active version changes nothing. Needs the model-admin role "
-            "(registry.activate_modelversion)."
+            "(registry.activate_modelversion). The body is optional: `override_reason` activates a "
+            "version that the evaluation gate would refuse (409 evaluation_required) and is recorded."
         ),
-        request=None,
+        request=ModelActivateInputSerializer,
         responses={
             200: OpenApiResponse(ModelVersionSerializer, examples=MODEL_EXAMPLES),
-            **error_responses(401, 403, 404, 409, 503),
+            **error_responses(400, 401, 403, 404, 409, 503),
         },
         tags=["models"],
     )
     def post(self, request, pk: int):
         version = _version(pk)
+        given = self.InputSerializer(data=request.data)
+        given.is_valid(raise_exception=True)
         # Refusals are common.errors.LungsiteError (registry.services.ActivationError and its kinds):
         # the API's exception handler answers them with their code and status.
         version = services.model_version_activate(
             version=version,
             user=request.user,
             via="api",
-            override_reason=str(request.data.get("override_reason") or "")[:5000],
+            override_reason=given.validated_data.get("override_reason", ""),
         )
         return Response(self.OutputSerializer(version).data)

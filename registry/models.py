@@ -176,6 +176,9 @@ class ActivationEvent(models.Model):
     on Postgres a trigger refuses UPDATE and DELETE; everywhere the model layer refuses them too.
     A version was active from its event's `activated_at` until the next event's."""
 
+    # The application's database role may only read and append (common.db_roles).
+    database_privileges = ("SELECT", "INSERT")
+
     VIA_ADMIN = "admin"
     VIA_COMMAND = "command"
     VIA_API = "api"

@@ -4,11 +4,19 @@ Visibility is the selectors' (owner, auditors, superusers); anything not visible
 reveals nothing about other people's predictions.
 """
 
+import hashlib
+
 from django.conf import settings
 from django.http import HttpResponse
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiRequest,
+    OpenApiResponse,
+    extend_schema,
+)
 from rest_framework import exceptions, status
 from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -17,6 +25,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from analysis import services as analysis_services
+from audit import idempotency
 from audit import selectors as audit_selectors
 from audit import services as audit_services
 from audit.models import Prediction
@@ -65,6 +74,26 @@ PREDICTION_EXAMPLES = [
 ]
 
 
+# The upload as the schema describes it: one non-empty binary part. (No schema can say "the bytes
+# of a readable chest X-ray": bytes that are not one get a 400, 413, 415 or 422 that says why.)
+UPLOAD_REQUEST = OpenApiRequest(
+    {
+        "type": "object",
+        "properties": {
+            "image": {
+                "type": "string",
+                "format": "binary",
+                "minLength": 1,
+                "description": PredictionUploadSerializer().fields["image"].help_text
+                + " A file part: a text field named image is refused.",
+            }
+        },
+        "required": ["image"],
+    },
+    encoding={"image": {"contentType": "image/png, image/jpeg, application/dicom, application/octet-stream"}},
+)
+
+
 def _refuse_oversize_body(request) -> None:
     """Refuses an announced body over the limit before reading it, rather than after spooling it."""
     try:
@@ -109,24 +138,71 @@ class PredictionCreateApi(APIView):
             "Grad-CAM heatmap and the version that produced the result. Needs the clinician role "
             "(permission audit.add_prediction). Rate-limited per user (LUNGSITE_PREDICTION_RATE)."
         ),
-        request={"multipart/form-data": PredictionUploadSerializer},
+        request={"multipart/form-data": UPLOAD_REQUEST},
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                {"type": "string", "minLength": 1, "maxLength": 255, "pattern": idempotency.KEY_PATTERN},
+                OpenApiParameter.HEADER,
+                description=(
+                    "Optional. A key of your choice (a UUID) unique to this image: a retry with the same key "
+                    "gets the prediction the first request made (200, header Idempotent-Replayed: true) "
+                    "instead of a second one; the same key with another image is refused (422)."
+                ),
+            )
+        ],
         responses={
             201: OpenApiResponse(PredictionSerializer, examples=PREDICTION_EXAMPLES),
+            200: OpenApiResponse(
+                PredictionSerializer,
+                description="The prediction an earlier request with the same Idempotency-Key made.",
+            ),
             **error_responses(400, 401, 403, 413, 415, 422, 429, 503),
         },
         tags=["predictions"],
     )
     def post(self, request):
         _refuse_oversize_body(request)
+        key = _idempotency_key(request)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        image = serializer.validated_data["image"]
-        prediction = analysis_services.analyse(
-            upload=image, file_name=image.name or "", user=request.user, source=Prediction.SOURCE_API
+        upload = serializer.validated_data["image"]
+
+        def analyse() -> Prediction:
+            return analysis_services.analyse(
+                upload=upload, file_name=upload.name or "", user=request.user, source=Prediction.SOURCE_API
+            )
+
+        # With an Idempotency-Key, a retry gets the first request's prediction (audit.idempotency);
+        # a key reused for another image is refused (422 idempotency_key_reused).
+        prediction, replayed = idempotency.prediction_once(
+            user=request.user, key=key, image_sha256=_upload_sha256(upload) if key else "", create=analyse
         )
         data = self.OutputSerializer(prediction, context={"request": request}).data
-        location = reverse("api-prediction-detail", kwargs={"pk": prediction.pk})
-        return Response(data, status=status.HTTP_201_CREATED, headers={"Location": location})
+        headers = {"Location": reverse("api-prediction-detail", kwargs={"pk": prediction.pk})}
+        if replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return Response(
+            data, status=status.HTTP_200_OK if replayed else status.HTTP_201_CREATED, headers=headers
+        )
+
+
+def _idempotency_key(request) -> str | None:
+    value = request.headers.get("Idempotency-Key")
+    if value is None:
+        return None
+    try:
+        return idempotency.key_checked(value)
+    except idempotency.InvalidKey as exc:
+        raise exceptions.ValidationError({"Idempotency-Key": [str(exc)]}) from exc
+
+
+def _upload_sha256(upload) -> str:
+    digest = hashlib.sha256()
+    for chunk in upload.chunks():
+        digest.update(chunk)
+    upload.seek(0)
+    return digest.hexdigest()
 
 
 class PredictionCursorPagination(CursorPagination):

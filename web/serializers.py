@@ -5,6 +5,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from common.fields import InstantField, TextField
 from registry.serializers import ModelVersionSummarySerializer
 
 
@@ -26,23 +27,24 @@ class PredictionUploadSerializer(serializers.Serializer):
 
 
 class PredictionFilterSerializer(serializers.Serializer):
-    model = serializers.CharField(
-        required=False, help_text="Only predictions made by this model version: its id or its name."
-    )
-    created_after = serializers.DateTimeField(
-        required=False,
-        help_text="Only predictions created at or after this time (ISO 8601; a date means 00:00 UTC).",
-    )
-    created_before = serializers.DateTimeField(
-        required=False,
-        help_text="Only predictions created before this time (ISO 8601; a date means 00:00 UTC).",
-    )
+    """The list's filters. Empty values mean "no filter"; a range whose start is not before its end
+    (`created_after` >= `created_before`, equal included) is valid and empty."""
 
-    def validate(self, attrs):
-        after, before = attrs.get("created_after"), attrs.get("created_before")
-        if after and before and after >= before:
-            raise serializers.ValidationError("created_after must be earlier than created_before.")
-        return attrs
+    model = TextField(
+        required=False,
+        allow_blank=True,
+        help_text="Only predictions made by this model version: its id or its name (empty: any).",
+    )
+    created_after = InstantField(
+        required=False,
+        help_text="Only predictions created at or after this time (RFC 3339 with offset; a date means "
+        "00:00 UTC; empty: no bound).",
+    )
+    created_before = InstantField(
+        required=False,
+        help_text="Only predictions created before this time (RFC 3339 with offset; a date means 00:00 "
+        "UTC; empty: no bound). Not after created_after: an empty list.",
+    )
 
 
 class FindingSerializer(serializers.Serializer):

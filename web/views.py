@@ -16,6 +16,7 @@ from audit import services as audit_services
 from audit.filters import BORDERLINE_POINTS, finding_top, findings_ranked
 from audit.honesty import prediction_honesty, report_qualifier
 from audit.models import Prediction
+from common import metrics
 from common.errors import LungsiteError
 from engine import heatmaps
 from registry.selectors import model_version_get_active
@@ -28,6 +29,8 @@ def _wants_json(request) -> bool:
 
 
 def _upload_page(request, form, *, error=None, status=200):
+    if error:
+        metrics.refusal_counted(door="page", code=error["code"], status=status)
     if error and _wants_json(request):
         return JsonResponse({"error": error}, status=status)
     context = {

@@ -11,16 +11,18 @@ MOVED = ("trainingrun", "shadowprediction")
 
 def content_types_to_learning(apps, schema_editor):
     ContentType = apps.get_model("contenttypes", "ContentType")
+    types = ContentType.objects.using(schema_editor.connection.alias)
     for model in MOVED:
-        if not ContentType.objects.filter(app_label="learning", model=model).exists():
-            ContentType.objects.filter(app_label="registry", model=model).update(app_label="learning")
+        if not types.filter(app_label="learning", model=model).exists():
+            types.filter(app_label="registry", model=model).update(app_label="learning")
 
 
 def content_types_to_registry(apps, schema_editor):
     ContentType = apps.get_model("contenttypes", "ContentType")
+    types = ContentType.objects.using(schema_editor.connection.alias)
     for model in MOVED:
-        if not ContentType.objects.filter(app_label="registry", model=model).exists():
-            ContentType.objects.filter(app_label="learning", model=model).update(app_label="registry")
+        if not types.filter(app_label="registry", model=model).exists():
+            types.filter(app_label="learning", model=model).update(app_label="registry")
 
 
 class Migration(migrations.Migration):

@@ -33,37 +33,40 @@ DROP FUNCTION IF EXISTS model_activations_append_only();
 def grant_view_permission(apps, schema_editor):
     # Permissions are normally created after all migrations ran; create them now so the groups can
     # hold them on a fresh database (same approach as 0002_roles).
+    using = schema_editor.connection.alias
     for app_config in apps.get_app_configs():
         app_config.models_module = True
-        create_permissions(app_config, verbosity=0)
+        create_permissions(app_config, verbosity=0, using=using)
         app_config.models_module = None
     Group = apps.get_model("auth", "Group")
     Permission = apps.get_model("auth", "Permission")
-    permission = Permission.objects.get(
+    permission = Permission.objects.using(using).get(
         content_type__app_label="registry", codename="view_activationevent"
     )
     for name in ROLES_VIEWING_HISTORY:
-        group, _ = Group.objects.get_or_create(name=name)
+        group, _ = Group.objects.using(using).get_or_create(name=name)
         group.permissions.add(permission)
 
 
 def revoke_view_permission(apps, schema_editor):
+    using = schema_editor.connection.alias
     Permission = apps.get_model("auth", "Permission")
     Group = apps.get_model("auth", "Group")
-    for permission in Permission.objects.filter(
+    for permission in Permission.objects.using(using).filter(
         content_type__app_label="registry", codename="view_activationevent"
     ):
-        for group in Group.objects.filter(name__in=ROLES_VIEWING_HISTORY):
+        for group in Group.objects.using(using).filter(name__in=ROLES_VIEWING_HISTORY):
             group.permissions.remove(permission)
 
 
 def record_current_activation(apps, schema_editor):
     """A registry that had an active version before the history existed gets one row for it, so the
     history starts with what is serving and that version is protected from deletion."""
+    using = schema_editor.connection.alias
     ModelVersion = apps.get_model("registry", "ModelVersion")
     ActivationEvent = apps.get_model("registry", "ActivationEvent")
-    for version in ModelVersion.objects.filter(is_active=True):
-        ActivationEvent.objects.create(
+    for version in ModelVersion.objects.using(using).filter(is_active=True):
+        ActivationEvent.objects.using(using).create(
             version=version,
             previous=None,
             activated_at=version.activated_at or django.utils.timezone.now(),

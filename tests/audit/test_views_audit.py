@@ -275,10 +275,11 @@ def test_findings_in_another_order_or_of_odd_values_land_in_their_columns(client
 
 def test_it_keeps_spreadsheet_formulas_out_of_the_csv(client, auditor, django_user_model):
     evil = django_user_model.objects.create_user(username="=HYPERLINK(1)", password="x")
-    _prediction(evil, _version())
+    _prediction(evil, _version(name="+cmd", class_names=["@SUM(A1)", "Mass"]))
     client.force_login(auditor)
     rows = _csv(client.get("/audit/", {"format": "csv"}))
-    assert rows[0]["user"] == "'=HYPERLINK(1)"
+    assert rows[0]["user"] == "'=HYPERLINK(1)" and rows[0]["model_version"] == "'+cmd"
+    assert rows[0]["'@SUM(A1)"] == "0.1" and rows[0]["'@SUM(A1) threshold"] == "0.5"
 
 
 def test_it_links_csv_export_and_pages_with_the_filters(client, auditor, clinician):

@@ -134,3 +134,42 @@ def test_it_serves_the_page_with_progress_and_csv(client, clinician, starter_mod
     assert table[0]["file_name"] == name and table[0]["state"] == "done"
     probabilities = [float(v) for k, v in table[0].items() if k.endswith("_probability")]
     assert len(probabilities) == 13 and np.all(np.isfinite(probabilities))
+
+
+def test_it_keeps_spreadsheet_formulas_out_of_the_results_csv(
+    api, clinician, starter_model, eager_jobs, nih_pngs
+):
+    import zipfile
+
+    [(_, png)] = nih_pngs(1)
+    names = ['=HYPERLINK("http://x.example","y").png', "+1.png", "@SUM(A1).png", "-2.png", "\tcmd.png"]
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zipped:
+        zipped.writestr(names[0], png)
+        for name in names[1:]:
+            zipped.writestr(name, b"not an image")
+    upload = SimpleUploadedFile("study.zip", archive.getvalue(), content_type="application/zip")
+    with eager_jobs():
+        response = api(clinician).post("/api/v1/jobs/", {"images": [upload]}, format="multipart")
+    assert response.status_code == 202, response.content
+    text = api(clinician).get(f"/api/v1/jobs/{response.json()['id']}/results.csv").content.decode()
+    table = list(csv.DictReader(io.StringIO(text)))
+    assert sorted(row["file_name"] for row in table) == sorted("'" + name for name in names)
+    assert [row["state"] for row in table if row["file_name"] == "'" + names[0]] == ["done"]
+    # No line of the file starts a cell with a formula character.
+    for line in text.splitlines()[1:]:
+        assert not any(cell.startswith(("=", "+", "-", "@")) for cell in next(csv.reader([line])))
+
+
+def test_it_refuses_text_parts_empty_parts_and_an_archive_that_is_not_a_zip(
+    api, clinician, starter_model, nih_pngs
+):
+    [(name, png)] = nih_pngs(1)
+    client = api(clinician)
+    text = client.post("/api/v1/jobs/", {"images": "not a file"}, format="multipart")
+    assert text.status_code == 400 and text.json()["error"]["code"] == "not_a_file"
+    empty = client.post("/api/v1/jobs/", {"images": [SimpleUploadedFile("e.png", b"")]}, format="multipart")
+    assert empty.status_code == 400 and empty.json()["error"]["code"] == "empty"
+    not_zip = client.post("/api/v1/jobs/", {"archive": SimpleUploadedFile(name, png)}, format="multipart")
+    assert not_zip.status_code == 415 and not_zip.json()["error"]["code"] == "not_a_zip"
+    assert PredictionJob.objects.count() == 0

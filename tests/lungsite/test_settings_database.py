@@ -176,3 +176,41 @@ def test_it_shares_the_throttle_counts_through_redis_when_asked(tmp_path):
         "LOCATION": "rediss://:secret@cache.example.org:6380/2",
         "KEY_PREFIX": "lungsite",
     }
+
+
+OWNER_PROBE = """
+import json
+from django.db import connections
+print(json.dumps({alias: {k: connections.settings[alias].get(k) for k in ("USER", "NAME", "TEST")}
+    | {"options": connections.settings[alias]["OPTIONS"].get("options")} for alias in connections.settings}))
+"""
+
+
+def test_a_migrate_url_adds_the_owner_alias_for_migrate(tmp_path):
+    """DATABASE_MIGRATE_URL names the tables' owner as the alias `owner` (`migrate --database owner`);
+    the app's connections stay on DATABASE_URL's role."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "LUNGSITE_", "DJANGO_"))}
+    env.update(
+        DJANGO_SETTINGS_MODULE="lungsite.settings",
+        DJANGO_SECRET_KEY="test-secret",
+        LUNGSITE_DATA_DIR=str(tmp_path),
+        DATABASE_URL="postgres://lungsite_app:p@db.example:5432/lungsite",
+        DATABASE_MIGRATE_URL="postgres://lungsite_owner:q@db.example:5432/lungsite",
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", OWNER_PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert found["default"]["USER"] == "lungsite_app"
+    assert found["default"]["options"] == "-c statement_timeout=5000"
+    assert found["owner"]["USER"] == "lungsite_owner" and found["owner"]["NAME"] == "lungsite"
+    assert found["owner"]["options"] is None  # a migration may run past the app's statement timeout
+    assert found["owner"]["TEST"]["MIRROR"] == "default"  # tests migrate one database
+
+    env.pop("DATABASE_MIGRATE_URL")
+    done = subprocess.run(
+        [sys.executable, "-c", OWNER_PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert list(json.loads(done.stdout.strip().splitlines()[-1])) == ["default"]

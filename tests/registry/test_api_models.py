@@ -180,3 +180,13 @@ def test_it_answers_503_when_the_weights_store_is_down(
     assert_error(response, 503, "storage_unavailable")
     starter_model.refresh_from_db()
     assert starter_model.is_active  # nothing changed
+
+
+def test_activation_refuses_an_override_reason_that_is_not_text(api, model_admin, second_version):
+    response = api(model_admin).post(
+        f"{URL}{second_version.pk}/activate/", {"override_reason": 12}, format="json"
+    )
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid"
+    assert "override_reason" in response.json()["error"]["message"]
+    second_version.refresh_from_db()
+    assert not second_version.is_active

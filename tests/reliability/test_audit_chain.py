@@ -193,6 +193,14 @@ def _record_predating_chain(through_id: int) -> None:
     ChainGenesis.objects.all().update(unchained_through_id=through_id)
 
 
+def _record_keyed_from(first_id: int) -> None:
+    from audit.models import ChainGenesis
+
+    if not ChainGenesis.objects.exists():
+        ChainGenesis.objects.create()
+    ChainGenesis.objects.all().update(keyed_from_id=first_id)
+
+
 def test_rows_from_before_the_chain_are_accepted_before_it(version):
     legacy = Prediction.objects.create(
         model=version, image_url="images/old.png", results_json={}, image_sha256="0" * 64
@@ -306,12 +314,14 @@ def test_a_chain_written_by_the_old_code_still_verifies(db, django_user_model, m
     for row in Prediction.objects.order_by("id"):
         assert row.chain_version == 1 and compute_chain_hash(row.prev_hash, row) == row.chain_hash
         assert chain_body(row).startswith('{"created_at":')
+    # As migration 0013 records it on a database holding these rows: later rows must be keyed.
+    _record_keyed_from(fixture["rows"][-1]["id"] + 1)
     report, error = _verify()
     assert error is None and report["ok"] is True and report["rows"] == 5, report
 
-    # New rows (chain version 2) continue the old chain.
+    # New rows (chain version 3, keyed) continue the old chain.
     new = _row(old, None, 9)
-    assert new.chain_version == 2 and new.prev_hash == fixture["rows"][-1]["chain_hash"]
+    assert new.chain_version == 3 and new.prev_hash == fixture["rows"][-1]["chain_hash"]
     report, error = _verify("--skip-images")
     assert error is None and report["rows"] == 6, report
 
@@ -350,7 +360,7 @@ def test_heatmap_bytes_are_part_of_what_the_chain_proves(version):
         heatmap_data=heatmap_data(cams=cams),
     )
     stored = Prediction.objects.get(pk=row.pk)
-    assert stored.chain_version == 2 and stored.heatmaps == {}
+    assert stored.chain_version == 3 and stored.heatmaps == {}
     assert len(bytes(stored.heatmap_data)) == 10 + 13 * 4 + 13 * 49  # header, scales, uint8 maps
     maps = stored.heatmap_maps()
     assert list(maps) == DEFAULT_CLASS_NAMES

@@ -3,8 +3,8 @@ import os
 
 from django.core.management.base import BaseCommand, CommandError
 
-from audit.checkpoints import checkpoint_latest, checkpoint_write
-from audit.integrity import ChainBreak
+from audit.checkpoints import checkpoint_latest, checkpoint_write, signature_problem
+from audit.integrity import ChainBreak, keyed_from_id
 from audit.models import Prediction
 from audit.verification import log_verify
 
@@ -84,7 +84,10 @@ class Command(BaseCommand):
                     f"the expected head {expect_head[:12]} is not in the chain: rows were removed",
                 ),
             )
-        if checkpoint is not None and not _checkpoint_met(checkpoint, whole.watched):
+        forged = signature_problem(checkpoint, keyed_from=keyed_from_id(using)) if checkpoint else None
+        if forged is not None:
+            _add_break(report, ChainBreak(checkpoint.get("last_id"), *forged))
+        elif checkpoint is not None and not _checkpoint_met(checkpoint, whole.watched):
             rows = f", {checkpoint['rows']} rows" if checkpoint.get("rows") else ""
             _add_break(
                 report,

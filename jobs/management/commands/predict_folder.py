@@ -1,4 +1,3 @@
-import csv
 import json
 import sys
 import time
@@ -7,6 +6,7 @@ from pathlib import Path
 from celery import current_app as app
 from django.core.management.base import BaseCommand, CommandError
 
+from common.csv_export import CsvWriter
 from common.errors import LungsiteError
 from jobs import selectors, services
 from jobs.models import PredictionJob
@@ -53,7 +53,7 @@ class Command(BaseCommand):
                 job.refresh_from_db()
         if out:
             with open(out, "w", newline="") as handle:
-                csv.writer(handle).writerows(selectors.job_results_rows(job=job))
+                CsvWriter(handle).writerows(selectors.job_results_rows(job=job))
         job.refresh_from_db()
         json.dump(selectors.job_progress(job=job), sys.stdout, default=str)
         sys.stdout.write("\n")

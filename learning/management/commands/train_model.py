@@ -208,10 +208,10 @@ class Command(BaseCommand):
 
 def write_outputs_csv(path: Path, table: LabelTable, scores) -> None:
     """image, patient, label_<class>..., score_<class>...: what the AUROC table is computed from."""
-    import csv
+    from common.csv_export import CsvWriter
 
     with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
+        writer = CsvWriter(handle)
         names = table.class_names
         writer.writerow(["image", "patient", *(f"label_{n}" for n in names), *(f"score_{n}" for n in names)])
         for p, patient, labels, row in zip(table.paths, table.patients, table.labels, scores, strict=True):
