@@ -10,8 +10,9 @@ Outputs, for one image of the starter model (224 input, 13 findings):
     input     (N, 3, 224, 224) float32
     logits    (N, 13)            the classifier's outputs
     cams      (N, 13, 7, 7)      every finding's Grad-CAM map (see ServingModule)
-    features  (N, 1024, 7, 7)    the trunk's output A: DenseNet's norm5 before the ReLU, ResNet's
-                                 layer4 (for tests and diagnostics)
+    features  (N, 1024)          the classifier's input: the last feature map, global-average-pooled
+                                 (after DenseNet's ReLU), for the out-of-distribution distance
+                                 (learning.ood)
 """
 
 from __future__ import annotations
@@ -57,10 +58,11 @@ class ServingModule(nn.Module):
         else:
             pooled_input = features
             slope = torch.ones_like(features[:, :, 0, 0])
-        logits = self.head(pooled_input.mean(dim=(2, 3)))  # (N, K)
+        pooled = pooled_input.mean(dim=(2, 3))  # (N, C)
+        logits = self.head(pooled)  # (N, K)
         alpha = self.head.weight.unsqueeze(0) * (slope / (h * w)).unsqueeze(1)  # (N, K, C)
         cams = F.relu(alpha @ pooled_input.reshape(n, channels, h * w))  # (N, K, h*w)
-        return logits, cams.reshape(n, -1, h, w), features
+        return logits, cams.reshape(n, -1, h, w), pooled
 
 
 def onnx_graph(model: nn.Module, architecture: str, input_size: int, channels: int = 3) -> bytes:

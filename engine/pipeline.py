@@ -3,7 +3,7 @@ pass. No Django here.
 
 Shapes, for the starter model (224 input, 13 findings):
     preprocess  (H, W) float32                -> (1, 3, 224, 224) float32 (numpy)
-    predict     (1, 3, 224, 224) float32      -> probabilities (13,), cams (13, 7, 7)
+    predict     (1, 3, 224, 224) float32      -> probabilities (13,), cams (13, 7, 7), features (1024,)
 The maps become pictures in engine/heatmaps.py.
 """
 
@@ -24,6 +24,7 @@ __all__ = ["NonFiniteOutput", "PredictionOutput", "predict", "predict_batch", "p
 class PredictionOutput:
     probabilities: np.ndarray  # (K,) float32, sigmoid outputs in the model's output order
     cams: np.ndarray  # (K, h, w) float32 Grad-CAM maps at feature-map resolution (ReLU applied)
+    features: np.ndarray | None = None  # (C,) float32 pooled last feature map (the head's input)
 
 
 # --------------------------------------------------------------------------------------------
@@ -62,22 +63,29 @@ def predict(model: ServingRuntime, tensor: np.ndarray) -> PredictionOutput:
     Grad-CAM for a global-average-pool + linear head, no backward pass). `model` is what
     registry.cache serves; `tensor` is the (1, C, S, S) float32 array of `preprocess`.
     Raises NonFiniteOutput when the outputs are not all finite."""
-    logits, cams = model.run(tensor)
+    logits, cams, features = model.run(tensor)
     if not (np.isfinite(logits).all() and np.isfinite(cams).all()):
         raise NonFiniteOutput("The model gave scores or heatmaps that are not finite (NaN or infinity).")
-    return PredictionOutput(probabilities=_sigmoid(logits), cams=np.asarray(cams, dtype=np.float32))
+    return PredictionOutput(
+        probabilities=_sigmoid(logits), cams=np.asarray(cams, dtype=np.float32), features=features
+    )
 
 
 def predict_batch(model: ServingRuntime, batch: np.ndarray) -> list[PredictionOutput]:
     """One forward pass over a batch (jobs/): (N, C, S, S) float32 (rows of `preprocess`) -> N
-    outputs, each what `predict` gives for that row alone (probabilities (K,), cams (K, h, w)); the
-    serving graph takes any batch size. Raises NonFiniteOutput when any output is not finite."""
-    from engine.serving import CAMS, INPUT, LOGITS
+    outputs, each what `predict` gives for that row alone (probabilities (K,), cams (K, h, w),
+    features (C,)); the serving graph takes any batch size. Raises NonFiniteOutput when any output
+    is not finite."""
+    from engine.serving import CAMS, FEATURES, INPUT, LOGITS, pooled_features
 
     batch = np.ascontiguousarray(batch, dtype=np.float32)
-    logits, cams = model.session.run([LOGITS, CAMS], {INPUT: batch})
+    logits, cams, features = model.session.run([LOGITS, CAMS, FEATURES], {INPUT: batch})
     if not (np.isfinite(logits).all() and np.isfinite(cams).all()):
         raise NonFiniteOutput("The model gave scores or heatmaps that are not finite (NaN or infinity).")
     probabilities = _sigmoid(logits)
     cams = np.asarray(cams, dtype=np.float32)
-    return [PredictionOutput(probabilities=probabilities[i], cams=cams[i]) for i in range(len(batch))]
+    features = pooled_features(features)
+    return [
+        PredictionOutput(probabilities=probabilities[i], cams=cams[i], features=features[i])
+        for i in range(len(batch))
+    ]

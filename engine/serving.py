@@ -12,8 +12,9 @@ The graph returns the logits and every finding's class activation map in the sam
 cost no second pass (see engine.export for its inputs and outputs).
 
 Shapes, for the starter model (224 input, 13 findings):
-    ServingRuntime.run             (1, 3, 224, 224) float32 -> logits (13,), cams (13, 7, 7)
-    ServingRuntime.forward_features (1, 3, 224, 224) float32 -> logits (13,), features (1024, 7, 7)
+    ServingRuntime.run             (1, 3, 224, 224) float32 -> logits (13,), cams (13, 7, 7),
+                                                               features (1024,)
+    ServingRuntime.forward_features (1, 3, 224, 224) float32 -> logits (13,), features (1024,)
 """
 
 from __future__ import annotations
@@ -89,13 +90,23 @@ class ServingRuntime:
             raise ValueError(f"expected one image (1, C, S, S), got {array.shape}")
         return array
 
-    def run(self, x) -> tuple[np.ndarray, np.ndarray]:
-        """One image (1, C, S, S) float32 -> logits (K,) and every finding's map (K, h, w)."""
-        logits, cams = self.session.run([LOGITS, CAMS], {INPUT: self._input(x)})
-        return logits[0], cams[0]
+    def run(self, x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One image (1, C, S, S) float32 -> logits (K,), every finding's map (K, h, w) and the
+        pooled features (C,)."""
+        logits, cams, features = self.session.run([LOGITS, CAMS, FEATURES], {INPUT: self._input(x)})
+        return logits[0], cams[0], pooled_features(features)[0]
 
     def forward_features(self, x) -> tuple[np.ndarray, np.ndarray]:
-        """One image -> logits (K,) and the trunk's feature map (C, h, w) (DenseNet: norm5, before the
-        ReLU; ResNet: layer4)."""
+        """One image -> logits (K,) and the pooled features (C,): the classifier's input."""
         logits, features = self.session.run([LOGITS, FEATURES], {INPUT: self._input(x)})
-        return logits[0], features[0]
+        return logits[0], pooled_features(features)[0]
+
+
+def pooled_features(features: np.ndarray) -> np.ndarray:
+    """The graph's `features` output as (N, C). Graphs exported before that output was pooled give
+    the trunk's map (N, C, h, w) instead; for the architectures of that time (DenseNet's norm5 before
+    its ReLU, ResNet's layer4 after one) ReLU and the spatial mean give the same (N, C)."""
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim == 4:
+        features = np.maximum(features, 0.0).mean(axis=(2, 3))
+    return features

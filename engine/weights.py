@@ -208,7 +208,7 @@ def check_graph_outputs(graph: bytes, input_size: int) -> None:
     output is not a finite number: such weights would fail every prediction."""
     from engine.serving import ServingRuntime
 
-    logits, cams = ServingRuntime.from_graph(graph, input_size, threads=1).run(probe_input(input_size))
+    logits, cams, _ = ServingRuntime.from_graph(graph, input_size, threads=1).run(probe_input(input_size))
     for name, values in (("scores", logits), ("heatmaps", cams)):
         if not np.isfinite(values).all():
             raise WeightsError(

@@ -18,7 +18,7 @@ from engine.architectures import ARCHITECTURES, architecture_get
 from engine.decode import decode
 from engine.export import ServingModule, onnx_graph
 from engine.heatmaps import cams_normalised
-from engine.pipeline import NonFiniteOutput, predict, preprocess
+from engine.pipeline import NonFiniteOutput, predict, predict_batch, preprocess
 from engine.serving import ServingRuntime
 from engine.weights import load_model
 from registry.models import DEFAULT_PREPROCESSING
@@ -125,24 +125,41 @@ def test_it_gives_the_exported_modules_probabilities_and_heatmaps(which, archite
 def test_the_exported_module_gives_the_networks_own_logits(architecture, tensors):
     model = trained_looking_model(architecture, seed=4)
     x = torch.from_numpy(tensors[0])
+    module = ServingModule(model, architecture)
     with torch.inference_mode():
-        logits, cams, features = ServingModule(model, architecture)(x)
+        logits, cams, features = module(x)
         expected = model(x)
+        from_features = module.head(features)  # the pooled features are the classifier's input
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
-    assert cams.shape == (1, 13, 7, 7) and features.shape[2:] == (7, 7)
+    assert cams.shape == (1, 13, 7, 7) and features.shape == (1, module.head.in_features)
+    torch.testing.assert_close(from_features, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_it_returns_logits_and_the_norm5_feature_map(trained_looking, tensors):
+def test_it_returns_logits_and_the_pooled_features(trained_looking, tensors):
     model, runtime = trained_looking
     logits, features = runtime.forward_features(tensors[0])
     with torch.inference_mode():
-        expected_features = model.features(torch.from_numpy(tensors[0]))[0].numpy()
+        trunk = model.features(torch.from_numpy(tensors[0]))
+        expected_features = torch.relu(trunk).mean(dim=(2, 3))[0].numpy()  # the classifier's input
         expected_logits = model(torch.from_numpy(tensors[0]))[0].numpy()
-    assert logits.shape == (13,) and features.shape == (1024, 7, 7)
+    assert logits.shape == (13,) and features.shape == (1024,)
     np.testing.assert_allclose(logits, expected_logits, atol=1e-3)
     np.testing.assert_allclose(features, expected_features, atol=1e-3)
     # torch tensors are accepted as well as arrays
     np.testing.assert_allclose(runtime.forward_features(torch.from_numpy(tensors[0]))[0], logits, atol=1e-6)
+    # predict and predict_batch carry the same features
+    np.testing.assert_allclose(predict(runtime, tensors[0]).features, features, atol=1e-5)
+    batch = predict_batch(runtime, np.concatenate([tensors[0], tensors[1]]))
+    np.testing.assert_allclose(batch[0].features, features, atol=1e-5)
+    assert batch[1].features.shape == (1024,)
+
+
+def test_it_pools_the_feature_map_of_a_graph_exported_before_features_were_pooled():
+    from engine.serving import pooled_features
+
+    maps = np.array([[[[-1.0, 3.0], [1.0, 0.0]], [[2.0, 2.0], [2.0, 2.0]]]], dtype=np.float32)  # (1, 2, 2, 2)
+    np.testing.assert_allclose(pooled_features(maps), [[1.0, 2.0]])
+    np.testing.assert_allclose(pooled_features(np.ones((3, 5))), np.ones((3, 5)))
 
 
 @pytest.mark.parametrize("which, architecture", [("trained_looking", "densenet121"), ("resnet", "resnet50")])
