@@ -87,6 +87,12 @@ def _load(version: ModelVersion) -> ServingModel:
     return ServingModel(version=version, model=ServingRuntime.from_graph(graph, input_size))
 
 
+def serving_model_load(version: ModelVersion) -> ServingModel:
+    """`version`'s network loaded as serving loads it (its verified serving graph in ONNX Runtime),
+    outside the cache: for evaluations, which must score what serving would."""
+    return _load(version)
+
+
 def _fingerprint(version: ModelVersion) -> tuple:
     return (version.serving_graph_sha256, version.activated_at)
 
