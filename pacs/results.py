@@ -35,26 +35,30 @@ NO_UNITS = CodedConcept("1", "UCUM", "no units")
 
 
 def model_statement(prediction: Prediction) -> str:
-    """What the reader must know about the model before reading the numbers."""
+    """What the reader must know about the model before reading the numbers: the honesty statement
+    recorded with the result (untrained, not evaluated, not validated, outside what the version was
+    evaluated on), else the figures of the evaluation that was in force when it was made."""
+    from registry.models import Evaluation
+
     recorded = prediction.recorded_model
     name = recorded["version_name"]
-    if prediction.untrained:
-        return (
+    honesty = prediction.honesty
+    if honesty["state"] == "untrained":
+        statement = (
             f"UNTRAINED MODEL: version {name} has random weights; its outputs carry no medical "
             "meaning. Not for diagnosis."
         )
-    version = prediction.model
-    # The registry's own rule (ModelVersion.honesty_warning): no measured evaluation when it ran.
-    if version.honesty_warning(at=prediction.created_at) is not None:
-        return (
-            f"NOT EVALUATED: version {name} had no measured evaluation (AUROC) when it made this result. "
-            "For research; not for diagnosis."
-        )
+        return f"{statement} {honesty['statement']}" if honesty.get("outside") else statement
+    if honesty.get("statement"):
+        return f"{honesty['statement']} (Version {name}.) Not for diagnosis."
+    evaluation = Evaluation.objects.filter(pk=honesty.get("evaluation_id")).first()
+    if evaluation is None or evaluation.mean_auroc is None:
+        return f"Model version {name}, evaluated on held-out images. Not a medical device."
+    ci = evaluation.mean_auroc_ci
+    interval = f" (95 % CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
     return (
-        f"Model version {name}, mean AUROC {version.accuracy_auroc:.3f} as recorded in the registry. "
-        "Decision support for research; not a medical device."
-        if version.accuracy_auroc is not None
-        else f"Model version {name}, per-finding AUROC recorded in the registry. Not a medical device."
+        f"Model version {name}, mean AUROC {evaluation.mean_auroc:.3f}{interval} on "
+        f"{evaluation.evaluation_set} (held out). Decision support for research; not a medical device."
     )
 
 

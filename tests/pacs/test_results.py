@@ -4,7 +4,6 @@ identification, the statement for untrained and not-evaluated versions, the heat
 from __future__ import annotations
 
 import io
-from datetime import timedelta
 
 import pydicom
 import pytest
@@ -51,16 +50,35 @@ def test_it_builds_a_heatmap_secondary_capture_per_positive_finding(analysed):
         assert sc.pixel_array.shape[2] == 3 and result.finding in sc.ImageComments
 
 
-def test_it_says_when_a_trained_version_was_never_evaluated(analysed):
+def test_it_says_what_the_result_recorded_about_its_version(analysed):
+    from registry.models import NOT_EVALUATED_WARNING, Evaluation
+
     received, _ = analysed
     prediction = received.prediction
-    prediction.results_json["untrained"] = False  # in memory only: the row is append-only
+    # In memory only (the row is append-only): the honesty a trained version's result would record.
+    prediction.results_json["untrained"] = False
+    prediction.results_json["honesty"] = {"state": "not_evaluated", "statement": NOT_EVALUATED_WARNING}
+    assert model_statement(prediction).startswith("NOT EVALUATED")
+    evaluation = Evaluation.objects.create(
+        version=prediction.model,
+        evaluation_set="held-out set",
+        set_sha256="0" * 64,
+        n_images=200,
+        per_class={},
+        mean_auroc=0.8123,
+        mean_auroc_low=0.77,
+        mean_auroc_high=0.85,
+    )
+    prediction.results_json["honesty"] = {
+        "state": "evaluated",
+        "statement": None,
+        "evaluation_id": evaluation.pk,
+    }
+    assert "mean AUROC 0.812 (95 % CI 0.770-0.850) on held-out set" in model_statement(prediction)
     prediction.model.untrained = False
-    assert model_statement(prediction).startswith("NOT EVALUATED")
-    prediction.model.accuracy_auroc = 0.8123  # a number typed in at registration is not an evaluation
-    assert model_statement(prediction).startswith("NOT EVALUATED")
-    prediction.model.evaluated_at = prediction.created_at - timedelta(days=1)
-    assert "mean AUROC 0.812" in model_statement(prediction)
+    chance = Evaluation(evaluation_set="s", mean_auroc=0.55, mean_auroc_low=0.45, mean_auroc_high=0.65)
+    prediction.results_json["honesty"] = prediction.model.honesty(evaluation=chance)
+    assert model_statement(prediction).startswith("NOT VALIDATED")
 
 
 def test_it_retries_due_results_from_the_command_and_keeps_them_pending(analysed):
