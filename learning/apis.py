@@ -1,8 +1,9 @@
 """REST API of learning: the drift figures, the shadow comparison and an evaluation with the
 outputs behind it (so anyone can recompute its figures)."""
 
+from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -75,12 +76,20 @@ class ShadowComparisonSerializer(serializers.Serializer):
     min_positives = serializers.IntegerField()
     live_mean_auroc = serializers.JSONField(allow_null=True)
     shadow_mean_auroc = serializers.JSONField(allow_null=True)
-    latency = serializers.JSONField(help_text="{shadow, live}: {n, median_ms, p95_ms}.")
+    latency = serializers.JSONField(allow_null=True, help_text="{shadow, live}: {n, median_ms, p95_ms}.")
     findings = ShadowFindingSerializer(many=True)
 
-    def get_shadow(self, comparison) -> dict:
+    @extend_schema_field(
+        {
+            "type": "object",
+            "nullable": True,
+            "properties": {"id": {"type": "integer"}, "version_name": {"type": "string"}},
+            "description": "The shadow version; null when no version is the shadow.",
+        }
+    )
+    def get_shadow(self, comparison) -> dict | None:
         version = comparison["version"]
-        return {"id": version.pk, "version_name": version.version_name}
+        return None if version is None else {"id": version.pk, "version_name": version.version_name}
 
 
 class ShadowComparisonApi(APIView):
@@ -102,8 +111,18 @@ class ShadowComparisonApi(APIView):
 
         shadow = shadow_version_get()
         if shadow is None:
-            return Response({"shadow": None, "n_predictions": 0, "findings": []})
-        return Response(ShadowComparisonSerializer(shadow_comparison(version=shadow)).data)
+            comparison = {
+                "version": None,
+                "n_predictions": 0,
+                "min_positives": int(settings.LUNGSITE_EVAL_MIN_POSITIVES),
+                "live_mean_auroc": None,
+                "shadow_mean_auroc": None,
+                "latency": None,
+                "findings": [],
+            }
+        else:
+            comparison = shadow_comparison(version=shadow)
+        return Response(ShadowComparisonSerializer(comparison).data)
 
 
 class EvaluationSerializer(serializers.ModelSerializer):
