@@ -1,6 +1,8 @@
-"""From a model's probabilities to the result returned with a prediction and kept in the log: each
-finding's threshold and whether it is positive, the version that produced it, and what every output
-of it must say about that version (its honesty statement, as it stood when the result was made)."""
+"""From a model's outputs to the result returned with a prediction and kept in the log: each
+finding's served score (calibrated where the version has a calibration), its threshold and whether
+it is positive, the version that produced it, what every output of it must say about that version
+(its honesty statement, with the evaluation in force, as it stood when the result was made), how
+far the image lies from what that evaluation measured, and what kind of input it was."""
 
 from __future__ import annotations
 
@@ -12,10 +14,22 @@ if TYPE_CHECKING:
     from registry.models import ModelVersion
 
 
-def results_json(*, version: ModelVersion, probabilities: np.ndarray) -> dict:
-    """The result as returned to the caller and kept in the log (findings in model output order)."""
+def results_json(
+    *,
+    version: ModelVersion,
+    probabilities: np.ndarray,
+    calibrated: list[bool] | None = None,
+    honesty: dict | None = None,
+    ood: dict | None = None,
+    input_facts: dict | None = None,
+) -> dict:
+    """The result as returned to the caller and kept in the log (findings in model output order).
+    `probabilities` are the served scores; `calibrated[k]` says whether finding k's is a calibrated
+    probability (else it is a score); `honesty` is version.honesty() for this image (looked up when
+    not given)."""
+    calibrated = calibrated if calibrated is not None else [False] * len(version.class_names)
     findings = []
-    for name, probability in zip(version.class_names, probabilities, strict=True):
+    for name, probability, is_calibrated in zip(version.class_names, probabilities, calibrated, strict=True):
         threshold = version.threshold_for(name)
         probability = float(probability)
         findings.append(
@@ -24,9 +38,10 @@ def results_json(*, version: ModelVersion, probabilities: np.ndarray) -> dict:
                 "probability": probability,
                 "threshold": threshold,
                 "positive": probability >= threshold,
+                "calibrated": bool(is_calibrated),
             }
         )
-    return {
+    result = {
         "model": {
             "id": version.pk,
             "version_name": version.version_name,
@@ -35,5 +50,15 @@ def results_json(*, version: ModelVersion, probabilities: np.ndarray) -> dict:
         },
         "findings": findings,
         "untrained": bool(version.untrained),
-        "honesty": version.honesty(),
+        "honesty": honesty if honesty is not None else version.honesty(ood=ood),
+        "calibration": {
+            "calibrated": any(calibrated),
+            "method": (version.calibration or {}).get("method") if any(calibrated) else None,
+            "fitted_at": (version.calibration or {}).get("fitted_at") if any(calibrated) else None,
+        },
     }
+    if ood is not None:
+        result["ood"] = ood
+    if input_facts is not None:
+        result["input"] = input_facts
+    return result

@@ -10,11 +10,16 @@ One analysis, in order:
  3. DICOM checks  in the same child, from the header before the pixels (engine.dicom_checks):
                   burned-in annotation, frontal chest (modality CR/DX, body part, view); fail closed
  4. model         registry.cache.get_active: 503 `no_model` when nothing can serve
- 5. forward       engine.pipeline: one pass gives the scores and every finding's heatmap; outputs
-                  that are not finite withdraw the version (503 `model_output_not_finite`)
+ 5. forward       engine.pipeline: one pass gives the scores, every finding's heatmap and the
+                  pooled features; outputs that are not finite withdraw the version (503
+                  `model_output_not_finite`)
+ 5b. assessment   `assess`: the version's calibration applied (learning.calibration, the one
+                  place serving calibrates), the evaluation in force, the image's distance from
+                  what it measured (learning.ood; with LUNGSITE_OOD_REFUSE an input outside it is
+                  refused, 422 `outside_evaluation`), the honesty statement, the input's facts
  6. stored copy   audit.services.image_store: a PNG of the decoded pixels, never the upload
  7. audit row     audit.services.prediction_log, with the result of analysis.results (findings,
-                  version, honesty statement as it stands now)
+                  version, honesty statement and evaluation in force as they stand now)
  8. shadow        learning.shadow.shadow_submit, off the caller's path (single analyses only)
 
 Every refusal and outage is a common.errors.LungsiteError raised where it is found; nothing is
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -41,14 +47,19 @@ from audit.models import Prediction
 from audit.services import StoredUpload, image_discard, image_store, prediction_log
 from common.errors import LungsiteError, NonFiniteOutput, Refused
 from engine import decode_pool
-from engine.pipeline import predict, predict_batch, preprocess
+from engine.input_facts import input_facts
+from engine.pipeline import PredictionOutput, predict, predict_batch, preprocess
+from learning.calibration import calibration_apply
+from learning.ood import ood_assess
 from learning.shadow import shadow_submit
 from registry.cache import ServingModel, get_active, model_withdraw
-from registry.models import DEFAULT_PREPROCESSING
+from registry.models import DEFAULT_PREPROCESSING, LOOK_UP
 
 if TYPE_CHECKING:
     import numpy as np
     from django.contrib.auth.models import AbstractBaseUser
+
+logger = logging.getLogger(__name__)
 
 SOURCES = (Prediction.SOURCE_WEB, Prediction.SOURCE_API, Prediction.SOURCE_PACS, Prediction.SOURCE_BATCH)
 
@@ -146,6 +157,52 @@ def _withdrawn(serving: ServingModel, exc: NonFiniteOutput) -> NonFiniteOutput:
 
 
 # --------------------------------------------------------------------------------------------
+# Step 5b: the assessment
+
+
+def assess(
+    *,
+    serving: ServingModel,
+    output: PredictionOutput,
+    data: bytes,
+    image: np.ndarray,
+    evaluation=LOOK_UP,
+) -> dict:
+    """Step 5b: the result of one forward pass as it will be returned and logged
+    (analysis.results.results_json): the served scores (the version's calibration applied, where
+    it has one), the evaluation in force (`evaluation`, looked up when not given), the image's
+    distance from the features that evaluation measured, the honesty statement that follows, and
+    the input's facts. Raises Refused (422 `outside_evaluation`) for an input outside what the
+    version was evaluated on when LUNGSITE_OOD_REFUSE is on."""
+    version = serving.version
+    scores, calibrated = calibration_apply(version.calibration, version.class_names, output.probabilities)
+    if evaluation is LOOK_UP:
+        evaluation = version.evaluation_in_force()
+    try:
+        ood = ood_assess(evaluation=evaluation, features=output.features)
+    except Exception:  # noqa: BLE001 - the result is still returned, without the mark; logged
+        logger.exception("out-of-distribution distance of an image failed for %s", version.version_name)
+        ood = None
+    if ood is not None and ood["outside"] and settings.LUNGSITE_OOD_REFUSE:
+        raise Refused(
+            f"This image lies outside what model version {version.version_name} was evaluated on (feature "
+            f"distance {ood['distance']:.1f}, threshold {ood['threshold']:.1f}): it may not be an adult "
+            "frontal chest radiograph like the images of its evaluation. This site refuses such inputs; "
+            "nothing was recorded.",
+            code="outside_evaluation",
+            status=422,
+        )
+    return results_json(
+        version=version,
+        probabilities=scores,
+        calibrated=calibrated,
+        honesty=version.honesty(evaluation=evaluation, ood=ood),
+        ood=ood,
+        input_facts=input_facts(data, image),
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # Steps 6-7: the record
 
 
@@ -177,6 +234,7 @@ def _record(
     image: np.ndarray,
     serving: ServingModel,
     output,
+    results: dict,
     storing: Future,
     user: AbstractBaseUser | None,
     source: str,
@@ -195,7 +253,7 @@ def _record(
                 version=version,
                 data=case.data,
                 image=image,
-                results=results_json(version=version, probabilities=output.probabilities),
+                results=results,
                 cams=output.cams,
                 image_sha256=image_sha256,
                 user=user,
@@ -238,6 +296,7 @@ def analyse(
     storing = _storage_pool().submit(_store, data, image)
     try:
         output = predict(serving.model, _tensor(serving, image))
+        results = assess(serving=serving, output=output, data=data, image=image)
     except NonFiniteOutput as exc:
         _discard_when_stored(storing)
         raise _withdrawn(serving, exc) from exc
@@ -250,6 +309,7 @@ def analyse(
         image=image,
         serving=serving,
         output=output,
+        results=results,
         storing=storing,
         user=user,
         source=source,
@@ -269,8 +329,9 @@ def analyse_batch(
 ) -> list[Prediction | LungsiteError | None]:
     """Analyses several images with one forward pass, each through the same steps as `analyse`.
     Returns one outcome per case, in order: its Prediction; the Refused error of an input that
-    failed steps 1-3; the NonFiniteOutput error when the version gave non-finite outputs (it is
-    withdrawn); or None when the case's `claim` declined it. Raises Unavailable (no model,
+    failed steps 1-3 (or 5b: outside what the version was evaluated on); the NonFiniteOutput error
+    when the version gave non-finite outputs (it is withdrawn); or None when the case's `claim`
+    declined it. Raises Unavailable (no model,
     storage or database down) for the batch: what was logged before stays logged."""
     started = time.perf_counter()
     outcomes: list[Prediction | LungsiteError | None] = [None] * len(cases)
@@ -300,13 +361,27 @@ def analyse_batch(
                 outcomes[i] = error
             return outcomes
         storing = {i: pool.submit(_store, cases[i].data, images[i]) for i in order}
+        evaluation = serving.version.evaluation_in_force()  # one look-up for the batch
         try:
             for i, output in zip(order, outputs, strict=True):
+                try:
+                    results = assess(
+                        serving=serving,
+                        output=output,
+                        data=cases[i].data,
+                        image=images[i],
+                        evaluation=evaluation,
+                    )
+                except Refused as exc:
+                    _discard_when_stored(storing.pop(i))
+                    outcomes[i] = exc
+                    continue
                 outcomes[i] = _record(
                     case=cases[i],
                     image=images[i],
                     serving=serving,
                     output=output,
+                    results=results,
                     storing=storing.pop(i),
                     user=user,
                     source=source,

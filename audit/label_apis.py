@@ -20,7 +20,11 @@ CanViewPredictions = has_perm("audit.view_prediction")
 
 
 class MarkSerializer(serializers.Serializer):
-    finding = TextField(max_length=100)
+    finding = TextField(
+        max_length=100,
+        help_text="A finding of the prediction, by its name or a synonym the label tables accept "
+        "(case, spaces, hyphens and underscores ignored; e.g. 'Pleural Effusion' for Effusion).",
+    )
     value = serializers.ChoiceField(choices=[value for value, _ in FindingLabel.VALUE_CHOICES])
 
 
@@ -30,6 +34,7 @@ class LabelOutputSerializer(serializers.Serializer):
     value = serializers.CharField()
     user = serializers.CharField(source="user.get_username")
     created_at = serializers.DateTimeField()
+    after_model_output = serializers.BooleanField()
 
 
 class LabelsOutputSerializer(serializers.Serializer):
@@ -45,6 +50,12 @@ class PredictionLabelsApi(APIView):
 
     class InputSerializer(serializers.Serializer):
         labels = MarkSerializer(many=True, allow_empty=False)
+        after_model_output = serializers.BooleanField(
+            default=True,
+            help_text="False only when the reader marked the findings without having seen this "
+            "prediction's output (e.g. a blinded read entered afterwards). Training reports how many "
+            "of its labels were given after seeing the output.",
+        )
 
     def _prediction(self, request, pk: int) -> Prediction:
         try:
@@ -81,5 +92,10 @@ class PredictionLabelsApi(APIView):
         given.is_valid(raise_exception=True)
         marks = {mark["finding"]: mark["value"] for mark in given.validated_data["labels"]}
         # LabelRefused is a common.errors.Refused: the API's handler answers it 400 `invalid`.
-        label_services.finding_labels_add(prediction=prediction, marks=marks, user=request.user)
+        label_services.finding_labels_add(
+            prediction=prediction,
+            marks=marks,
+            user=request.user,
+            after_model_output=given.validated_data["after_model_output"],
+        )
         return Response(self._body(prediction), status=status.HTTP_201_CREATED)

@@ -202,6 +202,11 @@ class FindingLabel(models.Model):
     value = models.CharField(max_length=8, choices=VALUE_CHOICES)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    after_model_output = models.BooleanField(
+        default=True,
+        help_text="Given after seeing the model's output (the result page always shows it): such a mark "
+        "may lean towards what the model said, and training says how many of its labels were such.",
+    )
 
     objects = FindingLabelQuerySet.as_manager()
 

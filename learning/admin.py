@@ -1,12 +1,12 @@
-"""Learning's part of the admin: the evaluation block of a version (per-class AUROC with
-positives/negatives, set and date, ROC curves as a PNG, the model card), the actions "Train from
-this version", "Set as shadow" and "Activate with a written reason", the shadow comparison page,
-and the TrainingRun and Evaluation lists. The registry's ModelVersionAdmin is registered again here
+"""Learning's part of the admin: the evaluation block of a version (the evaluation in force:
+per-class AUROC with its 95 % interval and positives/negatives, "not evaluable" findings, the mean
+with its interval, calibration, subgroups, the out-of-distribution threshold; ROC curves and
+reliability diagrams as PNG; the model card), the actions "Train from this version", "Set as
+shadow" and "Activate with a written reason", the shadow comparison page, and the TrainingRun and
+Evaluation lists. The registry's ModelVersionAdmin is registered again here
 with these added, so the registry app knows nothing of learning."""
 
 from __future__ import annotations
-
-import io
 
 from django import forms
 from django.contrib import admin, messages
@@ -28,70 +28,11 @@ EVALUATION_FIELDS = (
     "honesty",
     "evaluation_summary",
     "roc_curves",
+    "calibration_summary",
     "model_card_text",
     "shadow_status",
     "training_runs_list",
 )
-
-
-def roc_png(evaluation: Evaluation, *, size: int = 480) -> bytes:
-    """ROC curves of every class of `evaluation` (from its stored labels and scores), drawn with
-    Pillow: one polyline per class on a unit square, the chance diagonal dashed."""
-    import numpy as np
-    from PIL import Image, ImageDraw, ImageFont
-    from sklearn.metrics import roc_curve
-
-    margin, legend = 56, 190
-    image = Image.new("RGB", (size + legend, size), "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default(size=13)
-    side = size - 2 * margin
-
-    def xy(fpr: float, tpr: float) -> tuple[float, float]:
-        return margin + fpr * side, size - margin - tpr * side
-
-    draw.rectangle([xy(0, 1), xy(1, 0)], outline="black")
-    for t in range(0, 11):
-        x0, y0 = xy(t / 10, 0)
-        draw.line([(x0, y0), (x0, y0 + 4)], fill="black")
-        draw.line([xy(0, t / 10), (margin - 4, xy(0, t / 10)[1])], fill="black")
-        if t % 2 == 0:  # numbers every 0.2, on both axes
-            draw.text((x0, y0 + 6), f"{t / 10:.1f}", fill="black", font=font, anchor="mt")
-            draw.text((margin - 7, xy(0, t / 10)[1]), f"{t / 10:.1f}", fill="black", font=font, anchor="rm")
-    for t in range(0, 20, 2):
-        draw.line([xy(t / 20, t / 20), xy((t + 1) / 20, (t + 1) / 20)], fill="grey")
-    axes = {"fill": "black", "font": font}
-    draw.text((margin + side / 2, size - 12), "false positive rate (1 - specificity)", **axes, anchor="ms")
-    draw.text((margin, margin - 14), "true positive rate (sensitivity)", **axes, anchor="ls")
-    outputs = evaluation.outputs or {}
-    names = outputs.get("class_names", [])
-    labels = np.array(outputs.get("labels", []), dtype=float)
-    scores = np.array(outputs.get("scores", []), dtype=float)
-    palette = [
-        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-        "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39",
-    ]  # fmt: skip
-    row = 0
-    for k, name in enumerate(names):
-        if labels.size == 0:
-            break
-        known = ~np.isnan(labels[:, k])
-        y, s = labels[known, k], scores[known, k]
-        if not ((y == 1).any() and (y == 0).any()):
-            continue
-        fpr, tpr, _ = roc_curve(y, s)
-        colour = palette[k % len(palette)]
-        draw.line([xy(f, t) for f, t in zip(fpr, tpr, strict=True)], fill=colour, width=2)
-        auroc = (evaluation.per_class.get(name) or {}).get("auroc")
-        text = f"{name} {auroc:.2f}" if auroc is not None else name
-        draw.line(
-            [(size + 5, margin + row * 16 + 6), (size + 25, margin + row * 16 + 6)], fill=colour, width=3
-        )
-        draw.text((size + 30, margin + row * 16), text, fill="black", font=font)
-        row += 1
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class TrainForm(forms.Form):
@@ -145,40 +86,104 @@ class EvaluationAdminMixin:
         warning = obj.honesty_warning()
         return format_html('<strong class="lungsite-warning">{}</strong>', warning) if warning else "-"
 
-    @admin.display(description="evaluation")
+    @admin.display(description="evaluation in force")
     def evaluation_summary(self, obj):
-        if obj.evaluated_at is None:
-            return "Not evaluated: run manage.py evaluate_model (or train_model, which evaluates)."
+        evaluation = obj.evaluation_in_force() if obj.pk else None
+        if evaluation is None:
+            others = obj.evaluations.exclude(kind=Evaluation.HELD_OUT).count() if obj.pk else 0
+            extra = (
+                f" ({others} validation or in-sample evaluation(s), which never speak for it)"
+                if others
+                else ""
+            )
+            return (
+                "Not evaluated on held-out images: run manage.py evaluate_model on images it was not "
+                f"trained on (train_model evaluates its test split){extra}."
+            )
+
+        def auroc(entry):
+            if entry.get("auroc") is None:
+                return format_html(
+                    "<em>not evaluable</em>: {}", entry.get("reason") or "no positives or negatives"
+                )
+            ci = entry.get("ci")
+            return f"{entry['auroc']:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+
         rows = format_html_join(
             "",
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (
-                (
-                    name,
-                    "-" if auroc is None else f"{auroc:.3f}",
-                    (obj.per_class_counts or {}).get(name, {}).get("positives", "?"),
-                    (obj.per_class_counts or {}).get(name, {}).get("negatives", "?"),
-                )
-                for name, auroc in (obj.per_class_auroc or {}).items()
+                (name, auroc(entry), entry.get("positives", "?"), entry.get("negatives", "?"))
+                for name, entry in (evaluation.per_class or {}).items()
             ),
         )
-        mean = "-" if obj.accuracy_auroc is None else f"{obj.accuracy_auroc:.3f}"
+        ci = evaluation.mean_auroc_ci
+        mean = "-" if evaluation.mean_auroc is None else f"{evaluation.mean_auroc:.3f}"
+        if ci:
+            mean += f" (95 % CI {ci[0]:.3f}-{ci[1]:.3f})"
+        settings_used = (evaluation.details or {}).get("settings", {})
+        gaps = [
+            f"{attribute}: {' vs '.join(gap['groups'])} differ by {gap['difference']:+.3f} "
+            f"(95 % CI {gap['ci'][0]:+.3f} to {gap['ci'][1]:+.3f})"
+            for attribute, report in ((evaluation.details or {}).get("subgroups") or {}).items()
+            for gap in report.get("gaps", [])
+            if gap.get("flagged")
+        ]
+        notes = list((evaluation.details or {}).get("notes") or [])
         return format_html(
-            "<p>{} · {} · mean AUROC {}</p><table><tr><th>finding</th><th>AUROC</th><th>positives</th>"
-            "<th>negatives</th></tr>{}</table>",
-            obj.evaluation_set,
-            obj.evaluated_at.strftime("%Y-%m-%d %H:%M UTC"),
+            "<p>Evaluation {} ({}) · {} · {} · mean AUROC {} over {} evaluable finding(s); intervals: "
+            "{}, {} rounds by {}; not evaluable below {} positives or negatives.</p>"
+            "<table><tr><th>finding</th><th>AUROC (95 % CI)</th><th>positives</th><th>negatives</th></tr>"
+            "{}</table><p>Subgroup gaps larger than their intervals: {}</p>"
+            "<p>Out-of-distribution threshold: {}</p><p>{}</p>"
+            '<p><a href="{}">Drift of this version in use</a> · <a href="{}">JSON with outputs</a></p>',
+            evaluation.pk,
+            evaluation.get_kind_display(),
+            evaluation.evaluation_set,
+            evaluation.created_at.strftime("%Y-%m-%d %H:%M UTC"),
             mean,
+            (evaluation.details or {}).get("settings", {})
+            and sum(bool(e.get("evaluable")) for e in (evaluation.per_class or {}).values()),
+            settings_used.get("interval", "-"),
+            settings_used.get("bootstrap_rounds", "-"),
+            settings_used.get("resampling", "-"),
+            settings_used.get("min_positives", "-"),
             rows,
+            "; ".join(gaps) or "none",
+            "-" if evaluation.ood_threshold is None else f"{evaluation.ood_threshold:.2f}",
+            " ".join(notes),
+            reverse("drift"),
+            reverse("api-evaluation-detail", args=[evaluation.pk]),
         )
 
     @admin.display(description="ROC curves")
     def roc_curves(self, obj):
-        evaluation = obj.evaluations.first() if obj.pk else None
+        evaluation = (obj.evaluation_in_force() or obj.evaluations.first()) if obj.pk else None
         if evaluation is None:
             return "-"
         url = reverse("admin:registry_modelversion_roc", args=[evaluation.pk])
-        return format_html('<img src="{}" alt="ROC curves of {}" width="670">', url, obj.version_name)
+        return format_html('<img src="{}" alt="ROC curves of {}" width="760">', url, obj.version_name)
+
+    @admin.display(description="calibration")
+    def calibration_summary(self, obj):
+        evaluation = (obj.evaluation_in_force() or obj.evaluations.first()) if obj.pk else None
+        calibration = obj.calibration or {}
+        fitted = sorted(n for n, e in (calibration.get("per_class") or {}).items() if "a" in e)
+        served = (
+            f"Served calibrated ({calibration.get('method')}, fitted on {calibration.get('fitted_on')}) for: "
+            f"{', '.join(fitted)}; the other findings are served as scores."
+            if fitted
+            else "Served uncalibrated: the API calls its outputs scores, not probabilities."
+        )
+        if evaluation is None:
+            return served
+        url = reverse("admin:registry_modelversion_reliability", args=[evaluation.pk])
+        return format_html(
+            '<p>{}</p><img src="{}" alt="Reliability diagrams of {}" width="760">',
+            served,
+            url,
+            obj.version_name,
+        )
 
     @admin.display(description="model card")
     def model_card_text(self, obj):
@@ -362,16 +367,31 @@ class EvaluationAdminMixin:
                 name="registry_modelversion_roc",
             ),
             path(
+                "evaluations/<int:pk>/reliability.png",
+                self.admin_site.admin_view(self.reliability_view),
+                name="registry_modelversion_reliability",
+            ),
+            path(
                 "shadow/", self.admin_site.admin_view(self.shadow_view), name="registry_modelversion_shadow"
             ),
         ]
         return custom + super().get_urls()
 
     def roc_view(self, request, pk):
+        from learning.plots import roc_png
+
         if not self.has_view_permission(request):
             raise PermissionDenied
-        evaluation = get_object_or_404(Evaluation, pk=pk)
+        evaluation = get_object_or_404(Evaluation.objects.defer("ood_reference"), pk=pk)
         return HttpResponse(roc_png(evaluation), content_type="image/png")
+
+    def reliability_view(self, request, pk):
+        from learning.plots import reliability_png
+
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        evaluation = get_object_or_404(Evaluation.objects.defer("ood_reference"), pk=pk)
+        return HttpResponse(reliability_png(evaluation), content_type="image/png")
 
     def shadow_view(self, request):
         from learning.shadow import shadow_comparison, shadow_version_get
@@ -444,17 +464,33 @@ class TrainingRunAdmin(admin.ModelAdmin):
 
 @admin.register(Evaluation)
 class EvaluationAdmin(admin.ModelAdmin):
-    list_display = ("version", "evaluation_set", "n_images", "mean_auroc", "created_at")
+    list_display = ("version", "evaluation_set", "kind", "n_images", "mean_with_interval", "created_at")
+    list_filter = ("kind",)
     readonly_fields = (
         "version",
         "evaluation_set",
+        "kind",
         "set_sha256",
         "n_images",
         "per_class",
         "mean_auroc",
+        "mean_auroc_low",
+        "mean_auroc_high",
+        "ood_threshold",
+        "details",
         "created_at",
     )
-    exclude = ("outputs",)
+    exclude = ("outputs", "ood_reference")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("outputs", "ood_reference")
+
+    @admin.display(description="mean AUROC (95 % CI)", ordering="mean_auroc")
+    def mean_with_interval(self, obj):
+        if obj.mean_auroc is None:
+            return "not evaluable"
+        ci = obj.mean_auroc_ci
+        return f"{obj.mean_auroc:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
 
     def has_add_permission(self, request):
         return False

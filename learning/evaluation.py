@@ -147,3 +147,50 @@ def score_images(
     flush()
     probabilities = np.concatenate(rows) if rows else np.zeros((0, 0), dtype=np.float32)
     return probabilities, scored, skipped
+
+
+def evaluation_compute(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    groups: Sequence[str] | None,
+    attributes: dict[str, list] | None = None,
+    min_positives: int,
+    rounds: int,
+    seed: int = 0,
+) -> dict:
+    """Every figure of one evaluation from labels (N, K) in {0, 1, NaN} and served scores (N, K):
+    per finding AUROC with its 95 % bootstrap interval, positives and negatives, "not evaluable"
+    below `min_positives`; the mean over evaluable findings with its interval; reliability (bins,
+    ECE, Brier) per finding; subgroups where `attributes` has them. `groups` (patient per image)
+    makes the resampling patient-level; None resamples images. Returns {"per_class", "mean",
+    "calibration", "subgroups", "settings"}."""
+    from learning.calibration import reliability_per_class
+    from learning.intervals import LEVEL, auroc_intervals, bootstrap_weights
+    from learning.subgroups import subgroup_report
+
+    class_names = list(class_names)
+    by_patient = groups is not None and len(set(groups)) < len(groups)
+    groups = list(groups) if groups is not None else [str(i) for i in range(len(labels))]
+    weights = bootstrap_weights(groups, rounds=rounds, seed=seed)
+    per_class, mean = auroc_intervals(
+        labels, scores, class_names, weights=weights, min_positives=min_positives
+    )
+    return {
+        "per_class": per_class,
+        "mean": mean,
+        "calibration": reliability_per_class(labels, scores, class_names),
+        "subgroups": subgroup_report(
+            labels, scores, class_names, attributes or {}, weights=weights, min_positives=min_positives
+        ),
+        "settings": {
+            "min_positives": min_positives,
+            "bootstrap_rounds": rounds,
+            "seed": seed,
+            "level": LEVEL,
+            "interval": "percentile bootstrap",
+            "resampling": "patient" if by_patient else "image (one image per patient, or patients unknown)",
+            "patients": len(set(groups)),
+        },
+    }

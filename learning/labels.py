@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.finding_names import normalise
+
 FORMATS = ("auto", "nih", "chexpert", "onehot")
 UNCERTAIN_POLICIES = ("ignore", "positive", "negative")
 
@@ -51,9 +53,6 @@ NIH_LABELS = (
     "Hernia",
 )
 NO_FINDING = "nofinding"
-
-# Same finding, different names across datasets (keys and values in normalised form).
-_SYNONYMS = {"pleuraleffusion": "effusion", "infiltrate": "infiltration", "infiltrates": "infiltration"}
 
 # Columns that describe the image or patient rather than a finding: never reported as unmapped.
 _METADATA = {
@@ -93,12 +92,6 @@ class LabelError(Exception):
     """A label table that cannot be read; the message says what was wrong."""
 
 
-def normalise(name: str) -> str:
-    """The form names are compared in: lower case without spaces, hyphens or underscores."""
-    key = re.sub(r"[\s_\-]+", "", str(name).strip().lower())
-    return _SYNONYMS.get(key, key)
-
-
 @dataclass
 class MappingReport:
     """What a label table gave: `mapped` source name -> model class, `unmapped` source names (with
@@ -114,6 +107,8 @@ class MappingReport:
     missing_images: list[str] = field(default_factory=list)
     uncertain_marks: int = 0
     patient_source: str = ""
+    marks_after_model_output: int = 0
+    marks_blinded: int = 0
 
     def as_dict(self) -> dict:
         return {
@@ -128,6 +123,14 @@ class MappingReport:
             "missing_examples": self.missing_images[:5],
             "uncertain_marks": self.uncertain_marks,
             "patient_source": self.patient_source,
+            **(
+                {
+                    "marks_after_model_output": self.marks_after_model_output,
+                    "marks_blinded": self.marks_blinded,
+                }
+                if self.label_format == "feedback"
+                else {}
+            ),
         }
 
 
@@ -143,6 +146,12 @@ class LabelTable:
     patients: list[str]
     report: MappingReport
     source: str = ""
+    # Per image, what the table says of the patient and view, for subgroup figures (None: not
+    # given): {"sex": "F" | "M", "age": "0-17" | "18-39" | "40-59" | "60+", "view": "PA" | "AP" |
+    # "LATERAL"}. Only the attributes the table has a column for are present.
+    attributes: dict[str, list] = field(default_factory=dict)
+    # Per image, for feedback labels: True when the mark was given after seeing the model's output.
+    after_model_output: list[bool] | None = None
 
     @property
     def labelled(self) -> list[bool]:
@@ -157,6 +166,10 @@ class LabelTable:
             patients=[self.patients[i] for i in indexes],
             report=self.report,
             source=self.source,
+            attributes={key: [values[i] for i in indexes] for key, values in self.attributes.items()},
+            after_model_output=None
+            if self.after_model_output is None
+            else [self.after_model_output[i] for i in indexes],
         )
 
     def set_sha256(self) -> str:
@@ -172,6 +185,8 @@ class LabelTable:
     @classmethod
     def concatenate(cls, tables: Sequence[LabelTable]) -> LabelTable:
         first = tables[0]
+        keys = sorted({key for t in tables for key in t.attributes})
+        flagged = any(t.after_model_output is not None for t in tables)
         return cls(
             paths=[p for t in tables for p in t.paths],
             labels=np.concatenate([t.labels for t in tables]),
@@ -179,6 +194,12 @@ class LabelTable:
             patients=[p for t in tables for p in t.patients],
             report=first.report,
             source=" + ".join(t.source for t in tables),
+            attributes={
+                key: [v for t in tables for v in t.attributes.get(key, [None] * len(t.paths))] for key in keys
+            },
+            after_model_output=[v for t in tables for v in (t.after_model_output or [False] * len(t.paths))]
+            if flagged
+            else None,
         )
 
 
@@ -257,6 +278,7 @@ def read_label_table(
             f"None of the {len(names)} images of {csv_path.name} is in {images_dir} "
             f"(first: {names[0] if names else '-'})."
         )
+    attributes = row_attributes(rows, columns)
     return LabelTable(
         paths=paths,
         labels=labels[keep],
@@ -264,7 +286,59 @@ def read_label_table(
         patients=[patients[i] for i in keep],
         report=report,
         source=f"{csv_path.name} ({label_format})",
+        attributes={key: [values[i] for i in keep] for key, values in attributes.items()},
     )
+
+
+# Columns that carry sex, age and view, as NIH, CheXpert and one-hot tables name them (normalised).
+_SEX_COLUMNS = ("patientgender", "sex", "gender", "patientsex")
+_AGE_COLUMNS = ("patientage", "age")
+_VIEW_COLUMNS = ("viewposition", "view", "ap/pa", "frontal/lateral")
+
+
+def age_band(text: str | None) -> str | None:
+    """An age in years (NIH's "061Y" and plain numbers alike) as its band, or None."""
+    match = re.match(r"\s*(\d+(?:\.\d+)?)", str(text or ""))
+    if not match:
+        return None
+    age = float(match.group(1))
+    if age < 18:
+        return "0-17"
+    return "18-39" if age < 40 else "40-59" if age < 60 else "60+"
+
+
+def _sex(text: str | None) -> str | None:
+    value = str(text or "").strip().upper()[:1]
+    return value if value in ("F", "M") else None
+
+
+def _view(row: dict, by_key: dict[str, str]) -> str | None:
+    if (
+        "frontal/lateral" in by_key
+        and (row.get(by_key["frontal/lateral"]) or "").strip().lower() == "lateral"
+    ):
+        return "LATERAL"
+    for key in ("viewposition", "view", "ap/pa"):
+        if key in by_key:
+            value = (row.get(by_key[key]) or "").strip().upper()
+            if value in ("PA", "AP", "LATERAL", "LL", "RL"):
+                return "LATERAL" if value in ("LL", "RL") else value
+    return None
+
+
+def row_attributes(rows: list[dict], columns: Sequence[str]) -> dict[str, list]:
+    """Per row, sex, age band and view where the table has such columns (see LabelTable)."""
+    by_key = {normalise(c): c for c in columns}
+    sex = next((by_key[k] for k in _SEX_COLUMNS if k in by_key), None)
+    age = next((by_key[k] for k in _AGE_COLUMNS if k in by_key), None)
+    result: dict[str, list] = {}
+    if sex:
+        result["sex"] = [_sex(row.get(sex)) for row in rows]
+    if age:
+        result["age"] = [age_band(row.get(age)) for row in rows]
+    if any(k in by_key for k in _VIEW_COLUMNS):
+        result["view"] = [_view(row, by_key) for row in rows]
+    return result
 
 
 class _ImageFinder:
@@ -422,11 +496,16 @@ class StoredImage:
         return f"xray_images:{self.name}"
 
 
-def feedback_label_table(class_names: Sequence[str], *, unsure: str = "ignore") -> LabelTable | None:
+def feedback_label_table(
+    class_names: Sequence[str], *, unsure: str = "ignore", blinded_only: bool = False
+) -> LabelTable | None:
     """The feedback-labelled predictions of the audit log as a label table: the latest mark per
     (prediction, finding); present 1, absent 0, unsure as `unsure` (ignore / positive / negative);
     findings nobody marked stay unlabelled. No patient data is stored, so each distinct image
-    (its sha256) is its own group in a split. None when there is no feedback."""
+    (its sha256) is its own group in a split. Each image says whether any of its marks was given
+    after seeing the model's output (`after_model_output`, counted in the report: such labels may
+    lean towards what the model said); `blinded_only` leaves those marks out. None when there is
+    no feedback."""
     from audit.label_selectors import finding_labels_latest
 
     if unsure not in UNCERTAIN_POLICIES:
@@ -436,6 +515,12 @@ def feedback_label_table(class_names: Sequence[str], *, unsure: str = "ignore") 
     by_prediction: dict[int, dict] = {}
     unmapped: Counter[str] = Counter()
     for mark in finding_labels_latest():
+        if mark.after_model_output:
+            report.marks_after_model_output += 1
+            if blinded_only:
+                continue
+        else:
+            report.marks_blinded += 1
         k = index.get(normalise(mark.finding))
         if k is None:
             unmapped[mark.finding] += 1
@@ -443,8 +528,14 @@ def feedback_label_table(class_names: Sequence[str], *, unsure: str = "ignore") 
         report.mapped[mark.finding] = class_names[k]
         entry = by_prediction.setdefault(
             mark.prediction_id,
-            {"image": mark.prediction.image_url, "sha": mark.prediction.image_sha256, "labels": {}},
+            {
+                "image": mark.prediction.image_url,
+                "sha": mark.prediction.image_sha256,
+                "labels": {},
+                "after": False,
+            },
         )
+        entry["after"] = entry["after"] or mark.after_model_output
         value = {"present": 1.0, "absent": 0.0}.get(mark.value)
         if value is None:
             report.uncertain_marks += 1
@@ -454,10 +545,11 @@ def feedback_label_table(class_names: Sequence[str], *, unsure: str = "ignore") 
     if not by_prediction:
         return None
     labels = np.full((len(by_prediction), len(class_names)), np.nan)
-    paths, patients = [], []
+    paths, patients, after = [], [], []
     for i, entry in enumerate(by_prediction.values()):
         paths.append(StoredImage(entry["image"]))
         patients.append(entry["sha"])
+        after.append(entry["after"])
         for k, value in entry["labels"].items():
             labels[i, k] = value
     report.rows = len(paths)
@@ -468,5 +560,6 @@ def feedback_label_table(class_names: Sequence[str], *, unsure: str = "ignore") 
         class_names=list(class_names),
         patients=patients,
         report=report,
-        source="audit log feedback",
+        source="audit log feedback" + (" (blinded marks only)" if blinded_only else ""),
+        after_model_output=after,
     )

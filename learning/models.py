@@ -58,3 +58,29 @@ class ShadowPrediction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.version} on prediction {self.prediction_id}"
+
+
+class TrainingImage(models.Model):
+    """An image a version was trained on or tuned on (its validation split chose the epoch,
+    thresholds and calibration), by the sha256 of its decoded pixels: so the same picture in
+    another file format is still recognised. evaluate_model leaves such images out of an evaluation
+    (or, when asked to keep them, marks the evaluation "in sample"); a version trained from another
+    inherits the other's images."""
+
+    TRAIN, VALIDATION = "train", "validation"
+    SPLIT_CHOICES = [(TRAIN, "Training"), (VALIDATION, "Validation")]
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="training_images")
+    pixel_sha256 = models.CharField(max_length=64)
+    split = models.CharField(max_length=12, choices=SPLIT_CHOICES)
+
+    class Meta:
+        db_table = "model_training_images"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["version", "pixel_sha256"], name="training_image_once_per_version"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.pixel_sha256[:12]} ({self.split}) of {self.version}"

@@ -126,16 +126,17 @@ def _model_for(version: ModelVersion):
 
 
 def shadow_run(*, prediction_id: int, version_id: int, image: np.ndarray) -> ShadowPrediction:
-    """Scores the image with the shadow version and stores the outputs (idempotent per prediction)."""
+    """Scores the image with the shadow version, its calibration applied as serving would, and
+    stores the outputs (idempotent per prediction)."""
     from engine.pipeline import predict, preprocess
+    from learning.calibration import calibration_apply
     from registry.models import DEFAULT_PREPROCESSING
 
     version = ModelVersion.objects.get(pk=version_id)
     started = time.perf_counter()
     output = predict(_model_for(version), preprocess(image, version.preprocessing or DEFAULT_PREPROCESSING))
-    probabilities = {
-        name: round(float(p), 6) for name, p in zip(version.class_names, output.probabilities, strict=True)
-    }
+    served, _ = calibration_apply(version.calibration, version.class_names, output.probabilities)
+    probabilities = {name: round(float(p), 6) for name, p in zip(version.class_names, served, strict=True)}
     shadow, _ = ShadowPrediction.objects.get_or_create(
         prediction_id=prediction_id,
         version=version,
@@ -144,51 +145,107 @@ def shadow_run(*, prediction_id: int, version_id: int, image: np.ndarray) -> Sha
     return shadow
 
 
+def _latency(values: list[float]) -> dict:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"n": 0, "median_ms": None, "p95_ms": None}
+    return {
+        "n": len(values),
+        "median_ms": round(float(np.median(values)), 1),
+        "p95_ms": round(float(np.percentile(values, 95)), 1),
+    }
+
+
 def shadow_comparison(*, version: ModelVersion) -> dict:
-    """Shadow `version` against the versions that served the same predictions: per finding, how often
-    both call it the same (positive at their own thresholds), and the AUROC of each on the
-    predictions that have a feedback label for it (present 1, absent 0; unsure left out)."""
+    """Shadow `version` against the versions that served the same predictions, per finding: how
+    many predictions both scored; how often both call it the same (positive at their own
+    thresholds) with its Wilson interval; Cohen's kappa of the two calls with a bootstrap interval
+    (resampling predictions); the AUROC of each, with intervals, on the predictions that have a
+    present/absent feedback mark for it (not evaluable below LUNGSITE_EVAL_MIN_POSITIVES); and the
+    latency of each (median and 95th percentile, ms)."""
     from audit.label_selectors import finding_labels_by_prediction
-    from learning.evaluation import per_class_auroc
+    from learning.intervals import (
+        auroc_intervals,
+        bootstrap_weights,
+        percentile_interval,
+        proportion_interval,
+        weighted_kappa,
+    )
 
     rows = list(ShadowPrediction.objects.filter(version=version).select_related("prediction"))
     labels_of = finding_labels_by_prediction([row.prediction_id for row in rows])
     names = list(version.class_names)
-    agree = dict.fromkeys(names, 0)
-    compared = dict.fromkeys(names, 0)
-    labels = np.full((len(rows), len(names)), np.nan)
-    live_scores = np.full((len(rows), len(names)), np.nan)
-    shadow_scores = np.full((len(rows), len(names)), np.nan)
+    n = len(rows)
+    labels = np.full((n, len(names)), np.nan)
+    live_scores = np.full((n, len(names)), np.nan)
+    shadow_scores = np.full((n, len(names)), np.nan)
+    live_calls = np.zeros((n, len(names)), dtype=bool)
+    shadow_calls = np.zeros((n, len(names)), dtype=bool)
     for i, row in enumerate(rows):
         live = {f["name"]: f for f in (row.prediction.results_json or {}).get("findings", [])}
         marks = labels_of.get(row.prediction_id, {})
         for k, name in enumerate(names):
             if name not in live or name not in row.probabilities:
                 continue
-            shadow_p = row.probabilities[name]
-            compared[name] += 1
-            agree[name] += int(bool(live[name]["positive"]) == (shadow_p >= version.threshold_for(name)))
-            live_scores[i, k], shadow_scores[i, k] = live[name]["probability"], shadow_p
+            live_scores[i, k], shadow_scores[i, k] = live[name]["probability"], row.probabilities[name]
+            live_calls[i, k] = bool(live[name]["positive"])
+            shadow_calls[i, k] = row.probabilities[name] >= version.threshold_for(name)
             value = {"present": 1.0, "absent": 0.0}.get(marks.get(name))
             if value is not None:
                 labels[i, k] = value
     usable = ~np.isnan(live_scores)
     labels = np.where(usable, labels, np.nan)
-    live_auroc = per_class_auroc(labels, np.nan_to_num(live_scores), names)
-    shadow_auroc = per_class_auroc(labels, np.nan_to_num(shadow_scores), names)
+    rounds = int(getattr(settings, "LUNGSITE_BOOTSTRAP_ROUNDS", 1000))
+    minimum = int(getattr(settings, "LUNGSITE_EVAL_MIN_POSITIVES", 10))
+    weights = (
+        bootstrap_weights([str(row.prediction_id) for row in rows], rounds=rounds, seed=0) if n else None
+    )
+    if n:
+        live_auroc, live_mean = auroc_intervals(
+            labels, np.nan_to_num(live_scores), names, weights=weights, min_positives=minimum
+        )
+        shadow_auroc, shadow_mean = auroc_intervals(
+            labels, np.nan_to_num(shadow_scores), names, weights=weights, min_positives=minimum
+        )
+    findings = []
+    for k, name in enumerate(names):
+        compared = int(usable[:, k].sum())
+        entry = {"name": name, "compared": compared, "agreement": None, "agreement_ci": None}
+        entry |= {"kappa": None, "kappa_ci": None}
+        if compared:
+            both = usable[:, k]
+            agree = int((live_calls[both, k] == shadow_calls[both, k]).sum())
+            kappa_rounds = weighted_kappa(live_calls[both, k], shadow_calls[both, k], weights[:, both])
+            kappa = float(
+                weighted_kappa(live_calls[both, k], shadow_calls[both, k], np.ones((1, compared)))[0]
+            )
+            entry |= {
+                "agreement": round(agree / compared, 4),
+                "agreement_ci": proportion_interval(agree, compared),
+                "kappa": None if np.isnan(kappa) else round(kappa, 4),
+                "kappa_ci": percentile_interval(kappa_rounds),
+            }
+        live_entry = live_auroc[name] if n else {"auroc": None, "ci": None, "positives": 0, "negatives": 0}
+        shadow_entry = shadow_auroc[name] if n else {"auroc": None, "ci": None}
+        entry |= {
+            "live_auroc": live_entry["auroc"],
+            "live_auroc_ci": live_entry["ci"],
+            "shadow_auroc": shadow_entry["auroc"],
+            "shadow_auroc_ci": shadow_entry["ci"],
+            "positives": live_entry["positives"],
+            "negatives": live_entry["negatives"],
+            "evaluable": bool(live_entry.get("evaluable")),
+        }
+        findings.append(entry)
     return {
         "version": version,
-        "n_predictions": len(rows),
-        "findings": [
-            {
-                "name": name,
-                "compared": compared[name],
-                "agreement": agree[name] / compared[name] if compared[name] else None,
-                "live_auroc": live_auroc[name]["auroc"],
-                "shadow_auroc": shadow_auroc[name]["auroc"],
-                "positives": live_auroc[name]["positives"],
-                "negatives": live_auroc[name]["negatives"],
-            }
-            for name in names
-        ],
+        "n_predictions": n,
+        "min_positives": minimum,
+        "live_mean_auroc": live_mean if n else None,
+        "shadow_mean_auroc": shadow_mean if n else None,
+        "latency": {
+            "shadow": _latency([row.latency_ms for row in rows]),
+            "live": _latency([row.prediction.latency_ms for row in rows]),
+        },
+        "findings": findings,
     }

@@ -1,7 +1,10 @@
 """Fine-tuning a network on a label table (`manage.py train_model`, the admin's training task).
 
 - Split: by patient (NIH `Patient ID`, the NIH file-name prefix, CheXpert's patient folder, or the
-  image for feedback labels): no patient has images on both sides.
+  image for feedback labels) into training, validation and test: no patient is on two sides. The
+  validation side chooses the epoch, the thresholds and the calibration; the test side, which
+  chose nothing, gives the figures the version is judged by (a held-out evaluation, through the
+  registered version's serving graph).
 - Augmentation: small random affine (rotation up to 7 degrees, shift up to 5 %, scale 0.9-1.1) and
   brightness/contrast jitter. No horizontal flip: left and right are anatomy on a chest X-ray (the
   heart's side; dextrocardia is itself a finding), so a flipped image is not a plausible one.
@@ -9,8 +12,10 @@
   unlabelled (NaN) entries left out.
 - Early stopping on the validation mean AUROC (patience epochs without a gain), the best epoch's
   weights kept and checkpointed; `max_minutes` bounds the wall time.
-- Thresholds chosen on the validation side: Youden's J, or the highest threshold that reaches a
-  target sensitivity.
+- Calibration (default Platt: a temperature and a bias per finding) fitted on the validation side,
+  since class-balanced loss pushes every score towards 0.5 whatever the prevalence.
+- Thresholds chosen on the validation side, on the calibrated scale, with their bootstrap
+  interval: Youden's J, or the highest threshold that reaches a target sensitivity.
 No Django here except `training_register`, which stores the result through the registry services.
 """
 
@@ -28,7 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from learning.evaluation import mean_auroc, per_class_auroc, youden_thresholds
+from learning.calibration import calibration_apply, calibration_fit
+from learning.evaluation import mean_auroc, per_class_auroc
+from learning.intervals import threshold_at_sensitivity, threshold_choice
 from learning.labels import LabelTable
 
 logger = logging.getLogger(__name__)
@@ -46,9 +53,13 @@ class TrainConfig:
     max_minutes: float | None = None
     input_size: int = 224
     val_fraction: float = 0.2
+    test_fraction: float = 0.2
     patience: int = 3
     seed: int = 0
     target_sensitivity: float | None = None
+    calibration: str | None = "platt"  # or "temperature"; None: serve uncalibrated scores
+    min_positives: int = 10
+    bootstrap_rounds: int = 1000
     checkpoint_dir: Path | None = None
     device: str | None = None  # None: CUDA when torch finds it, else the CPU
 
@@ -64,7 +75,13 @@ class TrainResult:
     history: list[dict]
     split: dict
     val_table: LabelTable
-    val_scores: np.ndarray
+    val_scores: np.ndarray  # served scale: calibrated where a calibration was fitted
+    val_raw_scores: np.ndarray
+    test_table: LabelTable | None
+    calibration: dict
+    threshold_choices: dict[str, dict]
+    train_pixel_ids: list[str]
+    val_pixel_ids: list[str]
     best_epoch: int
     epochs_run: int
     seconds: float
@@ -73,37 +90,53 @@ class TrainResult:
     config: dict = field(default_factory=dict)
 
 
-def patient_split(table: LabelTable, *, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indexes (train, validation), grouped by patient so that no patient is on both sides. Of a few
-    shuffles, keeps the one whose validation side has both positives and negatives for the most
-    classes (AUROC is undefined without both)."""
+def patient_split(
+    table: LabelTable, *, val_fraction: float, seed: int, test_fraction: float = 0.0
+) -> tuple[list[int], list[int], list[int]]:
+    """Indexes (train, validation, test), grouped by patient so that no patient is on two sides.
+    Of a few shuffles, keeps the one whose validation and test sides have both positives and
+    negatives for the most classes (AUROC is undefined without both). `test_fraction` 0 gives an
+    empty test side."""
     patients = sorted(set(table.patients))
-    if len(patients) < 2:
-        raise TrainingError("A patient-level split needs images of at least 2 patients.")
+    sides = 3 if test_fraction > 0 else 2
+    if len(patients) < sides:
+        raise TrainingError(
+            f"A patient-level split into {sides} sides needs images of at least {sides} patients."
+        )
     rows_of: dict[str, list[int]] = {}
     for i, patient in enumerate(table.patients):
         rows_of.setdefault(patient, []).append(i)
-    target = max(1, round(len(table.patients) * val_fraction))
-    best, best_score = None, -1
-    for attempt in range(20):
-        order = np.random.default_rng(seed + attempt).permutation(len(patients))
-        val: list[int] = []
-        for j in order:
-            if len(val) >= target:
-                break
-            val.extend(rows_of[patients[j]])
-        if len(val) == len(table.patients):  # one patient holds everything left: keep one back
-            continue
-        labels = table.labels[val]
-        score = int(
+    n = len(table.patients)
+    val_target = max(1, round(n * val_fraction))
+    test_target = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
+
+    def both(indexes) -> int:
+        labels = table.labels[indexes]
+        return int(
             sum(((labels[:, k] == 1).any() and (labels[:, k] == 0).any()) for k in range(labels.shape[1]))
         )
+
+    best, best_score = None, -1
+    for attempt in range(20):
+        order = list(np.random.default_rng(seed + attempt).permutation(len(patients)))
+        test: list[int] = []
+        while order and len(test) < test_target:
+            test.extend(rows_of[patients[order.pop(0)]])
+        val: list[int] = []
+        while order and len(val) < val_target:
+            val.extend(rows_of[patients[order.pop(0)]])
+        if not order or not val or (test_fraction > 0 and not test):  # keep a training side
+            continue
+        score = both(val) + (both(test) if test else 0)
         if score > best_score:
-            best, best_score = sorted(val), score
+            best, best_score = (sorted(val), sorted(test)), score
     if best is None:
-        raise TrainingError("Cannot split these images into two patient groups.")
-    val_set = set(best)
-    return [i for i in range(len(table.patients)) if i not in val_set], best
+        raise TrainingError(
+            "Cannot split these images into patient groups for training, validation and test."
+        )
+    val, test = best
+    held = set(val) | set(test)
+    return [i for i in range(n) if i not in held], val, test
 
 
 def sensitivity_thresholds(
@@ -113,12 +146,9 @@ def sensitivity_thresholds(
     result = {}
     for k, name in enumerate(class_names):
         known = ~np.isnan(labels[:, k])
-        y, s = labels[known, k], scores[known, k]
-        positives = np.sort(s[y == 1])[::-1]
-        if not len(positives) or not (y == 0).any():
-            continue
-        needed = max(1, math.ceil(target * len(positives)))
-        result[name] = float(min(max(positives[needed - 1], 0.0), 1.0))
+        threshold = threshold_at_sensitivity(labels[known, k], scores[known, k], target)
+        if threshold is not None:
+            result[name] = threshold
     return result
 
 
@@ -131,14 +161,18 @@ def build_network(architecture: str, num_classes: int):
     return build_model(architecture, num_classes)
 
 
-def _load_inputs(table: LabelTable, spec: dict, decode_max_pixels: int) -> tuple[np.ndarray, list[int], list]:
-    """Decodes and resizes every image once: (N, 1, S, S) float32 in [0, 1], the indexes kept and
-    the skipped images. Normalisation and augmentation happen per batch."""
+def _load_inputs(
+    table: LabelTable, spec: dict, decode_max_pixels: int
+) -> tuple[np.ndarray, list[int], list, list[str]]:
+    """Decodes and resizes every image once: (N, 1, S, S) float32 in [0, 1], the indexes kept, the
+    skipped images and the kept images' pixel ids (learning.scoring.pixel_sha256). Normalisation
+    and augmentation happen per batch."""
     from engine.decode import decode_gray
     from engine.pipeline import preprocess
+    from learning.scoring import pixel_sha256
 
     plain = {**spec, "channels": 1, "mean": [0.0], "std": [1.0]}
-    arrays, kept, skipped = [], [], []
+    arrays, kept, skipped, ids = [], [], [], []
     for i, path in enumerate(table.paths):
         try:
             image = decode_gray(path.read_bytes(), path.name, max_pixels=decode_max_pixels)
@@ -147,9 +181,10 @@ def _load_inputs(table: LabelTable, spec: dict, decode_max_pixels: int) -> tuple
             skipped.append({"path": str(path), "reason": str(exc) or type(exc).__name__})
             continue
         kept.append(i)
+        ids.append(pixel_sha256(image))
     if not arrays:
         raise TrainingError(f"None of the {len(table.paths)} images could be read.")
-    return np.stack(arrays).astype(np.float32), kept, skipped
+    return np.stack(arrays).astype(np.float32), kept, skipped, ids
 
 
 def _progress_bar(total: int, desc: str, stream):
@@ -185,9 +220,11 @@ def train(
     spec = {**preprocessing, "input_size": config.input_size}
     class_names = table.class_names
 
-    inputs, kept, skipped = _load_inputs(table, spec, max_pixels)
+    inputs, kept, skipped, pixel_ids = _load_inputs(table, spec, max_pixels)
     table = table.subset(kept)
-    train_idx, val_idx = patient_split(table, val_fraction=config.val_fraction, seed=config.seed)
+    train_idx, val_idx, test_idx = patient_split(
+        table, val_fraction=config.val_fraction, test_fraction=config.test_fraction, seed=config.seed
+    )
     labels = table.labels
     x_train, y_train = torch.from_numpy(inputs[train_idx]), torch.from_numpy(labels[train_idx]).float()
     x_val, y_val_np = torch.from_numpy(inputs[val_idx]), labels[val_idx]
@@ -292,16 +329,32 @@ def train(
             break
 
     model.load_state_dict(best_state)
-    per_class = per_class_auroc(y_val_np, best_scores, class_names)
-    if config.target_sensitivity is not None:
-        thresholds = sensitivity_thresholds(
-            y_val_np, best_scores, class_names, target=config.target_sensitivity
+    val_table = table.subset(val_idx)
+    calibration = (
+        calibration_fit(
+            y_val_np, best_scores, class_names, method=config.calibration, min_positives=config.min_positives
         )
-    else:
-        thresholds = youden_thresholds(y_val_np, best_scores, class_names)
+        if config.calibration
+        else {}
+    )
+    served_val, _ = calibration_apply(calibration, class_names, best_scores)
+    per_class = per_class_auroc(y_val_np, served_val, class_names)
+    choices = {}
+    for k, name in enumerate(class_names):
+        known = ~np.isnan(y_val_np[:, k])
+        choice = threshold_choice(
+            y_val_np[known, k],
+            served_val[known, k],
+            [val_table.patients[i] for i in np.flatnonzero(known)],
+            target_sensitivity=config.target_sensitivity,
+            rounds=config.bootstrap_rounds,
+            seed=config.seed,
+        )
+        if choice is not None:
+            choices[name] = choice
+    thresholds = {name: choice["threshold"] for name, choice in choices.items()}
     buffer = io.BytesIO()
     torch.save(best_state, buffer)
-    val_table = table.subset(val_idx)
     return TrainResult(
         weights=buffer.getvalue(),
         class_names=list(class_names),
@@ -316,14 +369,20 @@ def train(
             "train_patients": len({table.patients[i] for i in train_idx}),
             "val_images": len(val_idx),
             "val_patients": len({table.patients[i] for i in val_idx}),
-            "patients_on_both_sides": len(
-                {table.patients[i] for i in train_idx} & {table.patients[i] for i in val_idx}
-            ),
+            "test_images": len(test_idx),
+            "test_patients": len({table.patients[i] for i in test_idx}),
+            "patients_on_both_sides": _shared_patients(table, train_idx, val_idx, test_idx),
             "skipped_images": skipped,
             "seed": config.seed,
         },
         val_table=val_table,
-        val_scores=best_scores,
+        val_scores=served_val,
+        val_raw_scores=best_scores,
+        test_table=table.subset(test_idx) if test_idx else None,
+        calibration=calibration,
+        threshold_choices=choices,
+        train_pixel_ids=[pixel_ids[i] for i in train_idx],
+        val_pixel_ids=[pixel_ids[i] for i in val_idx],
         best_epoch=best_epoch,
         epochs_run=epoch,
         seconds=round(time.monotonic() - started, 1),
@@ -336,8 +395,10 @@ def train(
             "max_minutes": config.max_minutes,
             "input_size": config.input_size,
             "val_fraction": config.val_fraction,
+            "test_fraction": config.test_fraction,
             "patience": config.patience,
             "target_sensitivity": config.target_sensitivity,
+            "calibration": config.calibration,
             "architecture": architecture,
             "augmentation": "random affine (rotation 7 deg, shift 5 %, scale 0.9-1.1), "
             "brightness/contrast 0.1; no horizontal flip",
@@ -346,16 +407,27 @@ def train(
     )
 
 
+def _shared_patients(table: LabelTable, *sides: list[int]) -> int:
+    """How many patients have images on more than one side of the split (0 by construction)."""
+    seen: dict[str, int] = {}
+    for indexes in sides:
+        for patient in {table.patients[i] for i in indexes}:
+            seen[patient] = seen.get(patient, 0) + 1
+    return sum(1 for count in seen.values() if count > 1)
+
+
 def model_card(result: TrainResult, *, base: str, data_source: str, label_report: dict) -> dict:
-    """What a reader needs to judge the version, as JSON (the admin renders it)."""
+    """What a reader needs to judge the version, as JSON (the admin renders it). `training_register`
+    adds the test split's figures once the version is registered and scored through its graph."""
+    split = result.split
     return {
         "intended_use": "Research and education only; not a medical device. Scores findings on frontal "
-        "chest radiographs. Fine-tuned on a small labelled set: its AUROC below is measured on a "
+        "chest radiographs. Fine-tuned on a small labelled set: its figures below are measured on a "
         "held-out patient split of that set only.",
         "base": base,
         "training_data": data_source,
         "labels": label_report,
-        "split": result.split,
+        "split": split,
         "training": {
             **result.config,
             "epochs_run": result.epochs_run,
@@ -366,15 +438,40 @@ def model_card(result: TrainResult, *, base: str, data_source: str, label_report
             "history": result.history,
         },
         "preprocessing": result.preprocessing,
-        "evaluation_set": f"validation split of {data_source} ({result.split['val_images']} images, "
-        f"{result.split['val_patients']} patients)",
-        "auroc": result.per_class,
-        "mean_auroc": result.mean_auroc,
+        "validation": {
+            "set": f"validation split of {data_source} ({split['val_images']} images, "
+            f"{split['val_patients']} patients): chose the epoch, thresholds and calibration",
+            "auroc": result.per_class,
+            "mean_auroc": result.mean_auroc,
+        },
+        "evaluation_set": f"test split of {data_source} ({split['test_images']} images, "
+        f"{split['test_patients']} patients)"
+        if split.get("test_images")
+        else "none: no test split was kept (--test-fraction 0); evaluate the version on held-out images",
+        "auroc": {},
+        "mean_auroc": None,
+        "mean_auroc_ci": None,
         "thresholds": result.thresholds,
+        "threshold_intervals": {name: choice.get("ci") for name, choice in result.threshold_choices.items()},
         "thresholds_rule": "target sensitivity " + str(result.config.get("target_sensitivity"))
         if result.config.get("target_sensitivity") is not None
         else "Youden's J on the validation split",
+        "calibration": {
+            "method": result.calibration.get("method") if result.calibration else None,
+            "calibrated_findings": sorted(
+                name for name, entry in (result.calibration.get("per_class") or {}).items() if "a" in entry
+            )
+            if result.calibration
+            else [],
+        },
     }
+
+
+def _auroc_text(entry: dict) -> str:
+    if entry.get("auroc") is None:
+        return "not evaluable" if entry.get("evaluable") is False else "-"
+    ci = entry.get("ci")
+    return f"{entry['auroc']:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
 
 
 def model_card_markdown(card: dict) -> str:
@@ -410,37 +507,51 @@ def model_card_markdown(card: dict) -> str:
 
 def _trained_card_lines(card: dict) -> list[str]:
     training = card.get("training", {})
+    split = card.get("split", {})
     lines = [
         f"**Intended use.** {card.get('intended_use', '')}",
         "",
         f"- Base: {card.get('base')}",
         f"- Training data: {card.get('training_data')}",
-        f"- Split: {card.get('split', {}).get('train_images')} training / "
-        f"{card.get('split', {}).get('val_images')} validation images, by {card.get('split', {}).get('by')}",
+        f"- Split: {split.get('train_images')} training / {split.get('val_images')} validation / "
+        f"{split.get('test_images', 0)} test images, by {split.get('by')}",
         f"- Epochs run: {training.get('epochs_run')} (best {training.get('best_epoch')}; "
         f"{training.get('stopped_because')})",
         f"- Evaluation set: {card.get('evaluation_set')}",
         f"- Thresholds: {card.get('thresholds_rule')}",
+        f"- Calibration: {(card.get('calibration') or {}).get('method') or 'none'}",
         "",
-        "| Finding | AUROC | Positives | Negatives | Threshold |",
+        "| Finding | AUROC (95 % CI) | Positives | Negatives | Threshold |",
         "|---|---|---|---|---|",
     ]
     for name, entry in (card.get("auroc") or {}).items():
-        auroc = "-" if entry.get("auroc") is None else f"{entry['auroc']:.3f}"
         threshold = card.get("thresholds", {}).get(name)
         lines.append(
-            f"| {name} | {auroc} | {entry.get('positives')} | {entry.get('negatives')} | "
+            f"| {name} | {_auroc_text(entry)} | {entry.get('positives')} | {entry.get('negatives')} | "
             f"{'-' if threshold is None else f'{threshold:.3f}'} |"
         )
-    mean = card.get("mean_auroc")
-    lines += ["", f"Mean AUROC: {'-' if mean is None else f'{mean:.3f}'}"]
+    mean, ci = card.get("mean_auroc"), card.get("mean_auroc_ci")
+    lines += [
+        "",
+        f"Mean AUROC: {'-' if mean is None else f'{mean:.3f}'}"
+        + (f" (95 % CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""),
+    ]
     return lines
 
 
-def training_register(result: TrainResult, *, version_name: str, architecture: str, card: dict, user=None):
-    """Registers the trained weights as a new, inactive version and records its validation
-    evaluation (AUROC with counts, thresholds, model card, the outputs behind them)."""
+def training_register(
+    result: TrainResult, *, version_name: str, architecture: str, card: dict, user=None, base=None
+):
+    """Registers the trained weights as a new, inactive version with its calibration and thresholds
+    (both chosen on the validation split), records which images trained and tuned it (and its
+    base's), stores the validation evaluation (kind "validation": it chose the epoch, so its AUROC
+    is optimistic), then scores the test split through the registered version's serving graph and
+    stores that as its held-out evaluation, the one that speaks for it."""
+    from django.conf import settings
+
     from learning.evaluation_services import model_version_evaluation_record
+    from learning.scoring import score_with_serving_graph, training_images_record
+    from registry.models import Evaluation
     from registry.services import model_version_register
 
     version = model_version_register(
@@ -453,14 +564,52 @@ def training_register(result: TrainResult, *, version_name: str, architecture: s
         notes=f"Trained by train_model: {card['training_data']}; see the model card.",
         user=user,
     )
+    if result.calibration:
+        version.calibration = {
+            **result.calibration,
+            "fitted_on": card["validation"]["set"][:300],
+            "set_sha256": result.val_table.set_sha256(),
+        }
+        version.save(update_fields=["calibration"])
+    training_images_record(
+        version=version, train=result.train_pixel_ids, validation=result.val_pixel_ids, base=base
+    )
     model_version_evaluation_record(
         version=version,
         table=result.val_table,
         scores=result.val_scores,
-        evaluation_set=card["evaluation_set"],
+        raw_scores=result.val_raw_scores,
+        evaluation_set=card["validation"]["set"],
+        kind=Evaluation.VALIDATION,
         user=user,
-        model_card=card,
+        details={"thresholds_chosen": result.threshold_choices},
     )
+    if result.test_table is not None:
+        scored = score_with_serving_graph(
+            version, result.test_table.paths, max_pixels=settings.LUNGSITE_MAX_PIXELS
+        )
+        test_table = result.test_table.subset(scored.scored)
+        served, _ = calibration_apply(version.calibration, version.class_names, scored.raw)
+        evaluation = model_version_evaluation_record(
+            version=version,
+            table=test_table,
+            scores=served,
+            raw_scores=scored.raw,
+            features=scored.features,
+            evaluation_set=card["evaluation_set"],
+            user=user,
+            details={"skipped_images": len(scored.skipped)},
+        )
+        card = {
+            **card,
+            "auroc": evaluation.per_class,
+            "mean_auroc": evaluation.mean_auroc,
+            "mean_auroc_ci": evaluation.mean_auroc_ci,
+            "test_evaluation_id": evaluation.pk,
+            "honesty": version.honesty()["state"],
+        }
+    version.model_card = card
+    version.save(update_fields=["model_card"])
     return version
 
 
@@ -510,7 +659,11 @@ def training_run_execute(*, run_id: int):
                 )
             )
         if options.get("feedback"):
-            feedback = feedback_label_table(class_names, unsure=options.get("uncertain", "ignore"))
+            feedback = feedback_label_table(
+                class_names,
+                unsure=options.get("uncertain", "ignore"),
+                blinded_only=bool(options.get("feedback_blinded_only")),
+            )
             if feedback is not None:
                 tables.append(feedback)
         if not tables:
@@ -526,6 +679,10 @@ def training_run_execute(*, run_id: int):
                 max_minutes=options.get("max_minutes"),
                 input_size=int(options.get("input_size") or preprocessing.get("input_size", 224)),
                 target_sensitivity=options.get("target_sensitivity"),
+                test_fraction=float(options.get("test_fraction", 0.2)),
+                calibration=options.get("calibration", "platt") or None,
+                min_positives=int(settings.LUNGSITE_EVAL_MIN_POSITIVES),
+                bootstrap_rounds=int(settings.LUNGSITE_BOOTSTRAP_ROUNDS),
                 checkpoint_dir=Path(scratch),
             )
             result = train(
@@ -550,6 +707,7 @@ def training_run_execute(*, run_id: int):
             architecture=base.architecture,
             card=card,
             user=run.created_by,
+            base=base,
         )
     except Exception as exc:  # noqa: BLE001 - recorded on the row for the admin to read
         logger.exception("training run %s failed", run.pk)
@@ -559,12 +717,20 @@ def training_run_execute(*, run_id: int):
         )
         run.refresh_from_db()
         return run
+    state = version.honesty()["state"].replace("_", " ")
     TrainingRun.objects.filter(pk=run.pk).update(
         status=TrainingRun.DONE,
         result_version=version,
         finished_at=timezone.now(),
-        message=f"Registered {version.version_name} (inactive); validation mean AUROC "
-        f"{'-' if result.mean_auroc is None else f'{result.mean_auroc:.3f}'}; {result.stopped_because}.",
+        message=f"Registered {version.version_name} (inactive, {state}); test mean AUROC "
+        f"{_mean_text(version.model_card)}; {result.stopped_because}.",
     )
     run.refresh_from_db()
     return run
+
+
+def _mean_text(card: dict) -> str:
+    mean, ci = card.get("mean_auroc"), card.get("mean_auroc_ci")
+    if mean is None:
+        return "- (no test split, or no finding with enough cases)"
+    return f"{mean:.3f}" + (f" (95 % CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")

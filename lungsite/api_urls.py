@@ -35,6 +35,7 @@ urlpatterns = [
     path("", include("jobs.api_urls")),
     path("", include("audit.api_urls")),
     path("", include("pacs.api_urls")),
+    path("", include("learning.api_urls")),
     # Last: any other path under /api/v1/ is a JSON 404, also with DEBUG on (Django's debug 404 page
     # is HTML).
     re_path(r"^(?P<path>.*)$", api_not_found),

@@ -248,6 +248,20 @@ LUNGSITE_AUDIT_KEY_FILE = os.environ.get("LUNGSITE_AUDIT_KEY_FILE", "").strip() 
 )
 LUNGSITE_ACTIVATION_GATE = envbool("LUNGSITE_ACTIVATION_GATE", True)
 LUNGSITE_SHADOW_RATE = float(os.environ.get("LUNGSITE_SHADOW_RATE", "1.0") or 1.0)
+# What a version's numbers must show before it counts as validated (docs/trust.md): a finding with
+# fewer positives or negatives than the minimum is "not evaluable"; a version whose mean-AUROC 95 %
+# interval includes 0.5 or whose mean is below the floor is NOT VALIDATED on every output.
+LUNGSITE_EVAL_MIN_POSITIVES = envint("LUNGSITE_EVAL_MIN_POSITIVES", 10)
+LUNGSITE_AUROC_FLOOR = float(os.environ.get("LUNGSITE_AUROC_FLOOR", "0.6") or 0.6)
+LUNGSITE_BOOTSTRAP_ROUNDS = envint("LUNGSITE_BOOTSTRAP_ROUNDS", 1000)
+# Inputs outside what the version was evaluated on: the threshold is this quantile of held-out
+# evaluation images' distances; with LUNGSITE_OOD_REFUSE on they are refused (422) instead of marked.
+LUNGSITE_OOD_QUANTILE = float(os.environ.get("LUNGSITE_OOD_QUANTILE", "0.95") or 0.95)
+LUNGSITE_OOD_REFUSE = envbool("LUNGSITE_OOD_REFUSE", False)
+# Drift: a week whose score distribution's population-stability index against the evaluation set
+# passes this value (for any finding, with at least LUNGSITE_DRIFT_MIN_WEEKLY predictions) alerts.
+LUNGSITE_DRIFT_PSI_ALERT = float(os.environ.get("LUNGSITE_DRIFT_PSI_ALERT", "0.25") or 0.25)
+LUNGSITE_DRIFT_MIN_WEEKLY = envint("LUNGSITE_DRIFT_MIN_WEEKLY", 30)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -15,6 +15,7 @@ urlpatterns = [
     path("", include("audit.urls")),
     path("", include("pacs.urls")),
     path("", include("jobs.urls")),
+    path("", include("learning.urls")),
     path("api/v1/", include("lungsite.api_urls")),
 ]
 

@@ -113,6 +113,9 @@ _API_ENDPOINTS = [
     ("models", "GET", "api-models", {}, "The registered model versions."),
     ("model", "GET", "api-model-detail", _ID, "One model version."),
     ("activate", "POST", "api-model-activate", _ID, "Make a version active (model admins)."),
+    ("evaluation", "GET", "api-evaluation-detail", _ID, "An evaluation: AUROC with intervals, outputs."),
+    ("shadow", "GET", "api-shadow", {}, "The shadow version against the live ones (model admins)."),
+    ("drift", "GET", "api-drift", {}, "Scores, inputs and OOD share per week (model admins)."),
     ("schema", "GET", "api-schema", {}, "The OpenAPI 3 document (?format=json for JSON)."),
     ("docs", "GET", "api-docs", {}, "The API documentation in a browser (Swagger UI)."),
 ]

@@ -374,10 +374,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 f"{e.deactivated_at:%Y-%m-%d %H:%M:%S %Z}" if e.deactivated_at else "still active",
                 e.activated_by.get_username() if e.activated_by else "-",
                 e.get_via_display(),
+                e.override_reason or "-",
             )
             for e in events
         ]
-        return self._table(("active from", "to", "by", "via"), rows)
+        return self._table(("active from", "to", "by", "via", "gate overridden because"), rows)
 
     @staticmethod
     def _table(header, rows):
@@ -580,7 +581,16 @@ class ModelVersionAdmin(admin.ModelAdmin):
 class ActivationEventAdmin(admin.ModelAdmin):
     """The activation history, read-only: which version served from when to when, by whom."""
 
-    list_display = ("version", "activated_at", "until", "activated_by", "via", "previous", "reason")
+    list_display = (
+        "version",
+        "activated_at",
+        "until",
+        "activated_by",
+        "via",
+        "previous",
+        "reason",
+        "override_reason",
+    )
     list_filter = ("via",)
     list_select_related = ("version", "previous", "activated_by")
     search_fields = ("version__version_name",)

@@ -36,6 +36,19 @@ MODEL_EXAMPLE = {
     "untrained": True,
     "notes": "UNTRAINED: a DenseNet121 with random weights (seed 0).",
     "warning": UNTRAINED_WARNING,
+    "honesty": {"state": "untrained", "statement": UNTRAINED_WARNING, "evaluation_id": None},
+    "evaluation": None,
+    "calibration": {"method": None, "calibrated_findings": [], "fitted_on": None, "fitted_at": None},
+    "activations": [
+        {
+            "activated_at": "2026-11-26T13:58:02.000000Z",
+            "activated_by": None,
+            "via": "bootstrap",
+            "previous": None,
+            "reason": "",
+            "override_reason": "",
+        }
+    ],
 }
 MODEL_EXAMPLES = [OpenApiExample("the untrained starter", value=MODEL_EXAMPLE, response_only=True)]
 
@@ -119,9 +132,12 @@ class ModelActivateApi(APIView):
         description=(
             "Makes this version the one that serves predictions, on every worker at its next request "
             "(no restart). Refused with 409 when its weights cannot be loaded or do not match their "
-            "sha256. Activating the active version changes nothing. Needs the model-admin role "
-            "(registry.activate_modelversion). The body is optional: `override_reason` activates a "
-            "version that the evaluation gate would refuse (409 evaluation_required) and is recorded."
+            "sha256, and (409 `evaluation_required`) when the evaluation gate refuses it: no held-out "
+            "evaluation, NOT VALIDATED (mean-AUROC interval includes 0.5 or below the floor), or its "
+            "interval entirely below the active version's on the same set. Body "
+            '`{"override_reason": "..."}` activates it anyway; the reason is kept in the activation '
+            "history (`activations` of the version). Activating the active version changes nothing. "
+            "Needs the model-admin role (registry.activate_modelversion)."
         ),
         request=ModelActivateInputSerializer,
         responses={

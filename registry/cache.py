@@ -23,7 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from common.errors import NoActiveModel
-from engine.serving import ServingRuntime
+from engine.serving import FEATURES, ServingRuntime
 from registry.models import ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -72,9 +72,13 @@ def _load(version: ModelVersion) -> ServingModel:
         except WeightsIntegrityError as exc:
             logger.error("%s; serving %s from its weights instead", exc, version.version_name)
         else:
-            return ServingModel(version=version, model=ServingRuntime.from_graph(graph, input_size))
-    # No stored graph (registered before graphs were stored), or a damaged one: export it again
-    # from the verified weights, in a child process when this one has no torch.
+            runtime = ServingRuntime.from_graph(graph, input_size)
+            if FEATURES in {output.name for output in runtime.session.get_outputs()}:
+                return ServingModel(version=version, model=runtime)
+            logger.info("the stored graph of %s predates the pooled features: exporting it again", version)
+    # No stored graph (registered before graphs were stored), a damaged one, or one stored before
+    # graphs gave the pooled features: export it again from the verified weights, in a child
+    # process when this one has no torch.
     from engine.weights import serving_graph_from_weights
     from registry.storage import weights_read
 
@@ -86,6 +90,12 @@ def _load(version: ModelVersion) -> ServingModel:
         preprocessing=version.preprocessing,
     )
     return ServingModel(version=version, model=ServingRuntime.from_graph(graph, input_size))
+
+
+def serving_model_load(version: ModelVersion) -> ServingModel:
+    """`version`'s network loaded as serving loads it (its verified serving graph in ONNX Runtime),
+    outside the cache: for evaluations, which must score what serving would."""
+    return _load(version)
 
 
 def _fingerprint(version: ModelVersion) -> tuple:

@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 from django.conf import settings
 from django.db import models
 from django.db.models import OuterRef, ProtectedError, Q, Subquery
@@ -39,6 +41,20 @@ NOT_EVALUATED_WARNING = (
     "NOT EVALUATED model: this version has no measured evaluation on a labelled set, so how well its "
     "scores separate findings is unknown. Do not use them for any clinical decision."
 )
+NOT_VALIDATED_WARNING = (
+    "NOT VALIDATED model: {why} Its scores are not shown to separate findings better than chance; do "
+    "not use them for any clinical decision."
+)
+OUTSIDE_WARNING = (
+    "OUTSIDE WHAT THIS VERSION WAS EVALUATED ON: this image's features lie further from those of the "
+    "images its evaluation measured (distance {distance:.1f}, threshold {threshold:.1f}) than almost all "
+    "of those images do. It may not be an adult frontal chest radiograph like them, and its scores may "
+    "not mean what the evaluation says."
+)
+
+
+# `ModelVersion.honesty(evaluation=...)` default: look the evaluation in force up.
+LOOK_UP = object()
 
 
 class ModelVersion(models.Model):
@@ -80,6 +96,12 @@ class ModelVersion(models.Model):
         default=dict, blank=True, help_text="Class name to {positives, negatives} behind its AUROC."
     )
     model_card = models.JSONField(default=dict, blank=True, help_text="Training data, split, results.")
+    calibration = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Per-finding calibration applied in serving (learning.calibration): {method, per_class: "
+        "{name: {a, b}}, fitted_on, evaluation_id}. Empty: scores are served uncalibrated.",
+    )
     is_shadow = models.BooleanField(
         default=False, help_text="Scores live predictions off the record; never shown to clinicians."
     )
@@ -127,16 +149,46 @@ class ModelVersion(models.Model):
     def threshold_for(self, name: str) -> float:
         return float((self.thresholds or {}).get(name, 0.5))
 
-    def honesty(self, *, at=None) -> dict:
-        """What every output made with this version must say: {"state", "statement"}. The state is
-        "untrained" (random weights), "not_evaluated" (no measured evaluation existed at `at`, e.g.
-        when a prediction was made; now by default) or "evaluated"; the statement is the warning
-        to show, or None. The analysis core records it on each prediction when it is made."""
+    def evaluation_in_force(self, *, at=None) -> Evaluation | None:
+        """The evaluation that speaks for this version at `at` (now by default): the latest held-out
+        one made by then. Validation and in-sample evaluations never are (their images chose the
+        epoch, thresholds or calibration, or trained the version)."""
+        if self.pk is None:
+            return None
+        evaluations = self.evaluations.filter(kind=Evaluation.HELD_OUT)
+        if at is not None:
+            evaluations = evaluations.filter(created_at__lte=at)
+        return evaluations.defer("outputs", "ood_reference").order_by("-created_at", "-id").first()
+
+    def honesty(self, *, at=None, evaluation=LOOK_UP, ood: dict | None = None) -> dict:
+        """What every output made with this version must say: {"state", "statement",
+        "evaluation_id", "outside"}. The state is "untrained" (random weights), "not_evaluated" (no
+        held-out evaluation existed at `at`, e.g. when a prediction was made; now by default),
+        "not_validated" (the evaluation in force is at chance level: its mean-AUROC interval
+        includes 0.5, its mean is below LUNGSITE_AUROC_FLOOR, or no finding had enough cases to be
+        measured) or "evaluated"; `evaluation_id` names the evaluation in force (`evaluation`, or
+        looked up when not given). `ood` is one image's out-of-distribution assessment
+        (learning.ood); when it is outside, the statement says so too. The statement is the
+        warning to show, or None. The analysis core records this dict on each prediction when it is
+        made, so later evaluations never change what an earlier result says."""
+        if evaluation is LOOK_UP:
+            evaluation = self.evaluation_in_force(at=at)
+        outside = bool(ood and ood.get("outside"))
+        result = {"evaluation_id": evaluation.pk if evaluation is not None else None, "outside": outside}
         if self.untrained:
-            return {"state": "untrained", "statement": UNTRAINED_WARNING}
-        if self.evaluated_at is None or (at is not None and self.evaluated_at > at):
-            return {"state": "not_evaluated", "statement": NOT_EVALUATED_WARNING}
-        return {"state": "evaluated", "statement": None}
+            result |= {"state": "untrained", "statement": UNTRAINED_WARNING}
+        elif evaluation is None:
+            result |= {"state": "not_evaluated", "statement": NOT_EVALUATED_WARNING}
+        else:
+            why = evaluation.chance_level_reason()
+            if why:
+                result |= {"state": "not_validated", "statement": NOT_VALIDATED_WARNING.format(why=why)}
+            else:
+                result |= {"state": "evaluated", "statement": None}
+        if outside:
+            warning = OUTSIDE_WARNING.format(distance=ood["distance"], threshold=ood["threshold"])
+            result["statement"] = f"{result['statement']} {warning}" if result["statement"] else warning
+        return result
 
     def honesty_warning(self, *, at=None) -> str | None:
         return self.honesty(at=at)["statement"]
@@ -234,8 +286,18 @@ class ActivationEvent(models.Model):
 
 
 class Evaluation(models.Model):
-    """One measured evaluation of a version on a labelled set: per-class AUROC with the positives and
-    negatives behind each, and the outputs themselves, so the table can be recomputed from the row."""
+    """One measured evaluation of a version on a labelled set: per-class AUROC with its 95 %
+    bootstrap interval and the positives and negatives behind it, the mean with its interval,
+    calibration, thresholds and subgroups (`details`), the reference of the version's features on
+    these images (`ood_reference`), and the outputs themselves, so every figure can be recomputed
+    from the row (learning.evaluation_services writes it)."""
+
+    HELD_OUT, VALIDATION, IN_SAMPLE = "held_out", "validation", "in_sample"
+    KIND_CHOICES = [
+        (HELD_OUT, "Held out: images the version never saw"),
+        (VALIDATION, "Validation: images that chose its epoch, thresholds or calibration"),
+        (IN_SAMPLE, "In sample: includes images it was trained on"),
+    ]
 
     version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="evaluations")
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -244,10 +306,33 @@ class Evaluation(models.Model):
         max_length=64, db_index=True, help_text="sha256 of the image ids and labels: same set, same hash."
     )
     n_images = models.PositiveIntegerField()
-    per_class = models.JSONField(help_text="Class name to {auroc, positives, negatives}.")
-    mean_auroc = models.FloatField(null=True, blank=True)
+    kind = models.CharField(
+        max_length=10,
+        choices=KIND_CHOICES,
+        default=HELD_OUT,
+        help_text="Only a held-out evaluation speaks for the version (ModelVersion.evaluation_in_force).",
+    )
+    per_class = models.JSONField(
+        help_text="Class name to {auroc, ci, positives, negatives, evaluable, reason}; auroc is None "
+        "where the finding had too few positives or negatives to be evaluated."
+    )
+    mean_auroc = models.FloatField(null=True, blank=True, help_text="Mean over the evaluable findings.")
+    mean_auroc_low = models.FloatField(null=True, blank=True, help_text="95 % bootstrap interval, low end.")
+    mean_auroc_high = models.FloatField(null=True, blank=True, help_text="95 % bootstrap interval, high end.")
+    details = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="{settings, calibration, thresholds, subgroups, seen_images, notes}: see docs/trust.md.",
+    )
     outputs = models.JSONField(
-        default=dict, help_text="{images: [...], class_names: [...], labels: [[...]], scores: [[...]]}."
+        default=dict,
+        help_text="{images, patients (hashed), class_names, labels, scores (as served), raw_scores}.",
+    )
+    ood_reference = models.BinaryField(
+        blank=True, default=b"", editable=False, help_text="The version's pooled features on these images."
+    )
+    ood_threshold = models.FloatField(
+        null=True, blank=True, help_text="Distance past which an input is outside what was evaluated."
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -259,3 +344,35 @@ class Evaluation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.version} on {self.evaluation_set}"
+
+    @property
+    def mean_auroc_ci(self) -> list[float] | None:
+        if self.mean_auroc_low is None or self.mean_auroc_high is None:
+            return None
+        return [self.mean_auroc_low, self.mean_auroc_high]
+
+    def chance_level_reason(self) -> str | None:
+        """Why this evaluation does not show the version better than chance, or None: no finding
+        could be evaluated, the mean has no interval, the interval includes 0.5, or the mean is below
+        LUNGSITE_AUROC_FLOOR."""
+        floor = float(getattr(settings, "LUNGSITE_AUROC_FLOOR", 0.6))
+        minimum = (self.details or {}).get("settings", {}).get("min_positives")
+        if self.mean_auroc is None:
+            return (
+                f"no finding of its evaluation on {self.evaluation_set} had enough positives and negatives "
+                f"(at least {minimum or 'the minimum'} of each) to measure an AUROC."
+            )
+        if self.mean_auroc_low is None or self.mean_auroc_high is None:
+            return (
+                f"its mean AUROC on {self.evaluation_set} ({self.mean_auroc:.3f}) was recorded without a "
+                "confidence interval; evaluate it again."
+            )
+        figure = (
+            f"its mean AUROC on {self.evaluation_set} is {self.mean_auroc:.3f} "
+            f"(95 % CI {self.mean_auroc_low:.3f}-{self.mean_auroc_high:.3f})"
+        )
+        if self.mean_auroc_low <= 0.5:
+            return f"{figure}, an interval that includes 0.5 (chance)."
+        if self.mean_auroc < floor:
+            return f"{figure}, below the floor of {floor:.2f} this site requires."
+        return None

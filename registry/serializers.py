@@ -4,7 +4,47 @@ API (the summary), /healthz and the registry commands."""
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from registry.models import PUBLISHED_AUROC_LABEL, ModelVersion
+from registry.models import PUBLISHED_AUROC_LABEL, ActivationEvent, Evaluation, ModelVersion
+
+
+class ActivationSerializer(serializers.ModelSerializer):
+    activated_by = serializers.SerializerMethodField()
+    previous = serializers.CharField(source="previous.version_name", default=None, allow_null=True)
+
+    class Meta:
+        model = ActivationEvent
+        fields = ["activated_at", "activated_by", "via", "previous", "reason", "override_reason"]
+        read_only_fields = fields
+
+    def get_activated_by(self, event) -> str | None:
+        return event.activated_by.get_username() if event.activated_by else None
+
+
+class EvaluationSummarySerializer(serializers.ModelSerializer):
+    """The evaluation that speaks for a version (held out), with its intervals."""
+
+    mean_auroc_ci = serializers.ListField(
+        child=serializers.FloatField(), allow_null=True, help_text="95 % bootstrap interval of the mean."
+    )
+    per_class = serializers.JSONField(
+        help_text="Finding to {auroc, ci, positives, negatives, evaluable, reason}: auroc is null where "
+        "the finding had too few positives or negatives to be evaluated."
+    )
+
+    class Meta:
+        model = Evaluation
+        fields = [
+            "id",
+            "created_at",
+            "evaluation_set",
+            "kind",
+            "n_images",
+            "mean_auroc",
+            "mean_auroc_ci",
+            "per_class",
+            "ood_threshold",
+        ]
+        read_only_fields = fields
 
 
 class PreprocessingSerializer(serializers.Serializer):
@@ -42,6 +82,10 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         help_text="AUROC per finding from `manage.py evaluate_model` (empty until evaluated).",
     )
     warning = serializers.SerializerMethodField()
+    honesty = serializers.SerializerMethodField()
+    evaluation = serializers.SerializerMethodField()
+    calibration = serializers.SerializerMethodField()
+    activations = serializers.SerializerMethodField()
     serving_graph_sha256 = serializers.CharField(
         help_text="sha256 of the ONNX serving graph exported from the weights at registration: what the "
         "workers run in ONNX Runtime. Empty only for a version registered before graphs were stored, "
@@ -68,6 +112,10 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "untrained",
             "notes",
             "warning",
+            "honesty",
+            "evaluation",
+            "calibration",
+            "activations",
         ]
         read_only_fields = fields
 
@@ -97,7 +145,62 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         }
     )
     def get_warning(self, version: ModelVersion) -> str | None:
-        return version.honesty_warning()
+        return self._honesty(version)["statement"]
+
+    def _honesty(self, version: ModelVersion) -> dict:
+        # One look-up of the evaluation in force per version and response.
+        cache = self.context.setdefault("_honesty", {})
+        if version.pk not in cache:
+            evaluation = version.evaluation_in_force()
+            cache[version.pk] = (version.honesty(evaluation=evaluation), evaluation)
+        return cache[version.pk][0]
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "properties": {
+                "state": {
+                    "type": "string",
+                    "enum": ["untrained", "not_evaluated", "not_validated", "evaluated"],
+                },
+                "statement": {"type": "string", "nullable": True},
+                "evaluation_id": {"type": "integer", "nullable": True},
+            },
+        }
+    )
+    def get_honesty(self, version: ModelVersion) -> dict:
+        honesty = self._honesty(version)
+        return {key: honesty[key] for key in ("state", "statement", "evaluation_id")}
+
+    @extend_schema_field(EvaluationSummarySerializer(allow_null=True))
+    def get_evaluation(self, version: ModelVersion) -> dict | None:
+        self._honesty(version)
+        evaluation = self.context["_honesty"][version.pk][1]
+        return EvaluationSummarySerializer(evaluation).data if evaluation is not None else None
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "description": "The calibration serving applies: {method, calibrated_findings, fitted_on, "
+            "fitted_at}; calibrated_findings is empty when the scores are served uncalibrated.",
+        }
+    )
+    def get_calibration(self, version: ModelVersion) -> dict:
+        calibration = version.calibration or {}
+        return {
+            "method": calibration.get("method"),
+            "calibrated_findings": sorted(
+                name for name, entry in (calibration.get("per_class") or {}).items() if "a" in entry
+            ),
+            "fitted_on": calibration.get("fitted_on"),
+            "fitted_at": calibration.get("fitted_at"),
+        }
+
+    @extend_schema_field(ActivationSerializer(many=True))
+    def get_activations(self, version: ModelVersion) -> list:
+        """The version's activation history, newest first, with any override of the gate."""
+        events = version.activation_events.select_related("activated_by", "previous").order_by("-id")[:20]
+        return ActivationSerializer(events, many=True).data
 
 
 class ModelVersionSummarySerializer(serializers.Serializer):

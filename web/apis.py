@@ -58,8 +58,22 @@ PREDICTION_EXAMPLE = {
         "untrained": True,
     },
     "findings": [
-        {"name": "Atelectasis", "probability": 0.512, "threshold": 0.5, "positive": True},
-        {"name": "Cardiomegaly", "probability": 0.473, "threshold": 0.5, "positive": False},
+        {
+            "name": "Atelectasis",
+            "score": 0.512,
+            "probability": None,
+            "calibrated": False,
+            "threshold": 0.5,
+            "positive": True,
+        },
+        {
+            "name": "Cardiomegaly",
+            "score": 0.473,
+            "probability": None,
+            "calibrated": False,
+            "threshold": 0.5,
+            "positive": False,
+        },
     ],
     "heatmaps": {
         "Atelectasis": f"{_EXAMPLE_HOST}/heatmaps/Atelectasis.png",
@@ -68,6 +82,13 @@ PREDICTION_EXAMPLE = {
     "image_sha256": "9b2d5c0e1f3a4b6c8d7e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c",
     "image_url": f"{_EXAMPLE_HOST}/image",
     "warning": UNTRAINED_WARNING,
+    "honesty": {
+        "state": "untrained",
+        "statement": UNTRAINED_WARNING,
+        "evaluation_id": None,
+        "outside": False,
+    },
+    "ood": None,
 }
 PREDICTION_EXAMPLES = [
     OpenApiExample("prediction (2 of the 13 findings shown)", value=PREDICTION_EXAMPLE, response_only=True)
@@ -134,9 +155,13 @@ class PredictionCreateApi(APIView):
         summary="Analyse a chest X-ray",
         description=(
             "Upload one image (PNG, JPEG or DICOM) as the multipart field `image`. Returns the "
-            "probability of each finding from the active model version, the URL of each finding's "
-            "Grad-CAM heatmap and the version that produced the result. Needs the clinician role "
-            "(permission audit.add_prediction). Rate-limited per user (LUNGSITE_PREDICTION_RATE)."
+            "score of each finding from the active model version (a `probability` too where the "
+            "version is calibrated for it), the URL of each finding's Grad-CAM heatmap, the version "
+            "that produced the result and what must be said about it (`warning`, `honesty`: untrained, "
+            "not evaluated, not validated, or the image outside what it was evaluated on). With "
+            "LUNGSITE_OOD_REFUSE on, such an image is refused (422 `outside_evaluation`). Needs the "
+            "clinician role (permission audit.add_prediction). Rate-limited per user "
+            "(LUNGSITE_PREDICTION_RATE)."
         ),
         request={"multipart/form-data": UPLOAD_REQUEST},
         parameters=[

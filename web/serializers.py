@@ -48,10 +48,55 @@ class PredictionFilterSerializer(serializers.Serializer):
 
 
 class FindingSerializer(serializers.Serializer):
+    """One finding of a result. `score` is always the version's output for it; it is named a
+    probability only where the version's calibration covers the finding (then `probability` holds
+    the same number and `calibrated` is true); otherwise `probability` is null: an uncalibrated
+    score (e.g. from class-balanced training) is not the chance that the finding is present."""
+
     name = serializers.CharField()
-    probability = serializers.FloatField(min_value=0.0, max_value=1.0)
+    score = serializers.SerializerMethodField(help_text="The version's output for this finding, 0 to 1.")
+    probability = serializers.SerializerMethodField(
+        help_text="The same number when it is a calibrated probability (`calibrated`); else null."
+    )
+    calibrated = serializers.SerializerMethodField(
+        help_text="True when the version's calibration, fitted on labelled images, maps this score to a "
+        "probability."
+    )
     threshold = serializers.FloatField()
-    positive = serializers.BooleanField(help_text="probability >= threshold")
+    positive = serializers.BooleanField(help_text="score >= threshold")
+
+    def get_score(self, finding) -> float:
+        return finding["probability"]
+
+    @extend_schema_field({"type": "number", "nullable": True, "minimum": 0.0, "maximum": 1.0})
+    def get_probability(self, finding) -> float | None:
+        return finding["probability"] if finding.get("calibrated") else None
+
+    def get_calibrated(self, finding) -> bool:
+        return bool(finding.get("calibrated"))
+
+
+class HonestySerializer(serializers.Serializer):
+    state = serializers.ChoiceField(
+        choices=["untrained", "not_evaluated", "not_validated", "evaluated"],
+        help_text="What is known of the version that made the result, when it made it.",
+    )
+    statement = serializers.CharField(allow_null=True, help_text="The warning to show with the result.")
+    evaluation_id = serializers.IntegerField(
+        allow_null=True,
+        required=False,
+        help_text="The held-out evaluation in force when the result was made.",
+    )
+    outside = serializers.BooleanField(
+        required=False, help_text="The image lies outside what that evaluation measured (see `ood`)."
+    )
+
+
+class OodSerializer(serializers.Serializer):
+    distance = serializers.FloatField(help_text="Mahalanobis distance of the image's pooled features.")
+    threshold = serializers.FloatField(help_text="Past it, outside what the version was evaluated on.")
+    outside = serializers.BooleanField()
+    evaluation_id = serializers.IntegerField()
 
 
 class PredictionSerializer(serializers.Serializer):
@@ -65,6 +110,8 @@ class PredictionSerializer(serializers.Serializer):
     image_sha256 = serializers.CharField(help_text="sha256 of the uploaded file.")
     image_url = serializers.SerializerMethodField()
     warning = serializers.SerializerMethodField()
+    honesty = serializers.SerializerMethodField()
+    ood = serializers.SerializerMethodField()
 
     @extend_schema_field(ModelVersionSummarySerializer)
     def get_model(self, prediction) -> dict:
@@ -98,13 +145,23 @@ class PredictionSerializer(serializers.Serializer):
         {
             "type": "string",
             "nullable": True,
-            "description": "Set when the model is untrained or was not evaluated: do not rely on the result.",
+            "description": "Set when the model is untrained, not evaluated or not validated, or the image is "
+            "outside what it was evaluated on: do not rely on the result.",
         }
     )
     def get_warning(self, prediction) -> str | None:
         # As recorded when the result was made (analysis.results): a later evaluation of the
         # version never changes what this result says.
         return prediction.honesty_statement
+
+    @extend_schema_field(HonestySerializer)
+    def get_honesty(self, prediction) -> dict:
+        return HonestySerializer(prediction.honesty).data
+
+    @extend_schema_field(OodSerializer(allow_null=True))
+    def get_ood(self, prediction) -> dict | None:
+        ood = (prediction.results_json or {}).get("ood")
+        return OodSerializer(ood).data if ood else None
 
     def _absolute(self, path: str) -> str:
         request = self.context.get("request")

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 from django.test import Client
 
@@ -123,3 +124,52 @@ def test_it_takes_feedback_from_the_result_page_form(clinician, prediction):
     assert FindingLabel.objects.count() == 1
     page = client.get(f"/predictions/{prediction.pk}/")
     assert b'value="present" id="label-Edema-present"' in page.content
+
+
+def test_it_accepts_the_names_label_tables_accept_and_says_who_saw_the_output(api, clinician, prediction):
+    from learning.labels import feedback_label_table
+
+    response = api(clinician).post(
+        url(prediction),
+        {
+            "labels": [
+                {"finding": "Pleural Effusion", "value": "present"},
+                {"finding": "pleural-thickening", "value": "absent"},
+                {"finding": "infiltrates", "value": "present"},
+            ]
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    marks = {m["finding"]: m for m in response.json()["labels"]}
+    assert set(marks) == {"Effusion", "Pleural_Thickening", "Infiltration"}
+    assert all(m["after_model_output"] is True for m in marks.values())  # the default: output was shown
+    blinded = api(clinician).post(
+        url(prediction),
+        {"labels": [{"finding": "Edema", "value": "present"}], "after_model_output": False},
+        format="json",
+    )
+    assert blinded.status_code == 201
+    assert FindingLabel.objects.get(finding="Edema").after_model_output is False
+    # Two names of one finding with different marks: refused, nothing written.
+    clash = api(clinician).post(
+        url(prediction),
+        {
+            "labels": [
+                {"finding": "Effusion", "value": "absent"},
+                {"finding": "Pleural Effusion", "value": "present"},
+            ]
+        },
+        format="json",
+    )
+    assert clash.status_code == 400 and FindingLabel.objects.count() == 4
+
+    # What training reads says which marks were given after seeing the model's output.
+    table = feedback_label_table(DEFAULT_CLASS_NAMES)
+    assert table.after_model_output == [True]
+    report = table.report.as_dict()
+    assert (report["marks_after_model_output"], report["marks_blinded"]) == (3, 1)
+    only_blinded = feedback_label_table(DEFAULT_CLASS_NAMES, blinded_only=True)
+    edema = DEFAULT_CLASS_NAMES.index("Edema")
+    assert only_blinded.after_model_output == [False] and only_blinded.labels[0, edema] == 1.0
+    assert np.isnan(only_blinded.labels[0, DEFAULT_CLASS_NAMES.index("Effusion")])

@@ -67,9 +67,7 @@ def test_it_gives_the_same_probabilities_as_single_uploads(
         assert row["model_version"] == body["model"]["version_name"]
         assert row["state"] == "done" and row["untrained"] == "1"
         for finding in body["findings"]:
-            assert float(row[f"{finding['name']}_probability"]) == pytest.approx(
-                finding["probability"], abs=2e-5
-            )
+            assert float(row[f"{finding['name']}_probability"]) == pytest.approx(finding["score"], abs=2e-5)
             assert row[f"{finding['name']}_positive"] == str(int(finding["positive"]))
 
 

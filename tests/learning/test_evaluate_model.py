@@ -155,4 +155,5 @@ def test_it_evaluates_on_a_chexpert_table(starter_model, shared_data, tmp_path):
     # Uncertain (-1) ignored by default: 5 of 6 images count for each of the two classes.
     assert result["per_class"]["Effusion"]["positives"] + result["per_class"]["Effusion"]["negatives"] == 5
     assert result["per_class"]["Edema"] == {**result["per_class"]["Edema"], "positives": 2, "negatives": 3}
-    assert result["per_class"]["Mass"] == {"auroc": None, "positives": 0, "negatives": 0}
+    mass = result["per_class"]["Mass"]
+    assert (mass["auroc"], mass["positives"], mass["negatives"], mass["evaluable"]) == (None, 0, 0, False)

@@ -47,7 +47,7 @@ def test_it_scores_live_predictions_off_the_record_and_compares(
     assert [r.prediction_id for r in rows] == [b["id"] for b in bodies]
     for row, body in zip(rows, bodies, strict=True):
         assert set(row.probabilities) == set(DEFAULT_CLASS_NAMES)
-        live = {f["name"]: f["probability"] for f in body["findings"]}
+        live = {f["name"]: f["score"] for f in body["findings"]}
         # Different weights give different scores; the live response and audit row never name the shadow.
         assert any(abs(row.probabilities[n] - live[n]) > 1e-4 for n in live)
         assert body["model"]["version_name"] == starter_model.version_name
@@ -56,23 +56,39 @@ def test_it_scores_live_predictions_off_the_record_and_compares(
     first, second = (Prediction.objects.get(pk=b["id"]) for b in bodies)
     FindingLabel.objects.create(prediction=first, finding="Edema", value="present", user=clinician)
     FindingLabel.objects.create(prediction=second, finding="Edema", value="absent", user=clinician)
+    # One positive and one negative: by default too few to measure anything.
+    edema = next(f for f in shadow.shadow_comparison(version=candidate)["findings"] if f["name"] == "Edema")
+    assert edema["live_auroc"] is None and edema["evaluable"] is False
+    settings.LUNGSITE_EVAL_MIN_POSITIVES = 1
     comparison = shadow.shadow_comparison(version=candidate)
     edema = next(f for f in comparison["findings"] if f["name"] == "Edema")
     assert comparison["n_predictions"] == 2
     assert edema["compared"] == 2 and edema["agreement"] in (0.0, 0.5, 1.0)
     assert (edema["positives"], edema["negatives"]) == (1, 1)
-    live_edema = [b["findings"][DEFAULT_CLASS_NAMES.index("Edema")]["probability"] for b in bodies]
+    live_edema = [b["findings"][DEFAULT_CLASS_NAMES.index("Edema")]["score"] for b in bodies]
     assert edema["live_auroc"] == (
         1.0 if live_edema[0] > live_edema[1] else 0.0 if live_edema[0] < live_edema[1] else 0.5
     )
     shadow_edema = [r.probabilities["Edema"] for r in rows]
     assert edema["shadow_auroc"] == (1.0 if shadow_edema[0] > shadow_edema[1] else 0.0)
 
+    assert edema["agreement_ci"][0] <= edema["agreement"] <= edema["agreement_ci"][1]
+    assert comparison["latency"]["shadow"]["n"] == 2 and comparison["latency"]["shadow"]["median_ms"] > 0
+
     page = Client()
     page.force_login(model_admin)
     response = page.get("/admin/registry/modelversion/shadow/")
     assert response.status_code == 200
     assert b"shadow-candidate" in response.content and b"Edema" in response.content
+
+    # The same comparison as JSON, for model-admins only.
+    assert api(clinician).get("/api/v1/models/shadow/").status_code == 403
+    body = api(model_admin).get("/api/v1/models/shadow/").json()
+    assert body["shadow"] == {"id": candidate.pk, "version_name": "shadow-candidate"}
+    assert body["n_predictions"] == 2 and body["latency"]["live"]["n"] == 2
+    by_name = {f["name"]: f for f in body["findings"]}
+    assert by_name["Edema"]["compared"] == 2 and by_name["Edema"]["agreement"] == edema["agreement"]
+    assert set(by_name["Edema"]) >= {"kappa", "kappa_ci", "live_auroc_ci", "shadow_auroc_ci", "evaluable"}
 
 
 @pytest.mark.django_db
@@ -89,3 +105,9 @@ def test_it_skips_when_the_rate_is_zero_and_refuses_the_active_version(starter_m
     assert shadow.shadow_version_get() == candidate
     shadow.shadow_version_set(version=None)
     assert shadow.shadow_version_get() is None
+
+
+@pytest.mark.django_db
+def test_the_shadow_api_says_when_there_is_none(api, model_admin):
+    body = api(model_admin).get("/api/v1/models/shadow/").json()
+    assert (body["shadow"], body["n_predictions"], body["findings"]) == (None, 0, [])

@@ -51,6 +51,9 @@ OPERATIONS = {
     ("/api/v1/jobs/{id}/", "get"),
     ("/api/v1/jobs/{id}/results.csv", "get"),
     ("/api/v1/jobs/{id}/cancel/", "post"),
+    ("/api/v1/drift/", "get"),
+    ("/api/v1/models/shadow/", "get"),
+    ("/api/v1/evaluations/{id}/", "get"),
 }
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import timedelta
 
 import highdicom as hd
 import numpy as np
@@ -161,21 +160,6 @@ def test_it_builds_a_secondary_capture_with_the_xray_under_the_heat_and_the_whol
     assert pixels.shape[0] > header.Rows  # room for the statement
 
 
-def test_it_reads_the_statement_the_analysis_core_recorded(analysed):
-    received, _ = analysed
-    prediction = received.prediction
-    prediction.results_json["honesty"] = {"state": "not_validated", "statement": "NOT VALIDATED: read this."}
-    assert honesty_statement(prediction) == "NOT VALIDATED: read this."
-    del prediction.results_json["honesty"]
-    prediction.results_json["untrained"] = False  # in memory only: the row is append-only
-    prediction.model.untrained = False
-    assert honesty_statement(prediction).startswith("NOT EVALUATED")
-    prediction.model.accuracy_auroc = 0.8123  # a number typed in at registration is not an evaluation
-    assert honesty_statement(prediction).startswith("NOT EVALUATED")
-    prediction.model.evaluated_at = prediction.created_at - timedelta(days=1)
-    assert "mean AUROC 0.812" in honesty_statement(prediction)
-
-
 def test_it_repairs_or_leaves_out_inherited_values_invalid_for_their_vr():
     header = pydicom.Dataset()
     header.PatientName = "Doe^Jane"
@@ -214,6 +198,37 @@ def test_it_fails_a_result_that_cannot_be_built_after_its_attempts(
     client.force_login(auditor)
     page = client.get("/worklist/").content.decode()
     assert "delivery failed" in page and "cannot be built" in page
+
+
+def test_it_says_what_the_result_recorded_about_its_version(analysed):
+    from registry.models import NOT_EVALUATED_WARNING, Evaluation
+
+    received, _ = analysed
+    prediction = received.prediction
+    # In memory only (the row is append-only): the honesty a trained version's result would record.
+    prediction.results_json["untrained"] = False
+    prediction.results_json["honesty"] = {"state": "not_evaluated", "statement": NOT_EVALUATED_WARNING}
+    assert honesty_statement(prediction).startswith("NOT EVALUATED")
+    evaluation = Evaluation.objects.create(
+        version=prediction.model,
+        evaluation_set="held-out set",
+        set_sha256="0" * 64,
+        n_images=200,
+        per_class={},
+        mean_auroc=0.8123,
+        mean_auroc_low=0.77,
+        mean_auroc_high=0.85,
+    )
+    prediction.results_json["honesty"] = {
+        "state": "evaluated",
+        "statement": None,
+        "evaluation_id": evaluation.pk,
+    }
+    assert "mean AUROC 0.812 (95 % CI 0.770-0.850) on held-out set" in honesty_statement(prediction)
+    prediction.model.untrained = False
+    chance = Evaluation(evaluation_set="s", mean_auroc=0.55, mean_auroc_low=0.45, mean_auroc_high=0.65)
+    prediction.results_json["honesty"] = prediction.model.honesty(evaluation=chance)
+    assert honesty_statement(prediction).startswith("NOT VALIDATED")
 
 
 def test_it_retries_due_results_from_the_command_and_keeps_them_pending(analysed):

@@ -161,3 +161,92 @@ def test_the_admin_asks_for_a_reason_and_keeps_it(starter_model, model_admin, cl
     assert queued.status_code == 302
     run = TrainingRun.objects.get()
     assert (run.base_version, run.status, run.options["epochs"]) == (candidate, TrainingRun.QUEUED, 2)
+
+
+def _big_table(class_names, n=200, seed=4) -> LabelTable:
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, len(class_names))) < 0.3).astype(float)
+    return LabelTable(
+        paths=[_Image(f"big{i}.png") for i in range(n)],
+        labels=labels,
+        class_names=list(class_names),
+        patients=[str(i // 2) for i in range(n)],
+        report=MappingReport(label_format="onehot", uncertain="ignore"),
+        source="synthetic",
+    )
+
+
+def _scores(table, signal: float, seed: int):
+    """Scores whose AUROC grows with `signal` (0: chance)."""
+    noise = np.random.default_rng(seed).normal(size=table.labels.shape)
+    return 1 / (1 + np.exp(-(noise + signal * table.labels)))
+
+
+def test_it_refuses_a_chance_level_version_whatever_is_active_and_shows_the_reason(model_admin, api, client):
+    chance = _register(11, "chance-v1")
+    table = _big_table(chance.class_names)
+    evaluation = model_version_evaluation_record(
+        version=chance, table=table, scores=_scores(table, 0.0, 1), evaluation_set="set B"
+    )
+    assert evaluation.mean_auroc_low <= 0.5 <= evaluation.mean_auroc_high
+    chance.refresh_from_db()
+    honesty = chance.honesty()
+    assert honesty["state"] == "not_validated" and honesty["evaluation_id"] == evaluation.pk
+    assert honesty["statement"].startswith("NOT VALIDATED") and "includes 0.5" in honesty["statement"]
+    # Nothing is active: there is nothing to compare with, and it is still refused.
+    with pytest.raises(ActivationGateRefused, match="NOT VALIDATED"):
+        model_version_activate(version=chance, user=model_admin, via="api")
+    refused = api(model_admin).post(f"/api/v1/models/{chance.pk}/activate/", {}, format="json")
+    assert refused.status_code == 409 and "NOT VALIDATED" in refused.json()["error"]["message"]
+    accepted = api(model_admin).post(
+        f"/api/v1/models/{chance.pk}/activate/",
+        {"override_reason": "Reader study of failure modes."},
+        format="json",
+    )
+    assert accepted.status_code == 200, accepted.content
+    body = accepted.json()
+    assert body["honesty"]["state"] == "not_validated" and body["warning"].startswith("NOT VALIDATED")
+    assert body["evaluation"]["id"] == evaluation.pk and body["evaluation"]["mean_auroc_ci"][0] <= 0.5
+    assert body["activations"][0]["override_reason"] == "Reader study of failure modes."
+    assert body["activations"][0]["activated_by"] == model_admin.username
+    listed = api(model_admin).get("/api/v1/models/").json()["results"][0]
+    assert listed["activations"][0]["override_reason"] == "Reader study of failure modes."
+    client.force_login(model_admin)
+    history = client.get("/admin/registry/activationevent/")
+    assert history.status_code == 200 and b"Reader study of failure modes." in history.content
+
+
+def test_it_refuses_a_version_below_the_floor(settings, model_admin):
+    settings.LUNGSITE_AUROC_FLOOR = 0.9
+    modest = _register(12, "modest-v1")
+    table = _big_table(modest.class_names)
+    evaluation = model_version_evaluation_record(
+        version=modest, table=table, scores=_scores(table, 1.0, 2), evaluation_set="set C"
+    )
+    assert evaluation.mean_auroc_low > 0.5 and evaluation.mean_auroc < 0.9
+    with pytest.raises(ActivationGateRefused, match="below the floor of 0.90"):
+        model_version_activate(version=modest, user=model_admin, via="api")
+    settings.LUNGSITE_AUROC_FLOOR = 0.6
+    model_version_activate(version=modest, user=model_admin, via="api")
+
+
+def test_it_compares_intervals_not_means_on_the_same_set(model_admin):
+    first, close, far = _register(13, "first-v1"), _register(14, "close-v1"), _register(15, "far-v1")
+    table = _big_table(first.class_names)
+    strong = model_version_evaluation_record(
+        version=first, table=table, scores=_scores(table, 2.0, 3), evaluation_set="set D"
+    )
+    # A slightly lower mean within the intervals: not told apart, let through.
+    near = model_version_evaluation_record(
+        version=close, table=table, scores=_scores(table, 1.9, 4), evaluation_set="set D"
+    )
+    weak = model_version_evaluation_record(
+        version=far, table=table, scores=_scores(table, 0.8, 5), evaluation_set="set D"
+    )
+    assert near.mean_auroc < strong.mean_auroc and near.mean_auroc_high >= strong.mean_auroc_low
+    assert weak.mean_auroc_high < strong.mean_auroc_low
+    model_version_activate(version=first, user=model_admin, via="api")
+    with pytest.raises(ActivationGateRefused, match="the intervals do not overlap"):
+        model_version_activate(version=far, user=model_admin, via="api")
+    model_version_activate(version=close, user=model_admin, via="api")
+    assert ActivationEvent.objects.filter(version=close, override_reason="").exists()

@@ -206,4 +206,4 @@ def test_it_registers_and_serves_a_resnet50_with_grad_cam_heatmaps(weights_file,
     np.testing.assert_allclose(ours_stored, reference, atol=2 / 255)
     with torch.inference_mode():
         expected = torch.sigmoid(model(torch.from_numpy(tensor)))[0].numpy()
-    np.testing.assert_allclose([f["probability"] for f in body["findings"]], expected, atol=1e-4)
+    np.testing.assert_allclose([f["score"] for f in body["findings"]], expected, atol=1e-4)

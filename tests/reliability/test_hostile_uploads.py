@@ -66,7 +66,7 @@ def _check_valid(case: corpus.Case, response, rows_before, files_before, active_
         return [f"{name}: expected 201, got {response.status_code} {response.content[:300]!r}"]
     body = response.json()
     problems = []
-    probabilities = [finding["probability"] for finding in body.get("findings", [])]
+    probabilities = [finding["score"] for finding in body.get("findings", [])]
     if len(probabilities) != 13 or not all(
         isinstance(p, float | int) and math.isfinite(p) and 0.0 <= p <= 1.0 for p in probabilities
     ):

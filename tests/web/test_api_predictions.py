@@ -25,6 +25,8 @@ RESPONSE_KEYS = {
     "image_sha256",
     "image_url",
     "warning",
+    "honesty",
+    "ood",
 }
 
 
@@ -117,9 +119,12 @@ def test_it_creates_a_prediction_from_a_real_xray(api, clinician, starter_model)
     assert [finding["name"] for finding in body["findings"]] == DEFAULT_CLASS_NAMES
     assert len(body["findings"]) == 13
     for finding in body["findings"]:
-        assert set(finding) == {"name", "probability", "threshold", "positive"}
-        assert 0.0 <= finding["probability"] <= 1.0
-        assert finding["positive"] == (finding["probability"] >= finding["threshold"])
+        assert set(finding) == {"name", "score", "probability", "calibrated", "threshold", "positive"}
+        assert 0.0 <= finding["score"] <= 1.0
+        assert finding["positive"] == (finding["score"] >= finding["threshold"])
+        # The starter has no calibration: its outputs are scores, not probabilities.
+        assert finding["calibrated"] is False and finding["probability"] is None
+    assert body["honesty"]["state"] == "untrained" and body["honesty"]["statement"] == body["warning"]
     assert set(body["heatmaps"]) == set(DEFAULT_CLASS_NAMES)
     assert body["heatmaps"]["Atelectasis"] == (
         f"http://testserver/api/v1/predictions/{body['id']}/heatmaps/Atelectasis.png"

@@ -111,11 +111,13 @@ def test_it_shows_no_untrained_warning_for_a_trained_model(client, clinician):
 
 
 def test_it_shows_no_warning_for_a_trained_evaluated_model(client, clinician):
+    from datetime import timedelta
+
     from django.utils import timezone
 
-    from registry.models import DEFAULT_CLASS_NAMES, ModelVersion
+    from registry.models import DEFAULT_CLASS_NAMES, Evaluation, ModelVersion
 
-    ModelVersion.objects.create(
+    version = ModelVersion.objects.create(
         version_name="chexnet-evaluated",
         storage_path="w.pt",
         class_names=DEFAULT_CLASS_NAMES,
@@ -124,10 +126,34 @@ def test_it_shows_no_warning_for_a_trained_evaluated_model(client, clinician):
         untrained=False,
         evaluated_at=timezone.now(),
     )
+    evaluation = Evaluation.objects.create(
+        version=version,
+        evaluation_set="held-out set",
+        set_sha256="0" * 64,
+        n_images=400,
+        per_class={},
+        mean_auroc=0.81,
+        mean_auroc_low=0.77,
+        mean_auroc_high=0.85,
+    )
     client.force_login(clinician)
     html = client.get("/").content.decode()
     assert "chexnet-evaluated" in html
-    assert "UNTRAINED" not in html and "NOT EVALUATED" not in html
+    assert "UNTRAINED" not in html and "NOT EVALUATED" not in html and "NOT VALIDATED" not in html
+    # At chance level (the interval includes 0.5) the page says NOT VALIDATED, with the numbers.
+    Evaluation.objects.create(
+        version=version,
+        evaluation_set="another set",
+        set_sha256="1" * 64,
+        n_images=200,
+        per_class={},
+        mean_auroc=0.55,
+        mean_auroc_low=0.45,
+        mean_auroc_high=0.65,
+        created_at=evaluation.created_at + timedelta(seconds=1),
+    )
+    html = client.get("/").content.decode()
+    assert "NOT VALIDATED model" in html and "0.550 (95 % CI 0.450-0.650)" in html
 
 
 def test_it_warns_when_no_model_is_active(client, clinician):

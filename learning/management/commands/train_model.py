@@ -25,6 +25,11 @@ def add_training_arguments(parser) -> None:
     parser.add_argument(
         "--feedback", action="store_true", help="add the feedback-labelled predictions of the audit log"
     )
+    parser.add_argument(
+        "--feedback-blinded-only",
+        action="store_true",
+        help="with --feedback, only marks given without seeing the model's output",
+    )
     parser.add_argument("--limit", type=int, help="use only the first N images of each table")
 
 
@@ -48,7 +53,9 @@ def label_tables(options, class_names: list[str]) -> LabelTable:
                 )
             )
         if options["feedback"]:
-            feedback = feedback_label_table(class_names, unsure=options["uncertain"])
+            feedback = feedback_label_table(
+                class_names, unsure=options["uncertain"], blinded_only=options["feedback_blinded_only"]
+            )
             if feedback is not None:
                 tables.append(feedback)
     except LabelError as exc:
@@ -62,7 +69,8 @@ def label_tables(options, class_names: list[str]) -> LabelTable:
 
 class Command(BaseCommand):
     help = (
-        "Fine-tunes a version (or fresh network) on labelled images; registers it inactive, evaluated (JSON)."
+        "Fine-tunes a version (or fresh network) on labelled images; registers it inactive with its "
+        "held-out test evaluation (JSON)."
     )
 
     def add_arguments(self, parser):
@@ -81,7 +89,24 @@ class Command(BaseCommand):
         parser.add_argument(
             "--input-size", type=int, help="input size in pixels (default: the base version's)"
         )
-        parser.add_argument("--val-fraction", type=float, default=0.2)
+        parser.add_argument(
+            "--val-fraction",
+            type=float,
+            default=0.2,
+            help="share for choosing epoch, thresholds, calibration",
+        )
+        parser.add_argument(
+            "--test-fraction",
+            type=float,
+            default=0.2,
+            help="share held out for the figures the version is judged by (0: none; evaluate it elsewhere)",
+        )
+        parser.add_argument(
+            "--calibration",
+            default="platt",
+            choices=["platt", "temperature", "none"],
+            help="calibration fitted on the validation split (default platt)",
+        )
         parser.add_argument("--patience", type=int, default=3, help="early stop after N epochs without gain")
         parser.add_argument(
             "--target-sensitivity",
@@ -104,11 +129,13 @@ class Command(BaseCommand):
                 raise CommandError(f"--{name.replace('_', '-')} must be at least 1.")
         if not 0 < options["val_fraction"] < 1:
             raise CommandError("--val-fraction must be between 0 and 1.")
+        if not 0 <= options["test_fraction"] < 1 or options["val_fraction"] + options["test_fraction"] >= 1:
+            raise CommandError("--test-fraction must be in [0, 1) and leave images for training.")
         if options["target_sensitivity"] is not None and not 0 < options["target_sensitivity"] <= 1:
             raise CommandError("--target-sensitivity must be in (0, 1].")
         if ModelVersion.objects.filter(version_name=options["version_name"]).exists():
             raise CommandError(one_line(f"A version named {options['version_name']!r} already exists."))
-        model, architecture, class_names, preprocessing, base = self._start(options)
+        model, architecture, class_names, preprocessing, base, base_version = self._start(options)
         table = label_tables(options, class_names)
         config = TrainConfig(
             epochs=options["epochs"],
@@ -117,6 +144,10 @@ class Command(BaseCommand):
             max_minutes=options["max_minutes"],
             input_size=options["input_size"] or int(preprocessing.get("input_size", 224)),
             val_fraction=options["val_fraction"],
+            test_fraction=options["test_fraction"],
+            calibration=None if options["calibration"] == "none" else options["calibration"],
+            min_positives=int(settings.LUNGSITE_EVAL_MIN_POSITIVES),
+            bootstrap_rounds=int(settings.LUNGSITE_BOOTSTRAP_ROUNDS),
             patience=options["patience"],
             seed=options["seed"],
             target_sensitivity=options["target_sensitivity"],
@@ -139,19 +170,36 @@ class Command(BaseCommand):
         card = model_card(result, base=base, data_source=table.source, label_report=table.report.as_dict())
         try:
             version = training_register(
-                result, version_name=options["version_name"], architecture=architecture, card=card
+                result,
+                version_name=options["version_name"],
+                architecture=architecture,
+                card=card,
+                base=base_version,
             )
         except RegistrationError as exc:
             raise CommandError(one_line(exc)) from exc
         if options["outputs_csv"]:
             write_outputs_csv(Path(options["outputs_csv"]), result.val_table, result.val_scores)
+        card = version.model_card
+        honesty = version.honesty()
         self.stdout.write(
             dumps(
                 {
                     "version": version_as_dict(version),
+                    "honesty": {"state": honesty["state"], "statement": honesty["statement"]},
+                    "test": {
+                        "evaluation_set": card.get("evaluation_set"),
+                        "evaluation_id": card.get("test_evaluation_id"),
+                        "per_class": card.get("auroc"),
+                        "mean_auroc": card.get("mean_auroc"),
+                        "mean_auroc_ci": card.get("mean_auroc_ci"),
+                    },
+                    "validation": {"per_class": result.per_class, "mean_auroc": result.mean_auroc},
                     "per_class": result.per_class,
                     "mean_auroc": result.mean_auroc,
+                    "calibration": result.calibration,
                     "thresholds": result.thresholds,
+                    "threshold_intervals": card.get("threshold_intervals"),
                     "split": {k: v for k, v in result.split.items() if k != "skipped_images"},
                     "skipped": result.split["skipped_images"],
                     "labels": table.report.as_dict(),
@@ -182,6 +230,7 @@ class Command(BaseCommand):
                 list(DEFAULT_CLASS_NAMES),
                 dict(DEFAULT_PREPROCESSING),
                 base,
+                None,
             )
         if not options["ref"]:
             raise CommandError("Give a version id or name to start from, or --architecture.")
@@ -203,6 +252,7 @@ class Command(BaseCommand):
             list(version.class_names),
             dict(version.preprocessing or DEFAULT_PREPROCESSING),
             base,
+            version,
         )
 
 
