@@ -108,11 +108,11 @@ def version_with_nan_outputs(name: str = "older-nan"):
     model = load_model(starter_weights_bytes(), architecture="densenet121", num_classes=13)
     with torch.no_grad():
         model.classifier.bias[2] = float("nan")
-    name, sha256, _ = weights_save(_save(model.state_dict()))
+    weights_path, sha256, _ = weights_save(_save(model.state_dict()))
     graph_path, graph_sha256, _ = serving_graph_save(onnx_graph(model, "densenet121", 224))
     return ModelVersion.objects.create(
         version_name=name,
-        storage_path=name,
+        storage_path=weights_path,
         sha256=sha256,
         serving_graph_path=graph_path,
         serving_graph_sha256=graph_sha256,
