@@ -41,8 +41,14 @@ def _interval(ci) -> str:
 
 
 def roc_png(evaluation) -> bytes:
+    """The ROC picture of `evaluation` (roc_figure) as a PNG."""
+    return _png(roc_figure(evaluation))
+
+
+def roc_figure(evaluation):
     """ROC curve of every evaluable finding, with its AUROC and 95 % interval in the legend; the
-    chance diagonal dashed; findings with too few cases listed as not evaluable."""
+    chance diagonal dashed; findings with too few cases listed as not evaluable; both axes
+    numbered and named."""
     from sklearn.metrics import roc_curve
 
     names, labels, scores = _outputs(evaluation)
@@ -75,7 +81,8 @@ def roc_png(evaluation) -> bytes:
             ha="right", va="bottom", fontsize=7, wrap=True,
         )  # fmt: skip
     axes.grid(alpha=0.3)
-    return _png(figure)
+    figure.canvas.draw()  # lays the ticks out, so their labels can be read
+    return figure
 
 
 def reliability_png(evaluation) -> bytes:
