@@ -81,7 +81,9 @@ def image_store(*, data: bytes, image: np.ndarray) -> StoredUpload:
         # remove (and asking a backend that is down would only log a second failure). One line,
         # no traceback: an outage repeats this for every upload.
         logger.error("cannot store the analysed image (%s: %s)", type(exc).__name__, exc)
-        raise StorageUnavailable(f"The image store is unavailable ({type(exc).__name__}).") from exc
+        raise StorageUnavailable(
+            f"The image store is unavailable ({type(exc).__name__}); nothing was recorded."
+        ) from exc
     return StoredUpload(name=name, data=png, sha256=hashlib.sha256(png).hexdigest())
 
 
@@ -127,7 +129,9 @@ def prediction_log(
     except Exception as exc:
         image_discard(stored)
         if isinstance(exc, DatabaseError):
-            raise DatabaseUnavailable(f"The prediction log is unavailable ({type(exc).__name__}).") from exc
+            raise DatabaseUnavailable(
+                f"The prediction log is unavailable ({type(exc).__name__}); nothing was recorded."
+            ) from exc
         raise
 
 

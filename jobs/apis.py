@@ -53,7 +53,9 @@ def files_from_request(request) -> list[tuple[str, UploadedFile]]:
     for archive in request.FILES.getlist("archive"):
         head = archive.read(4)
         archive.seek(0)
-        if head and not is_zip(head):
+        if not head:
+            raise LungsiteError(f"The `archive` part {archive.name!r} is empty.", code="empty", status=400)
+        if not is_zip(head):
             raise LungsiteError(
                 f"The `archive` part {archive.name!r} is not a ZIP archive; send images as `images` parts.",
                 code="not_a_zip",

@@ -256,6 +256,9 @@ def test_the_scheduled_checkpoint_signs_a_head_that_moved_and_verified(key_a, ve
 
 def test_celery_beat_runs_the_scheduled_checkpoint():
     from audit.tasks import chain_checkpoint
+    from lungsite.celery import app
+
+    app.autodiscover_tasks(force=True)  # as a worker does when it starts (earlier tests used the app)
 
     entry = django_settings.CELERY_BEAT_SCHEDULE["audit-checkpoint"]
     assert entry["task"] == chain_checkpoint.name == "audit.tasks.chain_checkpoint"
