@@ -9,30 +9,33 @@ ROLE = "model-admin"
 PERMISSIONS = (("learning", "view_trainingrun"), ("registry", "view_evaluation"))
 
 
-def _permissions(apps):
+def _permissions(apps, using):
     Permission = apps.get_model("auth", "Permission")
     return [
-        Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        Permission.objects.using(using).get(content_type__app_label=app_label, codename=codename)
         for app_label, codename in PERMISSIONS
     ]
 
 
 def grant(apps, schema_editor):
     # Permissions are normally created after all migrations ran; create them now so the group can
-    # hold them on a fresh database (as registry's 0002_roles and 0003 do).
+    # hold them on a fresh database (as registry's 0002_roles and 0003 do), on the database being
+    # migrated (the owner's alias when the app's role may not create them).
+    using = schema_editor.connection.alias
     for app_config in apps.get_app_configs():
         app_config.models_module = True
-        create_permissions(app_config, verbosity=0)
+        create_permissions(app_config, verbosity=0, using=using)
         app_config.models_module = None
     Group = apps.get_model("auth", "Group")
-    group, _ = Group.objects.get_or_create(name=ROLE)
-    group.permissions.add(*_permissions(apps))
+    group, _ = Group.objects.using(using).get_or_create(name=ROLE)
+    group.permissions.add(*_permissions(apps, using))
 
 
 def revoke(apps, schema_editor):
+    using = schema_editor.connection.alias
     Group = apps.get_model("auth", "Group")
-    for group in Group.objects.filter(name=ROLE):
-        group.permissions.remove(*_permissions(apps))
+    for group in Group.objects.using(using).filter(name=ROLE):
+        group.permissions.remove(*_permissions(apps, using))
 
 
 class Migration(migrations.Migration):
