@@ -78,14 +78,19 @@ def chance_version(db, starter_model):
 def _sr_and_sc_statements(received) -> list[str]:
     from pacs.models import ResultObject
     from pacs.results import result_dataset_bytes
-    from tests.pacs.test_orthanc_round_trip import _sr_texts
 
     header = pydicom.dcmread(shared_data_path(*CHEST_DCM), force=True, stop_before_pixels=True)
     statements = []
     for result in received.results.all():
         dataset = pydicom.dcmread(io.BytesIO(result_dataset_bytes(result=result, header=header)))
         if result.kind == ResultObject.KIND_SR:
-            statements.append(_sr_texts(dataset)["Model statement"])
+            statements += [  # the report's text items: its honesty statement
+                item.TextValue
+                for container in dataset.ContentSequence
+                if container.ValueType == "CONTAINER"
+                for item in getattr(container, "ContentSequence", [])
+                if item.ValueType == "TEXT"
+            ]
         else:
             statements.append(str(dataset.ImageComments))
     return statements

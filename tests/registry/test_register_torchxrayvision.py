@@ -90,7 +90,7 @@ def test_the_command_registers_xrv_weights_as_they_are_and_the_api_serves_xrvs_o
         expected = xrv_sigmoid(xrv_all, x)[0][order]
         findings = body["findings"]
         assert [f["name"] for f in findings] == row["class_names"]
-        np.testing.assert_allclose([f["probability"] for f in findings], expected, atol=1e-3)
+        np.testing.assert_allclose([f["score"] for f in findings], expected, atol=1e-3)
         with torch.inference_mode():
             xrvs_own = xrv_all(torch.from_numpy(x))[0][order].numpy()  # op_threshs applied
         assert [f["positive"] for f in findings] == list(xrvs_own >= 0.5)

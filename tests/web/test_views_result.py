@@ -28,6 +28,23 @@ def _version(name="starter-untrained", *, untrained=True, active=True) -> ModelV
     )
 
 
+def _validated(version: ModelVersion) -> None:
+    """A held-out evaluation whose mean-AUROC interval lies above chance, in force from yesterday."""
+    from registry.models import Evaluation
+
+    Evaluation.objects.create(
+        version=version,
+        evaluation_set="held-out test set",
+        set_sha256="e" * 64,
+        n_images=200,
+        per_class={},
+        mean_auroc=0.85,
+        mean_auroc_low=0.80,
+        mean_auroc_high=0.90,
+        created_at=timezone.now() - timedelta(days=1),
+    )
+
+
 def _prediction(
     user, version, probabilities=PROBABILITIES, heatmaps=None, *, heatmap_data=b"", image_url="x.png", **extra
 ) -> Prediction:
@@ -146,8 +163,7 @@ def test_it_drafts_a_report_line_with_scores_and_the_versions_state_never_a_diag
     assert line.endswith("Model output for review, not a diagnosis.")
 
     trained = _version("chexnet-real", untrained=False, active=False)
-    trained.evaluated_at = trained.created_at
-    trained.save()
+    _validated(trained)
     html = client.get(_url(_prediction(clinician, trained, {"Edema": 0.2}))).content.decode()
     line = html.split('id="report-line"')[1].split(">", 1)[1].split("</textarea>")[0]
     assert line.startswith(
@@ -239,8 +255,7 @@ def test_it_shows_the_model_the_time_the_image_hash_and_the_disclaimer(client, c
 
 def test_it_has_no_untrained_warning_for_a_trained_evaluated_model(client, clinician):
     version = _version("chexnet-real", untrained=False)
-    version.evaluated_at = version.created_at
-    version.save()
+    _validated(version)
     prediction = _prediction(clinician, version)
     client.force_login(clinician)
     html = client.get(_url(prediction)).content.decode()
