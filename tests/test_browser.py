@@ -562,7 +562,6 @@ def _walk_data(django_user_model, starter_model, settings):
 
     import numpy as np
     import pydicom
-    from django.core.files.uploadedfile import SimpleUploadedFile
     from sklearn.metrics import roc_auc_score
 
     from analysis import services
@@ -587,8 +586,8 @@ def _walk_data(django_user_model, starter_model, settings):
     made = {}
     for key, parts in (("png", NIH_PNG), ("cr16", CR_16BIT)):
         data = shared_data_path(*parts).read_bytes()
-        made[key] = services.prediction_create(
-            upload=SimpleUploadedFile(parts[-1], data), user=alice, source=Prediction.SOURCE_WEB
+        made[key] = services.analyse(
+            upload=data, file_name=parts[-1], user=alice, source=Prediction.SOURCE_WEB
         )
 
     # One patient, three studies, as a PACS sends them (the ID is kept only as a keyed hash).
@@ -747,6 +746,7 @@ def test_it_walks_every_page_at_desktop_and_phone_sizes_with_no_axe_violation(
     walk.visit("model-admin", "evaluations", "/admin/registry/evaluation/")
     walk.visit("model-admin", "training-runs", "/admin/learning/trainingrun/")
     walk.visit("model-admin", "activations", "/admin/registry/activationevent/")
+    walk.visit("model-admin", "drift", "/models/drift/")
 
     # An integrator: the API docs (Swagger UI's own page: screenshots only, no axe).
     _log_in(browser, site, walk.wait, "ivan", "pw-ivan")
