@@ -3,7 +3,7 @@ outputs behind it (so anyone can recompute its figures)."""
 
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -11,12 +11,21 @@ from rest_framework.views import APIView
 from common.api_errors import error_responses
 from common.permissions import has_perm
 from learning.drift import drift_report
-from learning.views import weeks_param
+from learning.views import MAX_WEEKS
 from registry.models import Evaluation
 
 CanViewModels = has_perm("registry.view_modelversion")
 IsModelAdmin = has_perm("registry.change_modelversion")
 MAX_ID = 2**63 - 1
+
+
+class DriftQuerySerializer(serializers.Serializer):
+    weeks = serializers.IntegerField(
+        min_value=1, max_value=MAX_WEEKS, default=12, help_text=f"How many weeks back (1-{MAX_WEEKS})."
+    )
+    version = serializers.IntegerField(
+        min_value=1, max_value=MAX_ID, required=False, help_text="Only this version id."
+    )
 
 
 class DriftApi(APIView):
@@ -33,22 +42,15 @@ class DriftApi(APIView):
             "`alert` is set when a finding's PSI passes `psi_alert` in a week with at least `min_weekly` "
             "predictions. Model-admins only (registry.change_modelversion)."
         ),
-        parameters=[
-            OpenApiParameter("weeks", int, description="How many weeks back (1-104, default 12)."),
-            OpenApiParameter("version", int, description="Only this version id."),
-        ],
+        parameters=[DriftQuerySerializer],
         responses={200: OpenApiTypes.OBJECT, **error_responses(400, 401, 403)},
         tags=["models"],
     )
     def get(self, request):
-        version = request.query_params.get("version")
-        if version is not None and (not version.isdigit() or int(version) > MAX_ID):
-            raise exceptions.ValidationError({"version": "A version id (a positive integer)."})
+        query = DriftQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
         return Response(
-            drift_report(
-                weeks=weeks_param(request.query_params.get("weeks")),
-                version_id=int(version) if version is not None else None,
-            )
+            drift_report(weeks=query.validated_data["weeks"], version_id=query.validated_data.get("version"))
         )
 
 

@@ -284,6 +284,10 @@ def test_the_drift_page_and_json_count_what_was_seen(chance_version, api, clinic
         )
         assert response.status_code == 201
     assert api(clinician).get("/api/v1/drift/").status_code == 403
+    for bad in ("weeks=0", "weeks=null", "version=-1", "version=x"):
+        refused = api(model_admin).get(f"/api/v1/drift/?{bad}")
+        assert refused.status_code == 400, bad
+        assert refused.json()["error"]["code"] == "invalid"
     report = api(model_admin).get("/api/v1/drift/?weeks=4").json()
     entry = next(v for v in report["versions"] if v["id"] == version.pk)
     assert entry["reference"]["evaluation"]["id"] == evaluation.pk

@@ -255,11 +255,12 @@ def test_the_scheduled_checkpoint_signs_a_head_that_moved_and_verified(key_a, ve
 
 
 def test_celery_beat_runs_the_scheduled_checkpoint():
-    from audit.tasks import chain_checkpoint
+    import audit.tasks  # noqa: F401  (a worker imports each app's tasks.py when it starts)
     from lungsite.celery import app
 
-    app.autodiscover_tasks(force=True)  # as a worker does when it starts (earlier tests used the app)
-
+    # Looked up on lungsite's app itself: the shared task's proxy resolves on whichever Celery app is
+    # current, which an earlier test may have replaced.
+    task = app.tasks["audit.tasks.chain_checkpoint"]
     entry = django_settings.CELERY_BEAT_SCHEDULE["audit-checkpoint"]
-    assert entry["task"] == chain_checkpoint.name == "audit.tasks.chain_checkpoint"
+    assert entry["task"] == task.name
     assert entry["schedule"] == django_settings.LUNGSITE_AUDIT_CHECKPOINT_SECONDS > 0
