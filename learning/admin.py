@@ -18,7 +18,6 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from learning.models import TrainingRun
-from registry.admin import ActivationEventAdmin as RegistryActivationEventAdmin
 from registry.admin import ModelVersionAdmin as RegistryModelVersionAdmin
 from registry.models import ActivationEvent, Evaluation, ModelVersion
 
@@ -58,13 +57,6 @@ class TrainForm(forms.Form):
         if ModelVersion.objects.filter(version_name=data.get("version_name", "")).exists():
             raise forms.ValidationError("A version with this name already exists.")
         return data
-
-
-def activation_reason(event: ActivationEvent) -> str:
-    """What the history says of why: "rollback", or the gate's override with the reason written."""
-    if event.override_reason:
-        return f"{event.reason or 'evaluation gate overridden'}: {event.override_reason}"
-    return event.reason
 
 
 class ReasonForm(forms.Form):
@@ -213,26 +205,6 @@ class EvaluationAdminMixin:
                 for r in runs
             ),
         )
-
-    @admin.display(description="activation history")
-    def activation_history(self, obj):
-        # The registry's table with the reason written by whoever overrode the evaluation gate.
-        events = list(
-            ActivationEvent.objects.with_deactivated_at().filter(version=obj).select_related("activated_by")
-        )
-        if not events:
-            return "Never activated."
-        rows = [
-            (
-                f"{e.activated_at:%Y-%m-%d %H:%M:%S %Z}",
-                f"{e.deactivated_at:%Y-%m-%d %H:%M:%S %Z}" if e.deactivated_at else "still active",
-                e.activated_by.get_username() if e.activated_by else "-",
-                e.get_via_display(),
-                activation_reason(e) or "-",
-            )
-            for e in events
-        ]
-        return self._table(("active from", "to", "by", "via", "reason"), rows)
 
     # ---- the evaluation gate, before the confirmation page ----
 
@@ -500,18 +472,6 @@ class EvaluationAdmin(admin.ModelAdmin):
 
 
 admin.site.unregister(ModelVersion)
-admin.site.unregister(ActivationEvent)
-
-
-@admin.register(ActivationEvent)
-class ActivationEventAdmin(RegistryActivationEventAdmin):
-    """The registry's activation history, with the reason of an override of the evaluation gate."""
-
-    list_display = ("version", "activated_at", "until", "activated_by", "via", "previous", "why")
-
-    @admin.display(description="reason")
-    def why(self, obj):
-        return activation_reason(obj) or "-"
 
 
 @admin.register(ModelVersion)

@@ -374,11 +374,11 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 f"{e.deactivated_at:%Y-%m-%d %H:%M:%S %Z}" if e.deactivated_at else "still active",
                 e.activated_by.get_username() if e.activated_by else "-",
                 e.get_via_display(),
-                e.override_reason or "-",
+                e.why() or "-",
             )
             for e in events
         ]
-        return self._table(("active from", "to", "by", "via", "gate overridden because"), rows)
+        return self._table(("active from", "to", "by", "via", "reason"), rows)
 
     @staticmethod
     def _table(header, rows):
@@ -588,8 +588,7 @@ class ActivationEventAdmin(admin.ModelAdmin):
         "activated_by",
         "via",
         "previous",
-        "reason",
-        "override_reason",
+        "reason_given",
     )
     list_filter = ("via",)
     list_select_related = ("version", "previous", "activated_by")
@@ -601,6 +600,10 @@ class ActivationEventAdmin(admin.ModelAdmin):
     @admin.display(description="active until")
     def until(self, obj):
         return obj.deactivated_at or "still active"
+
+    @admin.display(description="reason")
+    def reason_given(self, obj):
+        return obj.why() or "-"
 
     def has_add_permission(self, request):
         return False

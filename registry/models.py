@@ -284,6 +284,12 @@ class ActivationEvent(models.Model):
     def delete(self, *args, **kwargs):
         raise AppendOnlyError("The activation history is append-only: rows cannot be deleted.")
 
+    def why(self) -> str:
+        """What the history says of why: "rollback", or the gate's override with the reason written."""
+        if self.override_reason:
+            return f"{self.reason or 'evaluation gate overridden'}: {self.override_reason}"
+        return self.reason
+
 
 class Evaluation(models.Model):
     """One measured evaluation of a version on a labelled set: per-class AUROC with its 95 %
