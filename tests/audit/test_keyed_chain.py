@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import subprocess
+import sys
 from io import StringIO
 
 import pytest
@@ -20,7 +22,7 @@ from audit.integrity import chain_body, compute_chain_hash, prediction_create_ch
 from audit.keys import Keyring, key_id, keyring
 from audit.models import ChainGenesis, Prediction
 from registry.models import DEFAULT_CLASS_NAMES, ModelVersion
-from tests.conftest import tamper_sql
+from tests.conftest import ROOT, tamper_sql
 
 KEY_A = "a-first-audit-key-of-at-least-32-characters"
 KEY_B = "b-second-audit-key-of-at-least-32-characters"
@@ -255,12 +257,22 @@ def test_the_scheduled_checkpoint_signs_a_head_that_moved_and_verified(key_a, ve
 
 
 def test_celery_beat_runs_the_scheduled_checkpoint():
-    import audit.tasks  # noqa: F401  (a worker imports each app's tasks.py when it starts)
-    from lungsite.celery import app
-
-    # Looked up on lungsite's app itself: the shared task's proxy resolves on whichever Celery app is
-    # current, which an earlier test may have replaced.
-    task = app.tasks["audit.tasks.chain_checkpoint"]
+    # A worker started from this code, in a process of its own (as `celery -A lungsite worker`
+    # starts), registers the task that beat's schedule names.
     entry = django_settings.CELERY_BEAT_SCHEDULE["audit-checkpoint"]
-    assert entry["task"] == task.name
     assert entry["schedule"] == django_settings.LUNGSITE_AUDIT_CHECKPOINT_SECONDS > 0
+    registered = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from lungsite.celery import app; app.loader.import_default_modules(); "
+            "print('\\n'.join(sorted(app.tasks)))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.split()
+    assert entry["task"] == "audit.tasks.chain_checkpoint"
+    assert entry["task"] in registered
