@@ -11,8 +11,10 @@ worker with its model and thread pools, so a new child is ready in milliseconds.
 kept for the next upload; one that was killed or ran out of memory is replaced.
 
 What it costs: the upload's bytes go to the child and the decoded pixels come back through a pipe
-(about 1 MB for a 1024x1024 8-bit X-ray; bench/run.py reports the added time as
-`decode_child_overhead_ms`).
+as their raw bytes (about 1 MB for a 1024x1024 8-bit X-ray; bench/run.py reports the added time as
+`decode_child_overhead_ms`). The same child writes the stored copy's PNG
+(`decode_with_stored_copy`) and reduces a stored copy to the pages' bounded-size derivative
+(`display_levels`), so neither runs in a request's thread.
 """
 
 from __future__ import annotations
@@ -26,14 +28,14 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from engine import decode
+from engine import decode, stored_image
 from engine.decode import DecodeError
 
 logger = logging.getLogger(__name__)
 
 _context = multiprocessing.get_context("forkserver")
 # Imported once by the fork server, so that each child starts with the decoders loaded.
-_context.set_forkserver_preload(["engine.decode", "pydicom", "pydicom.pixels"])
+_context.set_forkserver_preload(["engine.decode", "engine.stored_image", "pydicom", "pydicom.pixels"])
 
 _idle: queue.LifoQueue[_Child] = queue.LifoQueue()
 _start_lock = threading.Lock()
@@ -55,12 +57,26 @@ class _Child:
         self.connection.close()
 
 
+def _work(job: str, data: bytes, filename: str, options: dict):
+    """What the child does for one request: ("decode", ...) the upload's pixels; ("stored_copy",
+    ...) the pixels and the PNG the log keeps (engine.stored_image); ("display", ...) a stored
+    copy's bounded-size gray levels. Returns (pixels, extra)."""
+    if job == "display":
+        try:
+            return stored_image.display_levels(data, options["max_side"])
+        except (OSError, SyntaxError, ValueError) as exc:  # Pillow's ways of saying "unreadable"
+            raise DecodeError(f"The stored image cannot be read ({exc}).", code="truncated") from exc
+    image = decode.decode_gray(data, filename, **options)
+    return image, stored_image.png_bytes(image) if job == "stored_copy" else None
+
+
 def _serve(connection: Connection) -> None:
-    """The child's loop: one (bytes, name, options, memory cap) request at a time, answered with
-    ("ok", pixels), ("refused", DecodeError) or ("memory", None). Exits when the worker goes."""
+    """The child's loop: one (job, bytes, name, options, memory cap) request at a time, answered
+    with ("ok", shape, dtype, extra) followed by the pixels' raw bytes, or ("refused", DecodeError)
+    or ("memory", None). Exits when the worker goes."""
     while True:
         try:
-            data, filename, options, max_bytes = connection.recv()
+            job, data, filename, options, max_bytes = connection.recv()
         except (EOFError, OSError):
             return
         # Soft limit only: the next request may set another (the settings can differ between
@@ -69,8 +85,11 @@ def _serve(connection: Connection) -> None:
         resource.setrlimit(
             resource.RLIMIT_AS, (max_bytes if hard == resource.RLIM_INFINITY else min(max_bytes, hard), hard)
         )
+        pixels = None
         try:
-            reply = ("ok", decode.decode_gray(data, filename, **options))
+            pixels, extra = _work(job, data, filename, options)
+            pixels = np.ascontiguousarray(pixels)
+            reply = ("ok", pixels.shape, pixels.dtype.str, extra)
         except DecodeError as exc:
             reply = ("refused", exc)
         except MemoryError:
@@ -78,10 +97,62 @@ def _serve(connection: Connection) -> None:
         del data
         try:
             connection.send(reply)
+            if reply[0] == "ok":
+                # The pixels as their raw bytes: no pickling, and the worker reads them straight
+                # into its own array.
+                connection.send_bytes(memoryview(pixels).cast("B"))
         except MemoryError:
             connection.send(("memory", None))
+        del pixels
         if reply[0] == "memory":
             return  # a fresh child rather than one whose heap a failed allocation left behind
+
+
+def _run(job: str, data: bytes, filename: str, options: dict, *, timeout_s: float, max_mb: int):
+    try:
+        child = _idle.get_nowait()
+    except queue.Empty:
+        child = _Child()
+    label = f"{filename!r} " if filename else ""
+    try:
+        child.connection.send((job, data, filename, options, max_mb * 1024 * 1024))
+        if not child.connection.poll(timeout_s):
+            child.stop()
+            logger.warning("decoding %s took more than %s s: stopped", label or "an upload", timeout_s)
+            raise DecodeError(
+                f"Decoding the image {label}took longer than the {timeout_s:g} s allowed; it was "
+                "stopped. Send a smaller or simpler file.",
+                code="decode_timeout",
+                status=422,
+            )
+        reply = child.connection.recv()
+        pixels = None
+        if reply[0] == "ok":
+            _, shape, dtype, extra = reply
+            pixels = np.empty(shape, dtype=np.dtype(dtype))
+            child.connection.recv_bytes_into(pixels.reshape(-1).view(np.uint8))
+    except (EOFError, OSError) as exc:  # the child died: the kernel's OOM killer, a crash
+        child.stop()
+        logger.warning("the decoding process stopped while decoding %s: %s", label or "an upload", exc)
+        raise DecodeError(
+            f"Decoding the image {label}stopped the decoder; the file cannot be read.",
+            code="decode_failed",
+            status=422,
+        ) from exc
+    except BaseException:
+        child.stop()  # e.g. the request was cancelled mid-way: the child's state is unknown
+        raise
+    if reply[0] == "memory":
+        child.stop()
+        raise DecodeError(
+            f"Decoding the image {label}needed more than the {max_mb:,} MB of memory allowed.",
+            code="decode_memory",
+            status=422,
+        )
+    _idle.put(child)
+    if reply[0] == "refused":
+        raise reply[1]
+    return pixels, extra
 
 
 def decode_gray(
@@ -97,50 +168,41 @@ def decode_gray(
     """`engine.decode.decode_gray` in a child process, with at most `max_mb` MB of address space
     and `timeout_s` seconds. Raises DecodeError as that function does, and also code
     "decode_timeout" or "decode_memory" (422) when the file needed more than that."""
-    try:
-        child = _idle.get_nowait()
-    except queue.Empty:
-        child = _Child()
     options = {
         "max_pixels": max_pixels,
         "allow_burned_in_annotation": allow_burned_in_annotation,
         "frontal_chest_only": frontal_chest_only,
     }
-    label = f"{filename!r} " if filename else ""
-    try:
-        child.connection.send((data, filename, options, max_mb * 1024 * 1024))
-        if not child.connection.poll(timeout_s):
-            child.stop()
-            logger.warning("decoding %s took more than %s s: stopped", label or "an upload", timeout_s)
-            raise DecodeError(
-                f"Decoding the image {label}took longer than the {timeout_s:g} s allowed; it was "
-                "stopped. Send a smaller or simpler file.",
-                code="decode_timeout",
-                status=422,
-            )
-        kind, value = child.connection.recv()
-    except (EOFError, OSError) as exc:  # the child died: the kernel's OOM killer, a crash
-        child.stop()
-        logger.warning("the decoding process stopped while decoding %s: %s", label or "an upload", exc)
-        raise DecodeError(
-            f"Decoding the image {label}stopped the decoder; the file cannot be read.",
-            code="decode_failed",
-            status=422,
-        ) from exc
-    except BaseException:
-        child.stop()  # e.g. the request was cancelled mid-way: the child's state is unknown
-        raise
-    if kind == "memory":
-        child.stop()
-        raise DecodeError(
-            f"Decoding the image {label}needed more than the {max_mb:,} MB of memory allowed.",
-            code="decode_memory",
-            status=422,
-        )
-    _idle.put(child)
-    if kind == "refused":
-        raise value
-    return value
+    pixels, _ = _run("decode", data, filename, options, timeout_s=timeout_s, max_mb=max_mb)
+    return pixels
+
+
+def decode_with_stored_copy(
+    data: bytes,
+    filename: str = "",
+    *,
+    timeout_s: float,
+    max_mb: int,
+    max_pixels: int,
+    allow_burned_in_annotation: bool = False,
+    frontal_chest_only: bool = False,
+) -> tuple[np.ndarray, bytes]:
+    """As `decode_gray`, and the same child also writes the stored copy's PNG
+    (`engine.stored_image.png_bytes`) of the pixels: (pixels, PNG bytes). The request's thread
+    neither encodes the PNG nor holds its intermediate arrays."""
+    options = {
+        "max_pixels": max_pixels,
+        "allow_burned_in_annotation": allow_burned_in_annotation,
+        "frontal_chest_only": frontal_chest_only,
+    }
+    return _run("stored_copy", data, filename, options, timeout_s=timeout_s, max_mb=max_mb)
+
+
+def display_levels(data: bytes, *, max_side: int, timeout_s: float, max_mb: int) -> tuple[np.ndarray, int]:
+    """`engine.stored_image.display_levels` of a stored copy, in a child process: the full copy is
+    decoded there, and only the bounded-size levels come back. Raises DecodeError when the copy
+    cannot be read within the limits."""
+    return _run("display", data, "", {"max_side": max_side}, timeout_s=timeout_s, max_mb=max_mb)
 
 
 def warm_up() -> None:
