@@ -120,15 +120,15 @@ def read_bounded(upload: bytes | IO[bytes]) -> bytes:
 
 def decode_checked(
     data: bytes, file_name: str = "", *, fair_for: str | None = None
-) -> tuple[np.ndarray, bytes]:
+) -> tuple[np.ndarray, Future]:
     """Steps 2-3 (and the encoding of step 6): the decoded picture ((H, W) uint8 or float32 in
-    [0, 1]) of bytes that passed the checks, and the stored copy's PNG of it, both made by the
-    decoding process. Raises DecodeError (a Refused) naming what was wrong. `fair_for` (a user key)
-    makes a large file wait for a decode slot (analysis.decode_slots), as uploads on web threads
-    do."""
+    [0, 1]) of bytes that passed the checks, and a Future of the stored copy's PNG of it, which the
+    decoding process writes while the caller runs the model. Raises DecodeError (a Refused) naming
+    what was wrong. `fair_for` (a user key) makes a large file wait for a decode slot
+    (analysis.decode_slots), as uploads on web threads do."""
     slot = decode_slot(size=len(data), user_key=fair_for) if fair_for else contextlib.nullcontext()
     with slot:
-        return decode_pool.decode_with_stored_copy(
+        image, copy = decode_pool.decode_with_stored_copy(
             data,
             file_name,
             timeout_s=settings.LUNGSITE_DECODE_TIMEOUT_S,
@@ -137,6 +137,9 @@ def decode_checked(
             allow_burned_in_annotation=settings.LUNGSITE_ALLOW_BURNED_IN_ANNOTATION,
             frontal_chest_only=True,
         )
+    # Received on a storage thread whatever happens next, so the decoding process always returns
+    # to the pool (a PNG nobody stores is dropped).
+    return image, _storage_pool().submit(copy.result)
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,8 +224,9 @@ def _storage_pool() -> ThreadPoolExecutor:
         return _pool
 
 
-def _store(data: bytes, image: np.ndarray, png: bytes) -> tuple[StoredUpload, str]:
-    return image_store(data=data, image=image, png=png), hashlib.sha256(data).hexdigest()
+def _store(data: bytes, image: np.ndarray, png: Future) -> tuple[StoredUpload, str]:
+    digest = hashlib.sha256(data).hexdigest()
+    return image_store(data=data, image=image, png=png.result()), digest
 
 
 def _discard_when_stored(storing: Future) -> None:
@@ -341,9 +345,9 @@ def analyse_batch(
     started = time.perf_counter()
     outcomes: list[Prediction | LungsiteError | None] = [None] * len(cases)
     images: dict[int, np.ndarray] = {}
-    copies: dict[int, bytes] = {}
+    copies: dict[int, Future] = {}
 
-    def checked(case: Case) -> tuple[np.ndarray, bytes]:
+    def checked(case: Case) -> tuple[np.ndarray, Future]:
         return decode_checked(read_bounded(case.data), case.file_name)
 
     with ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="lungsite-batch") as pool:

@@ -58,22 +58,21 @@ class _Child:
 
 
 def _work(job: str, data: bytes, filename: str, options: dict):
-    """What the child does for one request: ("decode", ...) the upload's pixels; ("stored_copy",
-    ...) the pixels and the PNG the log keeps (engine.stored_image); ("display", ...) a stored
-    copy's bounded-size gray levels. Returns (pixels, extra)."""
+    """What the child does for one request: the upload's pixels ("decode", "stored_copy") or a
+    stored copy's bounded-size gray levels and their maximum ("display"). Returns (pixels, extra)."""
     if job == "display":
         try:
             return stored_image.display_levels(data, options["max_side"])
         except (OSError, SyntaxError, ValueError) as exc:  # Pillow's ways of saying "unreadable"
             raise DecodeError(f"The stored image cannot be read ({exc}).", code="truncated") from exc
-    image = decode.decode_gray(data, filename, **options)
-    return image, stored_image.png_bytes(image) if job == "stored_copy" else None
+    return decode.decode_gray(data, filename, **options), None
 
 
 def _serve(connection: Connection) -> None:
     """The child's loop: one (job, bytes, name, options, memory cap) request at a time, answered
     with ("ok", shape, dtype, extra) followed by the pixels' raw bytes, or ("refused", DecodeError)
-    or ("memory", None). Exits when the worker goes."""
+    or ("memory", None). For "stored_copy" a second answer follows the pixels: ("png", bytes) of
+    the stored copy, written while the worker runs the model. Exits when the worker goes."""
     while True:
         try:
             job, data, filename, options, max_bytes = connection.recv()
@@ -101,11 +100,68 @@ def _serve(connection: Connection) -> None:
                 # The pixels as their raw bytes: no pickling, and the worker reads them straight
                 # into its own array.
                 connection.send_bytes(memoryview(pixels).cast("B"))
+                if job == "stored_copy":
+                    reply = ("png", stored_image.png_bytes(pixels))
+                    connection.send(reply)
         except MemoryError:
-            connection.send(("memory", None))
+            reply = ("memory", None)
+            connection.send(reply)
         del pixels
         if reply[0] == "memory":
             return  # a fresh child rather than one whose heap a failed allocation left behind
+
+
+def _timeout(label: str, timeout_s: float) -> DecodeError:
+    return DecodeError(
+        f"Decoding the image {label}took longer than the {timeout_s:g} s allowed; it was "
+        "stopped. Send a smaller or simpler file.",
+        code="decode_timeout",
+        status=422,
+    )
+
+
+def _stopped(label: str) -> DecodeError:
+    return DecodeError(
+        f"Decoding the image {label}stopped the decoder; the file cannot be read.",
+        code="decode_failed",
+        status=422,
+    )
+
+
+def _out_of_memory(label: str, max_mb: int) -> DecodeError:
+    return DecodeError(
+        f"Decoding the image {label}needed more than the {max_mb:,} MB of memory allowed.",
+        code="decode_memory",
+        status=422,
+    )
+
+
+class StoredCopy:
+    """The stored copy's PNG that a decoding process is still writing (`decode_with_stored_copy`).
+    `result()` waits for it (at most the decode time limit) and hands the process back to the pool;
+    call it exactly once, from any thread."""
+
+    def __init__(self, child: _Child, label: str, timeout_s: float, max_mb: int) -> None:
+        self._child, self._label, self._timeout_s, self._max_mb = child, label, timeout_s, max_mb
+
+    def result(self) -> bytes:
+        child, label = self._child, self._label
+        try:
+            if not child.connection.poll(self._timeout_s):
+                child.stop()
+                raise _timeout(label, self._timeout_s)
+            kind, value = child.connection.recv()
+        except (EOFError, OSError) as exc:
+            child.stop()
+            raise _stopped(label) from exc
+        except BaseException:
+            child.stop()
+            raise
+        if kind != "png":
+            child.stop()
+            raise _out_of_memory(label, self._max_mb)
+        _idle.put(child)
+        return value
 
 
 def _run(job: str, data: bytes, filename: str, options: dict, *, timeout_s: float, max_mb: int):
@@ -119,12 +175,7 @@ def _run(job: str, data: bytes, filename: str, options: dict, *, timeout_s: floa
         if not child.connection.poll(timeout_s):
             child.stop()
             logger.warning("decoding %s took more than %s s: stopped", label or "an upload", timeout_s)
-            raise DecodeError(
-                f"Decoding the image {label}took longer than the {timeout_s:g} s allowed; it was "
-                "stopped. Send a smaller or simpler file.",
-                code="decode_timeout",
-                status=422,
-            )
+            raise _timeout(label, timeout_s)
         reply = child.connection.recv()
         pixels = None
         if reply[0] == "ok":
@@ -134,24 +185,19 @@ def _run(job: str, data: bytes, filename: str, options: dict, *, timeout_s: floa
     except (EOFError, OSError) as exc:  # the child died: the kernel's OOM killer, a crash
         child.stop()
         logger.warning("the decoding process stopped while decoding %s: %s", label or "an upload", exc)
-        raise DecodeError(
-            f"Decoding the image {label}stopped the decoder; the file cannot be read.",
-            code="decode_failed",
-            status=422,
-        ) from exc
+        raise _stopped(label) from exc
     except BaseException:
         child.stop()  # e.g. the request was cancelled mid-way: the child's state is unknown
         raise
     if reply[0] == "memory":
         child.stop()
-        raise DecodeError(
-            f"Decoding the image {label}needed more than the {max_mb:,} MB of memory allowed.",
-            code="decode_memory",
-            status=422,
-        )
-    _idle.put(child)
+        raise _out_of_memory(label, max_mb)
     if reply[0] == "refused":
+        _idle.put(child)
         raise reply[1]
+    if job == "stored_copy":
+        return pixels, StoredCopy(child, label, timeout_s, max_mb)
+    _idle.put(child)
     return pixels, extra
 
 
@@ -186,10 +232,11 @@ def decode_with_stored_copy(
     max_pixels: int,
     allow_burned_in_annotation: bool = False,
     frontal_chest_only: bool = False,
-) -> tuple[np.ndarray, bytes]:
-    """As `decode_gray`, and the same child also writes the stored copy's PNG
-    (`engine.stored_image.png_bytes`) of the pixels: (pixels, PNG bytes). The request's thread
-    neither encodes the PNG nor holds its intermediate arrays."""
+) -> tuple[np.ndarray, StoredCopy]:
+    """As `decode_gray`, and then the same child writes the stored copy's PNG
+    (`engine.stored_image.png_bytes`) of the pixels while the caller goes on: (pixels, StoredCopy),
+    whose `result()` gives the PNG bytes and must be called once. The request's thread neither
+    encodes the PNG nor holds its intermediate arrays."""
     options = {
         "max_pixels": max_pixels,
         "allow_burned_in_annotation": allow_burned_in_annotation,

@@ -19,7 +19,8 @@ CR_DICOM = ("pydicom_data", "RG1_UNCR.dcm")
 @pytest.mark.parametrize("parts", [NIH_PNG, CR_DICOM])
 def test_the_stored_copy_round_trips_the_analysed_pixels(parts):
     data = shared_data_path(*parts).read_bytes()
-    pixels, png = decode_pool.decode_with_stored_copy(data, max_pixels=60_000_000, **LIMITS)
+    pixels, copy = decode_pool.decode_with_stored_copy(data, max_pixels=60_000_000, **LIMITS)
+    png = copy.result()
     assert np.array_equal(pixels, decode_gray(data))  # the raw bytes came back as the same array
     again = decode_gray(png)
     if pixels.dtype == np.uint8:
@@ -34,7 +35,7 @@ def test_the_stored_copy_round_trips_the_analysed_pixels(parts):
 
 def test_the_display_derivative_is_bounded_and_keeps_the_depth():
     data = shared_data_path(*CR_DICOM).read_bytes()
-    _, png = decode_pool.decode_with_stored_copy(data, max_pixels=60_000_000, **LIMITS)
+    png = decode_pool.decode_with_stored_copy(data, max_pixels=60_000_000, **LIMITS)[1].result()
     with Image.open(io.BytesIO(png)) as pil:
         assert stored_image.image_size(io.BytesIO(png)) == pil.size == (1841, 1955)
     levels, maximum = decode_pool.display_levels(png, max_side=512, **LIMITS)
