@@ -47,6 +47,7 @@ def results_json(
             "version_name": version.version_name,
             "sha256": version.sha256,
             "untrained": bool(version.untrained),
+            "precision": version.precision,
         },
         "findings": findings,
         "untrained": bool(version.untrained),

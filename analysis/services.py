@@ -17,7 +17,8 @@ One analysis, in order:
                   place serving calibrates), the evaluation in force, the image's distance from
                   what it measured (learning.ood; with LUNGSITE_OOD_REFUSE an input outside it is
                   refused, 422 `outside_evaluation`), the honesty statement, the input's facts
- 6. stored copy   audit.services.image_store: a PNG of the decoded pixels, never the upload
+ 6. stored copy   audit.services.image_store: a PNG of the decoded pixels, never the upload,
+                  written by the decoding process (engine.stored_image) in step 2
  7. audit row     audit.services.prediction_log, with the result of analysis.results (findings,
                   version, honesty statement and evaluation in force as they stand now)
  8. shadow        learning.shadow.shadow_submit, off the caller's path (single analyses only)
@@ -117,13 +118,17 @@ def read_bounded(upload: bytes | IO[bytes]) -> bytes:
     return data
 
 
-def decode_checked(data: bytes, file_name: str = "", *, fair_for: str | None = None) -> np.ndarray:
-    """Steps 2-3: the decoded picture ((H, W) uint8 or float32 in [0, 1]) of bytes that passed the
-    checks. Raises DecodeError (a Refused) naming what was wrong. `fair_for` (a user key) makes a
-    large file wait for a decode slot (analysis.decode_slots), as uploads on web threads do."""
+def decode_checked(
+    data: bytes, file_name: str = "", *, fair_for: str | None = None
+) -> tuple[np.ndarray, Future]:
+    """Steps 2-3 (and the encoding of step 6): the decoded picture ((H, W) uint8 or float32 in
+    [0, 1]) of bytes that passed the checks, and a Future of the stored copy's PNG of it, which the
+    decoding process writes while the caller runs the model. Raises DecodeError (a Refused) naming
+    what was wrong. `fair_for` (a user key) makes a large file wait for a decode slot
+    (analysis.decode_slots), as uploads on web threads do."""
     slot = decode_slot(size=len(data), user_key=fair_for) if fair_for else contextlib.nullcontext()
     with slot:
-        return decode_pool.decode_gray(
+        image, copy = decode_pool.decode_with_stored_copy(
             data,
             file_name,
             timeout_s=settings.LUNGSITE_DECODE_TIMEOUT_S,
@@ -132,6 +137,9 @@ def decode_checked(data: bytes, file_name: str = "", *, fair_for: str | None = N
             allow_burned_in_annotation=settings.LUNGSITE_ALLOW_BURNED_IN_ANNOTATION,
             frontal_chest_only=True,
         )
+    # Received on a storage thread whatever happens next, so the decoding process always returns
+    # to the pool (a PNG nobody stores is dropped).
+    return image, _storage_pool().submit(copy.result)
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,8 +224,9 @@ def _storage_pool() -> ThreadPoolExecutor:
         return _pool
 
 
-def _store(data: bytes, image: np.ndarray) -> tuple[StoredUpload, str]:
-    return image_store(data=data, image=image), hashlib.sha256(data).hexdigest()
+def _store(data: bytes, image: np.ndarray, png: Future) -> tuple[StoredUpload, str]:
+    digest = hashlib.sha256(data).hexdigest()
+    return image_store(data=data, image=image, png=png.result()), digest
 
 
 def _discard_when_stored(storing: Future) -> None:
@@ -287,13 +296,13 @@ def analyse(
     when it raises."""
     started = time.perf_counter()
     data = read_bounded(upload)
-    image = decode_checked(
+    image, png = decode_checked(
         data, file_name, fair_for=f"user-{user.pk}" if getattr(user, "pk", None) else source
     )
     serving = serving_model()
     # The image is readable and a model will serve: store it while the model runs. Whatever fails
     # after this point removes the stored file again.
-    storing = _storage_pool().submit(_store, data, image)
+    storing = _storage_pool().submit(_store, data, image, png)
     try:
         output = predict(serving.model, _tensor(serving, image))
         results = assess(serving=serving, output=output, data=data, image=image)
@@ -336,14 +345,15 @@ def analyse_batch(
     started = time.perf_counter()
     outcomes: list[Prediction | LungsiteError | None] = [None] * len(cases)
     images: dict[int, np.ndarray] = {}
+    copies: dict[int, Future] = {}
 
-    def checked(case: Case) -> np.ndarray:
+    def checked(case: Case) -> tuple[np.ndarray, Future]:
         return decode_checked(read_bounded(case.data), case.file_name)
 
     with ThreadPoolExecutor(max(1, decode_threads), thread_name_prefix="lungsite-batch") as pool:
         for i, future in enumerate([pool.submit(checked, case) for case in cases]):
             try:
-                images[i] = future.result()
+                images[i], copies[i] = future.result()
             except Refused as exc:
                 outcomes[i] = exc
         if not images:
@@ -360,7 +370,7 @@ def analyse_batch(
             for i in order:
                 outcomes[i] = error
             return outcomes
-        storing = {i: pool.submit(_store, cases[i].data, images[i]) for i in order}
+        storing = {i: pool.submit(_store, cases[i].data, images[i], copies.pop(i)) for i in order}
         evaluation = serving.version.evaluation_in_force()  # one look-up for the batch
         try:
             for i, output in zip(order, outputs, strict=True):

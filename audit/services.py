@@ -64,14 +64,17 @@ class StoredUpload:
     sha256: str  # of `data`, covered by the audit chain
 
 
-def image_store(*, data: bytes, image: np.ndarray) -> StoredUpload:
+def image_store(*, data: bytes, image: np.ndarray, png: bytes | None = None) -> StoredUpload:
     """Stores the analysed image as a PNG of its decoded pixels (`engine.stored_image`), never the
-    uploaded bytes. Raises StorageUnavailable, leaving nothing behind. Touches no database:
-    the analysis core runs it on a second thread while the model runs."""
+    uploaded bytes: `png` when the decoding process already wrote it
+    (`engine.decode_pool.decode_with_stored_copy`), else written here from `image`. Raises
+    StorageUnavailable, leaving nothing behind. Touches no database: the analysis core runs it on a
+    second thread while the model runs."""
 
     from engine import stored_image
 
-    png = stored_image.png_bytes(image)
+    if png is None:
+        png = stored_image.png_bytes(image)
     name = f"images/{timezone.now():%Y/%m}/{uuid.uuid4().hex}.{stored_image.EXTENSION}"
     storage = images_storage()
     try:
@@ -164,6 +167,22 @@ def image_bytes(*, prediction: Prediction) -> tuple[bytes, str]:
         raise StorageUnavailable(f"The image store is unavailable ({type(exc).__name__}).") from exc
 
 
+def stored_image_size(*, prediction: Prediction) -> tuple[int, int]:
+    """(width, height) of the stored image, read from its header (no pixels decoded). Raises
+    StorageUnavailable (also for a stored file that is not a readable image)."""
+    from engine.stored_image import image_size
+
+    try:
+        with images_storage().open(prediction.image_url, "rb") as handle:
+            return image_size(handle)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise StorageUnavailable(
+            f"The stored image of prediction {prediction.pk} is unreadable ({type(exc).__name__})."
+        ) from exc
+
+
 def heatmap_name(*, prediction: Prediction, name: str) -> str:
     """The cache file of a finding's overlay. The slug keeps the name readable; the hash of the
     exact name keeps `Mass Lesion` and `Mass_Lesion` (one slug) apart."""
@@ -177,7 +196,6 @@ def heatmap_png(*, prediction: Prediction, name: str) -> bytes:
     Raises LookupError for a finding the prediction has no map for."""
     import numpy as np
 
-    from engine.decode import DecodeError, decode
     from engine.heatmaps import case_scale, heatmap_overlay_png
 
     cams = prediction.heatmap_maps()
@@ -192,15 +210,9 @@ def heatmap_png(*, prediction: Prediction, name: str) -> bytes:
     except Exception as exc:  # noqa: BLE001
         logger.warning("cannot read cached heatmap %s: %s", path, exc)
 
-    data, _ = image_bytes(prediction=prediction)
-    try:
-        image = decode(data, prediction.image_url, max_pixels=10**9)  # our own stored file
-    except DecodeError as exc:
-        raise StorageUnavailable(
-            f"The stored image of prediction {prediction.pk} is unreadable: {exc}"
-        ) from exc
+    size = stored_image_size(prediction=prediction)  # from the header: no pixels decoded
     scale = case_scale(cam for cam in cams.values() if isinstance(cam, list))  # one scale per case
-    png = heatmap_overlay_png(image, np.asarray(cams[name], dtype=np.float32), scale=scale)
+    png = heatmap_overlay_png(size, np.asarray(cams[name], dtype=np.float32), scale=scale)
     try:
         saved = storage.save(path, ContentFile(png))
         if saved != path:  # another request rendered it first; keep theirs
@@ -258,42 +270,40 @@ def _keep(path: str, data: bytes) -> None:
         logger.warning("cannot keep %s: %s", path, exc)
 
 
-def _gray_levels(pil) -> tuple[np.ndarray, int]:
-    """A stored copy (PNG: L or I;16; JPEG of older rows: L or RGB) as (H, W) uint16 and its maximum."""
-    import numpy as np
-
-    if pil.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return np.clip(np.asarray(pil), 0, 65535).astype(np.uint16), 65535
-    return np.asarray(pil.convert("L")).astype(np.uint16), 255
-
-
 def display_pixels(*, prediction: Prediction) -> DisplayPixels:
     """The stored image at most DISPLAY_MAX_SIDE on its longest side, with its full bit depth (the
-    viewer windows these levels itself). Rendered on first use as a PNG under previews/, then kept.
-    Raises StorageUnavailable or FileNotFoundError."""
+    viewer windows these levels itself). Made on first use by the decoding process
+    (engine.decode_pool.display_levels: the full stored copy is decoded there, never in this
+    thread), kept as a PNG under previews/ and read back from there afterwards. Raises
+    StorageUnavailable or FileNotFoundError."""
     import numpy as np
+    from django.conf import settings
     from PIL import Image
 
+    from engine import decode_pool
+    from engine.decode import DecodeError
+
     path = f"previews/{prediction.pk}/display.png"
-    data = _kept(path)
-    rendered = data is None
-    if rendered:
-        data, _ = image_bytes(prediction=prediction)
+    kept = _kept(path)
+    if kept is not None:
+        try:
+            with Image.open(io.BytesIO(kept)) as pil:
+                if pil.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    return DisplayPixels(pixels=np.asarray(pil).astype(np.uint16), maximum=65535)
+                return DisplayPixels(pixels=np.asarray(pil.convert("L")).astype(np.uint16), maximum=255)
+        except Exception as exc:  # noqa: BLE001 - our own file: unreadable means storage trouble
+            raise StorageUnavailable(f"The preview of prediction {prediction.pk} is unreadable.") from exc
+    data, _ = image_bytes(prediction=prediction)
     try:
-        with Image.open(io.BytesIO(data)) as pil:
-            pil.draft("L", (DISPLAY_MAX_SIDE, DISPLAY_MAX_SIDE))  # a JPEG decodes at a reduced scale
-            pixels, maximum = _gray_levels(pil)
-    except Exception as exc:  # noqa: BLE001 - our own stored file: unreadable means storage trouble
+        pixels, maximum = decode_pool.display_levels(
+            data,
+            max_side=DISPLAY_MAX_SIDE,
+            timeout_s=settings.LUNGSITE_DECODE_TIMEOUT_S,
+            max_mb=settings.LUNGSITE_DECODE_MAX_MB,
+        )
+    except DecodeError as exc:  # our own stored file: unreadable means storage trouble
         raise StorageUnavailable(f"The stored image of prediction {prediction.pk} is unreadable.") from exc
-    if not rendered:
-        return DisplayPixels(pixels=pixels, maximum=maximum)
-    height, width = pixels.shape
-    factor = DISPLAY_MAX_SIDE / max(height, width)
-    if factor < 1:
-        # Area averaging (BOX) on float levels: no ringing, so nothing leaves 0..maximum.
-        size = (max(1, round(width * factor)), max(1, round(height * factor)))
-        small = Image.fromarray(pixels.astype(np.float32)).resize(size, Image.Resampling.BOX)
-        pixels = np.clip(np.rint(np.asarray(small)), 0, maximum).astype(np.uint16)
+    del data
     buffer = io.BytesIO()
     # uint8 -> an 8-bit PNG (mode L), uint16 -> a 16-bit one (I;16).
     stored = pixels.astype(np.uint8) if maximum == 255 else pixels

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from bench.timing import median, ratio, spread, timed_ms
+from bench.timing import CpuClock, median, ratio, spread, timed_cpu_ms, timed_ms
 
 # --------------------------------------------------------------------------------------------
 # The reference: ONNX Runtime on the same weights, exported by torch
@@ -184,6 +184,7 @@ def stages_phase(*, samples: dict, images: list[bytes], serving, user, repeats: 
 
     from django.conf import settings
 
+    from analysis.results import results_json
     from audit import services as audit_services
     from engine import decode as decoding
     from engine import decode_pool, stored_image
@@ -200,6 +201,15 @@ def stages_phase(*, samples: dict, images: list[bytes], serving, user, repeats: 
             max_pixels=settings.LUNGSITE_MAX_PIXELS,
         )
 
+    def decode_and_copy(data: bytes):  # the same child then writes the stored copy's PNG
+        pixels, copy = decode_pool.decode_with_stored_copy(
+            data,
+            timeout_s=settings.LUNGSITE_DECODE_TIMEOUT_S,
+            max_mb=settings.LUNGSITE_DECODE_MAX_MB,
+            max_pixels=settings.LUNGSITE_MAX_PIXELS,
+        )
+        return pixels, copy.result()
+
     out: dict = {}
     decode_ms = {}
     for name, path in samples.items():
@@ -207,6 +217,21 @@ def stages_phase(*, samples: dict, images: list[bytes], serving, user, repeats: 
         decode(data)
         decode_ms[name] = median([timed_ms(decode, data) for _ in range(repeats)])
     out["decode_in_child_ms_by_format"] = decode_ms
+
+    # CPU per stage (this process and its decoding children; psutil counts a child's CPU in 10 ms
+    # ticks, so each figure is the total over all calls divided by their number).
+    clock = CpuClock()
+    cpu: dict[str, float] = {}
+
+    def cpu_per_call(name: str, fn, calls) -> list[float]:
+        clock.refresh()
+        walls, total = [], 0.0
+        for args in calls:
+            wall, used = timed_cpu_ms(clock, fn, *args)
+            walls.append(wall)
+            total += used
+        cpu[name] = round(total / max(1, len(walls)), 3)
+        return walls
 
     decoded = [decode(data) for data in images]
     spec = serving.version.preprocessing or DEFAULT_PREPROCESSING
@@ -221,30 +246,47 @@ def stages_phase(*, samples: dict, images: list[bytes], serving, user, repeats: 
     out["decode_child_overhead_ms"] = round(
         out["decode_png_1024_in_child_ms"] - out["decode_png_1024_in_process_ms"], 3
     )
-    out["preprocess_ms"] = median([timed_ms(preprocess, image, spec) for image in decoded])
-    out["sha256_upload_ms"] = median([timed_ms(hashlib.sha256, data) for data in images])
-    out["get_active_ms"] = median([timed_ms(cache.get_active) for _ in range(repeats * 4)])
+    calls = [(data,) for data in images] * repeats
+    cpu_per_call("decode_png_1024_in_child", decode, calls)
+    out["decode_and_stored_copy_png_1024_in_child_ms"] = median(
+        cpu_per_call("decode_and_stored_copy_png_1024_in_child", decode_and_copy, calls)
+    )
+    copies = [decode_and_copy(data)[1] for data in images]
+    out["preprocess_ms"] = median(
+        cpu_per_call("preprocess", preprocess, [(image, spec) for image in decoded])
+    )
+    out["sha256_upload_ms"] = median(
+        cpu_per_call("sha256_upload", hashlib.sha256, [(data,) for data in images])
+    )
+    out["get_active_ms"] = median(cpu_per_call("get_active", cache.get_active, [()] * (repeats * 4)))
+    tensors = [preprocess(image, spec) for image in decoded]
+    out["forward_and_heatmaps_ms"] = median(
+        cpu_per_call("forward_and_heatmaps", predict, [(serving.model, t) for t in tensors] * repeats)
+    )
 
-    # The stored copy, a PNG written from the decoded pixels (on the storage thread, beside the
-    # forward pass): 8-bit for the 1024x1024 PNGs, 16-bit for a CR plate.
-    out["stored_image_png_1024_ms"] = median([timed_ms(stored_image.png_bytes, image) for image in decoded])
+    # The stored copy, a PNG written from the decoded pixels (by the decoding process, in the
+    # request's decode): 8-bit for the 1024x1024 PNGs, 16-bit for a CR plate. Timed here in-process.
+    out["stored_image_png_1024_ms"] = median(
+        cpu_per_call("stored_image_png_1024", stored_image.png_bytes, [(image,) for image in decoded])
+    )
     if "dicom_cr_1955x1841" in samples:
         big = decode(samples["dicom_cr_1955x1841"].read_bytes())
         out["stored_image_dicom_cr_ms"] = median([timed_ms(stored_image.png_bytes, big) for _ in range(2)])
 
-    outputs = [predict(serving.model, preprocess(image, spec)) for image in decoded[:repeats]]
+    outputs = [predict(serving.model, t) for t in tensors[:repeats]]
     # The audit write in two parts: storing the image (and hashing it), which a request runs on its
     # storage thread while the model runs, and the row (hash chain + insert), which it waits for.
     store_ms, row_ms, rows = [], [], []
-    for data, image, output in zip(images, decoded, outputs, strict=False):
-        started = time.perf_counter()
-        stored = audit_services.image_store(data=data, image=image)
-        stored_at = time.perf_counter()
+    store_cpu, row_cpu = 0.0, 0.0
+    for data, image, png, output in zip(images, decoded, copies, outputs, strict=False):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        stored = audit_services.image_store(data=data, image=image, png=png)
+        stored_at, cpu_stored = time.perf_counter(), time.process_time()
         row = audit_services.prediction_log(
             version=serving.version,
             data=data,
             image=image,
-            probabilities=output.probabilities,
+            results=results_json(version=serving.version, probabilities=output.probabilities),
             cams=output.cams,
             image_sha256=hashlib.sha256(data).hexdigest(),
             user=user,
@@ -254,10 +296,14 @@ def stages_phase(*, samples: dict, images: list[bytes], serving, user, repeats: 
         )
         store_ms.append((stored_at - started) * 1000)
         row_ms.append((time.perf_counter() - stored_at) * 1000)
+        store_cpu += cpu_stored - cpu_started
+        row_cpu += time.process_time() - cpu_stored
         rows.append(row)
     out["image_store_ms"] = median(store_ms)
     out["audit_write_on_request_path_ms"] = median(row_ms)
     out["audit_write_ms"] = median([a + b for a, b in zip(store_ms, row_ms, strict=True)])
+    cpu["image_store"] = round(store_cpu * 1000 / max(1, len(rows)), 3)
+    cpu["audit_row"] = round(row_cpu * 1000 / max(1, len(rows)), 3)
 
     name = serving.version.class_names[0]
     out["heatmap_png_render_ms"] = median(
@@ -266,10 +312,17 @@ def stages_phase(*, samples: dict, images: list[bytes], serving, user, repeats: 
             for image, output in zip([decoding.as_float(d) for d in decoded], outputs, strict=False)
         ]
     )
-    first = [timed_ms(audit_services.heatmap_png, prediction=row, name=name) for row in rows]
+    clock.refresh()
+    first, total = [], 0.0
+    for row in rows:
+        wall, used = timed_cpu_ms(clock, audit_services.heatmap_png, prediction=row, name=name)
+        first.append(wall)
+        total += used
+    cpu["heatmap_png_first_fetch"] = round(total / max(1, len(rows)), 3)
     again = [timed_ms(audit_services.heatmap_png, prediction=row, name=name) for row in rows]
     out["heatmap_png_first_fetch_ms"] = median(first)
     out["heatmap_png_cached_fetch_ms"] = median(again)
+    out["cpu_ms_per_call"] = cpu
     log(
         "stages: decode (child process) %.1f, preprocess %.1f, audit write %.1f (%.1f on the request path), "
         "heatmap render %.1f ms",

@@ -43,6 +43,7 @@ TARGETS = {
     "api_p50_over_forward": 1.5,
     "forward_over_onnxruntime": 1.1,
     "throughput_c4_over_loop": 0.80,  # a minimum
+    "cpu_per_request_over_forward_cpu": 1.3,
     "swap_failed_requests": 0,
     "swap_back_ms": 5.0,
 }
@@ -135,16 +136,24 @@ class _Live:
 
 
 def _cpu_seconds(worker_pids: list[int]) -> dict:
-    """CPU seconds (user + system) used so far by the gunicorn workers and by this process."""
+    """CPU seconds (user + system) used so far by the gunicorn workers (with their live child
+    processes: the decoding processes of engine.decode_pool and their fork server) and by this
+    process."""
     import psutil
 
     workers = 0.0
     for pid in worker_pids:
         try:
-            times = psutil.Process(pid).cpu_times()
-            workers += times.user + times.system
+            worker = psutil.Process(pid)
+            processes = [worker, *worker.children(recursive=True)]
         except psutil.Error:
-            pass
+            continue
+        for process in processes:
+            try:
+                times = process.cpu_times()
+                workers += times.user + times.system
+            except psutil.Error:
+                pass
     own = psutil.Process().cpu_times()
     return {"gunicorn_workers": workers, "benchmark_clients": own.user + own.system}
 
@@ -331,7 +340,8 @@ def server_phase(
             "latency_ms": spread([o.ms for o in outcomes]),
             "bare_loop_ms_per_forward": {k: [round(v, 2) for v in values] for k, values in loops.items()},
             # Where the 2 cores went during the 4-client runs, per request: the gunicorn workers
-            # (the whole request) and the benchmark's own client threads (same machine).
+            # (the whole request, their decoding processes included) and the benchmark's own
+            # client threads (same machine).
             "cpu_ms_per_request": {
                 name: round(seconds * 1000 / max(1, len(outcomes)), 2) for name, seconds in cpu.items()
             },
@@ -390,6 +400,18 @@ def server_phase(
         out["swap"] = swap
         log("swap under load: %d requests, %d failed", swap["requests"], swap["failed"])
         out["memory_two_models"] = server.worker_memory_mb()
+
+        # The largest images the decoder accepts, their pictures fetched; then each worker's memory.
+        from bench import largest
+
+        out["largest_images"] = largest.largest_phase(
+            port=server.port,
+            token=inst.token,
+            username=inst.username,
+            images=largest.largest_images(bench_install.latency_images(1)[0]),
+            log=log,
+        )
+        out["memory_after_largest_images"] = server.worker_memory_mb()
     finally:
         server.stop()
     return out
@@ -519,6 +541,7 @@ def main(argv=None) -> int:
             "audit_write_on_request_path_ms",
         ):
             result[key] = stages.pop(key)
+        result["stages_cpu_ms"] = stages.pop("cpu_ms_per_call")
         api_p50 = median(api["api"])
         parts = {
             "decode_in_child": result["decode_png_1024_in_child_ms"],
@@ -537,6 +560,16 @@ def main(argv=None) -> int:
         }
         swap = inprocess.swap_phase(first_id=inst.starter_id, second_id=inst.second_id, switches=20, log=log)
         result["swap_back_ms"] = swap["first_get_active_after_switch_ms"]["p50"]
+
+        from bench import int8 as bench_int8
+
+        try:
+            result["int8"] = bench_int8.int8_phase(
+                version=cache.get_active().version, threads=threads, reps=reps, log=log
+            )
+        except Exception as exc:  # noqa: BLE001 - reported in the JSON; the other phases still run
+            logger.exception("the INT8 phase failed")
+            result["int8"] = {"error": f"{type(exc).__name__}: {exc}"}
 
         server = None
         if not args.no_server:
@@ -569,6 +602,12 @@ def main(argv=None) -> int:
                 "worker_rss_two_models": max((m.get("VmRSS", 0) for m in two), default=None),
                 "worker_uss_one_model": max((m.get("USS", 0) for m in one), default=None),
                 "worker_uss_two_models": max((m.get("USS", 0) for m in two), default=None),
+                "worker_rss_after_largest_images": max(
+                    (m.get("VmRSS", 0) for m in server["memory_after_largest_images"]), default=None
+                ),
+                "worker_peak_rss_after_largest_images": max(
+                    (m.get("VmHWM", 0) for m in server["memory_after_largest_images"]), default=None
+                ),
                 "per_worker": {"one_model": one, "two_models": two},
                 "fresh_interpreter_peak": bench_memory.baseline(full=not quick),
             }
@@ -577,6 +616,13 @@ def main(argv=None) -> int:
                 "api_gunicorn_one_client_over_forward"
             )
             result["server"] = server
+            forward_cpu = result["stages_cpu_ms"].get("forward_and_heatmaps")
+            result["cpu_per_request_over_forward_cpu"] = ratio(
+                server["c4"]["cpu_ms_per_request"]["gunicorn_workers"],
+                forward_cpu,
+                a="CPU ms per request of the gunicorn workers and their decoding processes, 4 clients",
+                b="CPU ms of one serving forward (logits + all maps), in-process, same threads",
+            )
 
         result["details"] = {
             "forward_ms": {name: spread(values) for name, values in s.items()},
@@ -630,6 +676,8 @@ def targets_met(result: dict) -> dict:
     out[f"worker_peak_rss_one_model_under_{WORKER_PEAK_RSS_MB}_mb"] = (
         None if peak is None else peak < WORKER_PEAK_RSS_MB
     )
+    after = (result.get("memory_mb") or {}).get("worker_rss_after_largest_images")
+    out["worker_rss_after_largest_images_under_1024_mb"] = None if after is None else after < 1024
     for key, target in TARGETS.items():
         v = value(key)
         if v is None:

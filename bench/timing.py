@@ -45,3 +45,40 @@ def spread(values) -> dict:
         "p75": percentile(values, 0.75),
         "min": round(min(values), 3) if values else None,
     }
+
+
+class CpuClock:
+    """CPU seconds (user + system) of this process and of its child processes that are alive (the
+    decoding processes of engine.decode_pool and their fork server), so a stage that runs in a child
+    is charged its CPU. Children are looked up again on `refresh()`."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._own = psutil.Process()
+        self._children: list = []
+        self.refresh()
+
+    def refresh(self) -> None:
+        self._children = self._own.children(recursive=True)
+
+    def seconds(self) -> float:
+        import psutil
+
+        total = time.process_time()
+        for child in self._children:
+            try:
+                times = child.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+        return total
+
+
+def timed_cpu_ms(clock: CpuClock, fn: Callable, *args, **kwargs) -> tuple[float, float]:
+    """(wall ms, CPU ms) of one call; CPU is this process's and its live children's (`clock`)."""
+    cpu = clock.seconds()
+    started = time.perf_counter()
+    fn(*args, **kwargs)
+    wall = (time.perf_counter() - started) * 1000.0
+    return wall, (clock.seconds() - cpu) * 1000.0

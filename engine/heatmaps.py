@@ -4,7 +4,7 @@ Shapes, for the starter model (224 input, 13 findings):
     cams_normalised     (13, 7, 7)          -> (13, size, size) float32 in [0, 1], as pytorch_grad_cam
     case_scale          {name: (7, 7)}      -> float, the largest map value of the case
     heat_layer          (7, 7), (W, H)      -> (H, W, 4) uint8 RGBA, transparent below the cut-off
-    heatmap_overlay_png (H, W) + (7, 7)     -> PNG bytes of that RGBA layer (the X-ray not included)
+    heatmap_overlay_png (W, H) + (7, 7)     -> PNG bytes of that RGBA layer (the X-ray not included)
 
 The picture is a layer for the viewer to lay over the X-ray, not the X-ray tinted: a pixel is
 transparent where the map is below CUT_OFF of the scale, and its colour and opacity grow with the
@@ -169,12 +169,16 @@ def heat_layer(cam: np.ndarray, size: tuple[int, int], *, scale: float | None = 
 
 
 def heatmap_overlay_png(
-    image: np.ndarray, cam: np.ndarray, *, scale: float | None = None, size: int = 512
+    image: np.ndarray | tuple[int, int], cam: np.ndarray, *, scale: float | None = None, size: int = 512
 ) -> bytes:
     """The heat layer of one finding as an RGBA PNG with the X-ray's aspect ratio, longest side
-    `size`, to lay over the X-ray. image: (H, W), only its shape is used; cam: (h, w) raw map;
-    scale: the case scale (`case_scale` of all the prediction's maps), None for the map's own."""
-    height, width = image.shape[:2]
+    `size`, to lay over the X-ray. image: the X-ray's (width, height), or its (H, W) pixels, of
+    which only the shape is used; cam: (h, w) raw map; scale: the case scale (`case_scale` of all
+    the prediction's maps), None for the map's own."""
+    if isinstance(image, tuple):
+        width, height = image
+    else:
+        height, width = image.shape[:2]
     factor = size / max(height, width)
     out_w, out_h = max(1, round(width * factor)), max(1, round(height * factor))
     pixels = heat_layer(cam, (out_w, out_h), scale=scale)

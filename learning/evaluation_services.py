@@ -177,7 +177,9 @@ def model_version_evaluation_record(
         if thresholds is not None:
             fields.append("thresholds")
         if model_card is not None:
-            version.model_card = model_card
+            precision = (version.model_card or {}).get("serving_precision")
+            # What the graph serves is the registration's, whatever the evaluation's card says.
+            version.model_card = {**model_card, "serving_precision": precision} if precision else model_card
             fields.append("model_card")
         if fields:
             version.save(update_fields=fields)

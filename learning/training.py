@@ -490,6 +490,11 @@ def model_card_markdown(card: dict) -> str:
         ]
     if card.get("preprocessing"):
         lines += ["", f"**Preprocessing.** {preprocessing_describe(card['preprocessing'])}"]
+    if card.get("serving_precision"):
+        from registry.quantization import precision_statement
+
+        entry = card["serving_precision"]
+        lines += ["", f"**Serving precision.** {precision_statement(entry)} Method: {entry.get('method')}."]
     published = card.get("published_auroc")
     if published:
         lines += [

@@ -217,6 +217,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "is_active",
         "activated_at",
         "architecture",
+        "precision_text",
         "sha256",
         "serving_graph_sha256",
         "storage_path",
@@ -278,6 +279,14 @@ class ModelVersionAdmin(admin.ModelAdmin):
     @admin.display(description="weights")
     def untrained_warning(self, obj):
         return _untrained_badge() if obj.untrained else "Trained weights."
+
+    @admin.display(description="serving precision")
+    def precision_text(self, obj):
+        if obj.precision == "int8":
+            from registry.quantization import precision_statement
+
+            return precision_statement((obj.model_card or {}).get("serving_precision"))
+        return "FP32 (the exported graph, as trained)."
 
     @admin.display(description="class names (output order)")
     def class_names_list(self, obj):

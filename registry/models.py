@@ -76,6 +76,14 @@ class ModelVersion(models.Model):
         default=False, help_text="Random weights: its outputs carry no medical meaning."
     )
     notes = models.TextField(blank=True)
+    PRECISION_CHOICES = [("fp32", "FP32"), ("int8", "INT8 (quantized)")]
+    precision = models.CharField(
+        max_length=8,
+        choices=PRECISION_CHOICES,
+        default="fp32",
+        help_text="The serving graph's arithmetic: FP32 as exported, or INT8 (static quantization, "
+        "calibrated on real images at registration).",
+    )
     serving_graph_path = models.TextField(
         blank=True,
         default="",
@@ -185,6 +193,11 @@ class ModelVersion(models.Model):
                 result |= {"state": "not_validated", "statement": NOT_VALIDATED_WARNING.format(why=why)}
             else:
                 result |= {"state": "evaluated", "statement": None}
+        if self.precision == "int8":
+            from registry.quantization import precision_statement
+
+            note = precision_statement((self.model_card or {}).get("serving_precision"))
+            result["statement"] = f"{result['statement']} {note}" if result["statement"] else note
         if outside:
             warning = OUTSIDE_WARNING.format(distance=ood["distance"], threshold=ood["threshold"])
             result["statement"] = f"{result['statement']} {warning}" if result["statement"] else warning

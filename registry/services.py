@@ -218,6 +218,8 @@ def model_version_register(
     published_auroc_source: str = "",
     notes: str = "",
     untrained: bool = False,
+    precision: str = "fp32",
+    calibration_images: list[bytes] | None = None,
     user: AbstractBaseUser | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ModelVersion:
@@ -237,8 +239,18 @@ def model_version_register(
     given. `class_names`, in output order, defaults to xrv's 18 labels for TorchXRayVision weights
     and to the 13 findings for any other. `published_auroc` ({name: auroc}) with `published_auroc_source`
     records figures published with the weights: shown as "published, not measured here", never an
-    evaluation."""
+    evaluation.
+
+    `precision` "int8" serves an INT8 graph instead of the FP32 one (registry.quantization: ONNX
+    Runtime static quantization calibrated on `calibration_images`, bytes of real chest X-rays,
+    default the shared data's NIH images); its model card, admin page and every result say so."""
+    from registry import quantization
+
     say = progress or (lambda message: None)
+    if precision not in quantization.PRECISIONS:
+        raise RegistrationError(
+            f"Unknown precision {precision!r}; known: {', '.join(quantization.PRECISIONS)}."
+        )
     if file is not None and data is not None:
         raise RegistrationError("Give the weights once: either file= or data=.")
     content = _read_weights(file if file is not None else data if data is not None else b"")
@@ -284,6 +296,18 @@ def model_version_register(
         weights_source["file_sha256"] = hashlib.sha256(content).hexdigest()
     if prepared.report:
         weights_source["report"] = prepared.report
+    graph, precision_card = prepared.graph, None
+    if precision == quantization.INT8:
+        say("Quantizing the serving graph to INT8 (calibrating on real images)...")
+        try:
+            images = (
+                calibration_images if calibration_images is not None else quantization.calibration_images()
+            )
+            graph, precision_card = quantization.int8_graph(
+                prepared.graph, preprocessing=prepared.preprocessing, images=images
+            )
+        except quantization.CalibrationError as exc:
+            raise RegistrationError(f"{exc} Nothing was registered.") from exc
 
     say("Storing the weights and the serving graph...")
     written = []  # names this call stored, removed again if the row cannot be written
@@ -291,7 +315,7 @@ def model_version_register(
         name, sha256, created = weights_save(prepared.weights)
         if created:
             written.append(name)
-        graph_path, graph_sha256, created = serving_graph_save(prepared.graph)
+        graph_path, graph_sha256, created = serving_graph_save(graph)
         if created:
             written.append(graph_path)
     except WeightsStorageUnavailable as exc:
@@ -317,9 +341,11 @@ def model_version_register(
                     preprocessing=prepared.preprocessing,
                     weights_source=weights_source,
                     published=published,
+                    precision=precision_card,
                 ),
                 notes=notes or "",
                 untrained=untrained,
+                precision=precision,
                 created_by=user if getattr(user, "pk", None) else None,
             )
     except Exception as exc:
@@ -333,7 +359,7 @@ def model_version_register(
 
 
 def _registration_card(
-    *, architecture: str, preprocessing: dict, weights_source: dict, published: dict
+    *, architecture: str, preprocessing: dict, weights_source: dict, published: dict, precision: dict | None
 ) -> dict:
     """The model card of registered weights: what is known without an evaluation here (a trained or
     evaluated version's card replaces it, learning.evaluation_services)."""
@@ -345,6 +371,8 @@ def _registration_card(
     }
     if published:
         card["published_auroc"] = {**published, "status": PUBLISHED_AUROC_LABEL}
+    if precision:
+        card["serving_precision"] = precision
     return card
 
 
@@ -392,6 +420,12 @@ def _serving_graph_ensure(version: ModelVersion, data: bytes) -> bool:
         else:
             check_graph_outputs(graph, preprocessing)
             return False
+    if version.precision != "fp32":
+        # Rewriting it from the weights would serve FP32 under an INT8 label.
+        raise WeightsIntegrityError(
+            f"The {version.precision.upper()} serving graph of {version.version_name} is missing or "
+            "damaged; register the weights again with the same precision."
+        )
     graph = _checked_graph(
         data,
         architecture=version.architecture,

@@ -77,6 +77,7 @@ def test_it_predicts_and_logs_one_row(starter_model, clinician, settings, parts)
         "version_name": starter_model.version_name,
         "sha256": starter_model.sha256,
         "untrained": True,
+        "precision": "fp32",
     }
     assert [f["name"] for f in results["findings"]] == DEFAULT_CLASS_NAMES
     for finding in results["findings"]:

@@ -68,7 +68,28 @@ class Command(BaseCommand):
         )
         parser.add_argument("--notes", default="")
         parser.add_argument("--untrained", action="store_true", help="mark the weights as untrained")
+        parser.add_argument(
+            "--precision",
+            default="fp32",
+            choices=("fp32", "int8"),
+            help="serving precision: fp32 (default) or int8 (ONNX Runtime static quantization, "
+            "calibrated on real images; the version says so wherever its results appear)",
+        )
+        parser.add_argument(
+            "--calibration-images",
+            help="folder of real chest X-rays to calibrate INT8 on (default: ../shared/data's NIH images)",
+        )
         parser.add_argument("--activate", action="store_true", help="activate the version once registered")
+
+    def _calibration(self, options) -> list[bytes] | None:
+        if options["precision"] != "int8" or not options["calibration_images"]:
+            return None  # FP32, or the default folder (registry.quantization)
+        from registry.quantization import CalibrationError, calibration_images
+
+        try:
+            return calibration_images(Path(options["calibration_images"]))
+        except CalibrationError as exc:
+            raise CommandError(one_line(str(exc))) from exc
 
     def handle(self, *args, **options):
         path = Path(options["path"])
@@ -103,6 +124,8 @@ class Command(BaseCommand):
                 published_auroc_source=options["published_auroc_source"],
                 notes=options["notes"],
                 untrained=options["untrained"],
+                precision=options["precision"],
+                calibration_images=self._calibration(options),
                 # The export takes seconds: say what is happening, on stderr so stdout stays JSON.
                 progress=self.stderr.write,
             )
