@@ -9,7 +9,10 @@ import time
 
 import numpy as np
 
+from bench.install import SHARED_DATA
 from bench.timing import median, ratio
+
+NIH_IMAGES = SHARED_DATA / "nih_reproduce_chexnet" / "images"
 
 # DESIGN.md / issue: the goal for an INT8 serving graph against the FP32 one.
 GOALS = {"speedup": 1.8, "max_abs_probability_diff": 0.02, "auroc_diff": 0.005, "heatmap_correlation": 0.98}
@@ -36,14 +39,14 @@ def int8_phase(*, version, threads: int, reps: int, log) -> dict:
     fp32_graph = serving_graph_read(version)
     started = time.perf_counter()
     int8_graph, card = quantization.int8_graph(
-        fp32_graph, preprocessing=spec, images=quantization.calibration_images()
+        fp32_graph, preprocessing=spec, images=quantization.calibration_images(NIH_IMAGES)
     )
     quantize_s = time.perf_counter() - started
     fp32 = ServingRuntime.from_graph(fp32_graph, size, threads=threads)
     int8 = ServingRuntime.from_graph(int8_graph, size, threads=threads)
     log("INT8 graph quantized in %.1f s; comparing on the NIH images", quantize_s)
 
-    folder = quantization.default_calibration_folder().parent.parent
+    folder = SHARED_DATA
     rows = _nih_rows(folder)
     tensors = [preprocess(decode_gray((folder / row["path"]).read_bytes()), spec) for row in rows]
 

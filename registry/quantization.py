@@ -1,11 +1,10 @@
 """INT8 serving graphs at registration (`model_version_register(precision="int8")`): the version's
-FP32 serving graph quantized by engine.quantize, calibrated on real images (the images given at
-registration, or the NIH images of the shared data folder), and what the two graphs' outputs differ
+FP32 serving graph quantized by engine.quantize, calibrated on real images given at registration
+(`register_model --calibration-images DIR`), and what the two graphs' outputs differ
 by on those images, recorded on the version's model card. FP32 stays the default."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from engine.preprocessing import preprocessing_complete
@@ -15,9 +14,6 @@ INT8 = "int8"
 PRECISIONS = (FP32, INT8)
 # Images calibrated on, at most (more change the ranges little and cost seconds each).
 CALIBRATION_IMAGES = 32
-# The NIH images of ../shared/data (relative to the project root; LUNGSITE_SHARED_DATA overrides).
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
-NIH_IMAGES = ("nih_reproduce_chexnet", "images")
 
 METHOD = (
     "ONNX Runtime static quantization (QDQ): the convolutions with 8-bit weights (per channel) and "
@@ -30,15 +26,10 @@ class CalibrationError(ValueError):
     """No usable calibration images: the message says what to give."""
 
 
-def default_calibration_folder() -> Path:
-    shared = Path(os.environ.get("LUNGSITE_SHARED_DATA", _PROJECT_ROOT.parent / "shared" / "data"))
-    return shared.joinpath(*NIH_IMAGES)
-
-
-def calibration_images(folder: Path | None = None, *, count: int = CALIBRATION_IMAGES) -> list[bytes]:
+def calibration_images(folder: Path, *, count: int = CALIBRATION_IMAGES) -> list[bytes]:
     """The bytes of the first `count` PNG/JPEG/DICOM files of `folder` (name order, so the same
-    folder calibrates the same way), default the shared data's NIH images."""
-    folder = Path(folder) if folder is not None else default_calibration_folder()
+    folder calibrates the same way)."""
+    folder = Path(folder)
     if not folder.is_dir():
         raise CalibrationError(
             f"No calibration images: {folder} is not a folder. Give a folder of real chest X-rays."

@@ -242,8 +242,8 @@ def model_version_register(
     evaluation.
 
     `precision` "int8" serves an INT8 graph instead of the FP32 one (registry.quantization: ONNX
-    Runtime static quantization calibrated on `calibration_images`, bytes of real chest X-rays,
-    default the shared data's NIH images); its model card, admin page and every result say so."""
+    Runtime static quantization calibrated on `calibration_images`, bytes of real chest X-rays);
+    its model card, admin page and every result say so."""
     from registry import quantization
 
     say = progress or (lambda message: None)
@@ -300,11 +300,8 @@ def model_version_register(
     if precision == quantization.INT8:
         say("Quantizing the serving graph to INT8 (calibrating on real images)...")
         try:
-            images = (
-                calibration_images if calibration_images is not None else quantization.calibration_images()
-            )
             graph, precision_card = quantization.int8_graph(
-                prepared.graph, preprocessing=prepared.preprocessing, images=images
+                prepared.graph, preprocessing=prepared.preprocessing, images=calibration_images or []
             )
         except quantization.CalibrationError as exc:
             raise RegistrationError(f"{exc} Nothing was registered.") from exc

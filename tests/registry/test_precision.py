@@ -127,6 +127,12 @@ def test_register_model_precision_int8(tmp_path):
             str(tmp_path / "absent"),
             stderr=io.StringIO(),
         )
+    with pytest.raises(CommandError, match="needs --calibration-images"):
+        call_command(
+            "register_model", str(weights), "--version-name", "cli-int8-c", "--precision", "int8",
+            stderr=io.StringIO(),
+        )  # fmt: skip
+    assert not ModelVersion.objects.filter(version_name__in=["cli-int8-b", "cli-int8-c"]).exists()
 
 
 def test_calibration_folder_must_exist(tmp_path):

@@ -77,13 +77,16 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--calibration-images",
-            help="folder of real chest X-rays to calibrate INT8 on (default: ../shared/data's NIH images)",
+            help="folder of real chest X-rays (PNG, JPEG or DICOM; the first 32 by name) to calibrate INT8 "
+            "on: needed with --precision int8",
         )
         parser.add_argument("--activate", action="store_true", help="activate the version once registered")
 
     def _calibration(self, options) -> list[bytes] | None:
-        if options["precision"] != "int8" or not options["calibration_images"]:
-            return None  # FP32, or the default folder (registry.quantization)
+        if options["precision"] != "int8":
+            return None
+        if not options["calibration_images"]:
+            raise CommandError("--precision int8 needs --calibration-images: a folder of real chest X-rays.")
         from registry.quantization import CalibrationError, calibration_images
 
         try:
