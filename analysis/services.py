@@ -39,6 +39,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING
 
+import numpy as np
 from django.conf import settings
 from django.db import transaction
 
@@ -57,7 +58,6 @@ from registry.cache import ServingModel, get_active, model_withdraw
 from registry.models import DEFAULT_PREPROCESSING, LOOK_UP
 
 if TYPE_CHECKING:
-    import numpy as np
     from django.contrib.auth.models import AbstractBaseUser
 
 logger = logging.getLogger(__name__)
@@ -361,8 +361,6 @@ def analyse_batch(
         serving = serving_model()
         order = sorted(images)
         tensors = list(pool.map(lambda i: _tensor(serving, images[i])[0], order))
-        import numpy as np
-
         try:
             outputs = predict_batch(serving.model, np.stack(tensors))
         except NonFiniteOutput as exc:
