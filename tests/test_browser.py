@@ -383,10 +383,17 @@ def test_it_windows_a_16_bit_image_on_its_own_levels_with_the_keyboard(
     stage.click()
     stage.send_keys(Keys.ARROW_LEFT * 5)  # a narrower window
     stage.send_keys(Keys.ARROW_DOWN * 3)  # a higher level
-    # The canvas (and the window it records) is redrawn on the next animation frame.
-    narrower = WebDriverWait(browser, 10).until(
-        lambda _: (w := window())["width"] < auto["width"] and w["level"] > auto["level"] and w
-    )
+    # Each key moves by 2 % of the auto window's span; the canvas (and the window it records) is
+    # redrawn on the next animation frame, so wait for the state after all eight keys.
+    step = 0.02 * auto["width"]
+    target = {"width": auto["width"] - 5 * step, "level": auto["level"] + 3 * step}
+
+    def settled(_):
+        w = window()
+        return w if all(abs(w[k] - target[k]) < 1e-3 for k in target) else False
+
+    narrower = WebDriverWait(browser, 10).until(settled)
+    assert narrower["width"] < auto["width"] and narrower["level"] > auto["level"]
     check_pixels()
     stage.send_keys("2")  # the lung preset
     assert _pressed(browser, '[data-preset="lung"]')
