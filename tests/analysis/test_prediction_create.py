@@ -1,4 +1,4 @@
-"""analysis.services.prediction_create end to end on real images: one row per prediction, the
+"""analysis.services.analyse end to end on real images: one row per prediction, the
 stored image without patient data, nothing left behind when any step fails; heatmap PNGs rendered
 on first fetch."""
 
