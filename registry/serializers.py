@@ -103,6 +103,7 @@ class ModelVersionSerializer(serializers.ModelSerializer):
             "sha256",
             "serving_graph_sha256",
             "architecture",
+            "precision",
             "class_names",
             "preprocessing",
             "thresholds",
@@ -213,3 +214,6 @@ class ModelVersionSummarySerializer(serializers.Serializer):
     version_name = serializers.CharField()
     sha256 = serializers.CharField(help_text="sha256 of the weights file that produced the result.")
     untrained = serializers.BooleanField(help_text="True: random weights, the scores mean nothing.")
+    precision = serializers.CharField(
+        default="fp32", help_text='The serving graph\'s arithmetic: "fp32", or "int8" (quantized).'
+    )

@@ -30,6 +30,7 @@ def test_it_reports_the_active_version_without_authentication(client, db):
             "version_name": "starter-untrained-densenet121",
             "sha256": "c" * 64,
             "untrained": True,
+            "precision": "fp32",
         },
     }
     assert "no-cache" in response["Cache-Control"]

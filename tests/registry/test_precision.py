@@ -62,13 +62,18 @@ def test_int8_registration_serves_a_quantized_graph_close_to_fp32(int8_version, 
     assert diff.max() < 0.05
 
 
-def test_int8_versions_say_so_in_results_honesty_admin_and_card(int8_version, clinician, client, model_admin):
+def test_int8_versions_say_so_in_results_honesty_admin_and_card(
+    int8_version, clinician, client, model_admin, api
+):
     model_version_activate(version=int8_version, via="command")
     data = shared_data_path(*NIH).joinpath(sorted(p.name for p in shared_data_path(*NIH).iterdir())[0])
     prediction = analyse(upload=SimpleUploadedFile("x.png", data.read_bytes()), user=clinician, source="api")
     assert prediction.results_json["model"]["precision"] == "int8"
     assert "INT8" in prediction.results_json["honesty"]["statement"]
     assert "UNTRAINED" in prediction.results_json["honesty"]["statement"]  # still said first
+    answer = api(clinician).get(f"/api/v1/predictions/{prediction.pk}/").json()
+    assert answer["model"]["precision"] == "int8" and "INT8" in answer["warning"]
+    assert api(model_admin).get(f"/api/v1/models/{int8_version.pk}/").json()["precision"] == "int8"
 
     from learning.training import model_card_markdown
 

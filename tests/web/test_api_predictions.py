@@ -115,6 +115,7 @@ def test_it_creates_a_prediction_from_a_real_xray(api, clinician, starter_model)
         "version_name": starter_model.version_name,
         "sha256": starter_model.sha256,
         "untrained": True,
+        "precision": "fp32",
     }
     assert [finding["name"] for finding in body["findings"]] == DEFAULT_CLASS_NAMES
     assert len(body["findings"]) == 13
@@ -435,6 +436,6 @@ def test_heatmap_urls_are_those_reverse_gives_for_any_finding_name(api, clinicia
     }
     assert body["heatmaps"] == expected
     recorded = {"id": model.pk, "version_name": "odd-names-v1", "sha256": "b" * 64, "untrained": False}
-    assert body["model"] == recorded
+    assert body["model"] == {**recorded, "precision": "fp32"}  # rows from before precision existed
     # Issue 23: a version with no measured evaluation says so, as the untrained one does.
     assert body["warning"].startswith("NOT EVALUATED model")
