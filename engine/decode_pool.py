@@ -201,48 +201,23 @@ def _run(job: str, data: bytes, filename: str, options: dict, *, timeout_s: floa
     return pixels, extra
 
 
-def decode_gray(
-    data: bytes,
-    filename: str = "",
-    *,
-    timeout_s: float,
-    max_mb: int,
-    max_pixels: int,
-    allow_burned_in_annotation: bool = False,
-    frontal_chest_only: bool = False,
-) -> np.ndarray:
+def decode_gray(data: bytes, filename: str = "", *, timeout_s: float, max_mb: int, **checks) -> np.ndarray:
     """`engine.decode.decode_gray` in a child process, with at most `max_mb` MB of address space
-    and `timeout_s` seconds. Raises DecodeError as that function does, and also code
-    "decode_timeout" or "decode_memory" (422) when the file needed more than that."""
-    options = {
-        "max_pixels": max_pixels,
-        "allow_burned_in_annotation": allow_burned_in_annotation,
-        "frontal_chest_only": frontal_chest_only,
-    }
-    pixels, _ = _run("decode", data, filename, options, timeout_s=timeout_s, max_mb=max_mb)
+    and `timeout_s` seconds; `checks` are that function's keyword options (`max_pixels`,
+    `allow_burned_in_annotation`, `frontal_chest_only`). Raises DecodeError as it does, and also
+    code "decode_timeout" or "decode_memory" (422) when the file needed more than that."""
+    pixels, _ = _run("decode", data, filename, checks, timeout_s=timeout_s, max_mb=max_mb)
     return pixels
 
 
 def decode_with_stored_copy(
-    data: bytes,
-    filename: str = "",
-    *,
-    timeout_s: float,
-    max_mb: int,
-    max_pixels: int,
-    allow_burned_in_annotation: bool = False,
-    frontal_chest_only: bool = False,
+    data: bytes, filename: str = "", *, timeout_s: float, max_mb: int, **checks
 ) -> tuple[np.ndarray, StoredCopy]:
     """As `decode_gray`, and then the same child writes the stored copy's PNG
     (`engine.stored_image.png_bytes`) of the pixels while the caller goes on: (pixels, StoredCopy),
     whose `result()` gives the PNG bytes and must be called once. The request's thread neither
     encodes the PNG nor holds its intermediate arrays."""
-    options = {
-        "max_pixels": max_pixels,
-        "allow_burned_in_annotation": allow_burned_in_annotation,
-        "frontal_chest_only": frontal_chest_only,
-    }
-    return _run("stored_copy", data, filename, options, timeout_s=timeout_s, max_mb=max_mb)
+    return _run("stored_copy", data, filename, checks, timeout_s=timeout_s, max_mb=max_mb)
 
 
 def display_levels(data: bytes, *, max_side: int, timeout_s: float, max_mb: int) -> tuple[np.ndarray, int]:
