@@ -14,7 +14,7 @@ from bench.timing import median, ratio
 
 NIH_IMAGES = SHARED_DATA / "nih_reproduce_chexnet" / "images"
 
-# DESIGN.md / issue: the goal for an INT8 serving graph against the FP32 one.
+# docs/performance.md "INT8 serving precision": the goal for an INT8 serving graph against the FP32 one.
 GOALS = {"speedup": 1.8, "max_abs_probability_diff": 0.02, "auroc_diff": 0.005, "heatmap_correlation": 0.98}
 
 

@@ -1,4 +1,4 @@
-"""lungsite benchmark: prints ONE JSON object with the ratios of DESIGN.md "Performance".
+"""lungsite benchmark: prints ONE JSON object with the ratios of docs/performance.md "Targets".
 
     .venv/bin/python bench/run.py            # full run
     .venv/bin/python bench/run.py --quick    # fewer images and requests (`make bench`)
@@ -37,7 +37,7 @@ from bench.timing import median, ratio, spread, timed_ms  # noqa: E402
 
 logger = logging.getLogger("bench")
 
-# DESIGN.md "Performance": at most these, except throughput (at least) and failures (exactly).
+# docs/performance.md "Targets": at most these, except throughput (at least) and failures (exactly).
 TARGETS = {
     "heatmaps_over_forward": 1.15,
     "api_p50_over_forward": 1.5,

@@ -1,4 +1,4 @@
-"""Role checks for the API: a Django permission per operation, never a group name (DESIGN.md)."""
+"""Role checks for the API: a Django permission per operation, never a group name (README: roles)."""
 
 from rest_framework.permissions import BasePermission
 

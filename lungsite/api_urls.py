@@ -10,7 +10,7 @@ from lungsite.views import api_index, api_not_found
 class SchemaApi(SpectacularAPIView):
     """The OpenAPI document (YAML, or JSON with ?format=json); its errors are JSON like the API's."""
 
-    # DESIGN.md: anonymous users reach no API but /healthz, so the schema needs a token or a session.
+    # Anonymous users reach no API but /healthz (README: roles): the schema needs a token or a session.
     permission_classes = [IsAuthenticated]
 
     def finalize_response(self, request, response, *args, **kwargs):

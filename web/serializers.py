@@ -1,4 +1,4 @@
-"""Serializers of the prediction API: the JSON of DESIGN.md "Interfaces", built from an audit row."""
+"""Serializers of the prediction API: the JSON of the README's REST API, built from an audit row."""
 
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes

@@ -1,4 +1,4 @@
-"""The three roles of DESIGN.md as groups with their permissions."""
+"""The three roles (README, Pages and roles) as groups with their permissions."""
 
 from django.contrib.auth.management import create_permissions
 from django.db import migrations

@@ -1,4 +1,4 @@
-"""Faults (DESIGN.md "Reliability and security"): the database going away and coming back, the
+"""Faults (docs/ops.md): the database going away and coming back, the
 image store refusing writes, and a weights file corrupted in storage after its activation."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The hostile-upload corpus against POST /api/v1/predictions/ (DESIGN.md "Reliability and security").
+"""The hostile-upload corpus against POST /api/v1/predictions/ (docs/decoding.md).
 
 Refused uploads: a 4xx with the error shape, nothing stored, no audit row. Valid ones: 201 with
 finite probabilities in [0, 1] and no patient data in the stored image. None: a 5xx. The server

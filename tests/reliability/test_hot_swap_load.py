@@ -1,4 +1,4 @@
-"""Hot swap under real load (DESIGN.md "Cache and hot swap"): gunicorn with 2 workers on the real
+"""Hot swap under real load (docs/performance.md): gunicorn with 2 workers on the real
 Postgres, 4 clients posting real X-rays for 30 s while a model admin activates two versions
 alternately 20 times through the API. No request may fail; a request that started after an
 activation returned (and ended before the next began) must be served by that version; every audit

@@ -1,5 +1,5 @@
 """Who reaches what: every page and endpoint x every role, CSRF on every form, revocable tokens,
-and login throttling (DESIGN.md "Reliability and security": anonymous users reach no page but
+and login throttling (README, Pages and roles: anonymous users reach no page but
 login and no API but /healthz; clinicians predict and see their own; auditors read everything;
 model admins run the registry; superusers have all)."""
 
