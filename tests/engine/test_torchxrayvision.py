@@ -17,6 +17,7 @@ from engine.preprocessing import TORCHXRAYVISION
 from engine.serving import ServingRuntime
 from engine.weights import WeightsError, load_state_dict, weights_prepare
 from engine.xrv_format import LABELS, XrvFormatError, xrv_plan
+from registry.models import DEFAULT_CLASS_NAMES
 from tests.conftest import shared_data_path
 from tests.xrv import (
     XRV_IMAGES,
@@ -30,21 +31,7 @@ from tests.xrv import (
     xrv_sigmoid,
 )
 
-FINDINGS = [
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Effusion",
-    "Emphysema",
-    "Fibrosis",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pleural_Thickening",
-    "Pneumonia",
-    "Pneumothorax",
-]
+FINDINGS = list(DEFAULT_CLASS_NAMES)  # lungsite's 13 findings, in the starter's order
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
